@@ -1,0 +1,117 @@
+"""What a run leaves behind: metrics.csv, summary.json and TensorBoard events.
+
+Only this module writes those files, so their layout is defined in one place.
+summary.json is rewritten atomically at the start (status ``running``), after
+every epoch, and at the end, so a reader never sees half a file, and a run that
+dies without a word still says ``running`` rather than ``completed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
+STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    return str(v)
+
+
+def _clean(v: Any) -> Any:
+    # JSON has no NaN/inf: a diverged run's loss becomes null, not an invalid file.
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class RunTracker:
+    """Writes one run folder. ``enabled=False`` (DDP ranks > 0) makes every call a no-op."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.dir = Path(run_dir)
+        self.enabled = enabled
+        self.summary: dict[str, Any] = {}
+        self.tb = None
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.csv"
+        self.summary_path = self.dir / "summary.json"
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(self.dir / "tb"))
+
+    # -- metrics.csv ---------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, str]]:
+        if not self.enabled or not self.metrics_path.exists():
+            return []
+        with open(self.metrics_path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """Keep only rows up to ``last_epoch`` (on resume: no duplicate epochs)."""
+        if not self.enabled or not self.metrics_path.exists():
+            return
+        rows = [r for r in self.read_metrics() if int(r["epoch"]) <= last_epoch]
+        with open(self.metrics_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        """Append one epoch's row to metrics.csv and its scalars to TensorBoard."""
+        if not self.enabled:
+            return
+        new = not self.metrics_path.exists()
+        with open(self.metrics_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: _clean(row[k]) for k in METRIC_COLUMNS})
+        if self.tb is not None:
+            step = int(row["epoch"])
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
+                self.tb.add_scalar(k.replace("_", "/", 1), row[k], step)
+            self.tb.add_scalar("lr", row["lr"], step)
+            self.tb.add_scalar("time/epoch_seconds", row["epoch_seconds"], step)
+            self.tb.flush()
+
+    # -- summary.json -------------------------------------------------------------
+    def update_summary(self, **fields: Any) -> None:
+        self.summary.update({k: _clean(v) for k, v in fields.items()})
+        if self.enabled:
+            write_json_atomic(self.summary_path, self.summary)
+
+    # -- TensorBoard ----------------------------------------------------------------
+    def add_images(self, tag: str, images: Any, step: int) -> None:
+        """A (N, C, H, W) float batch in [0, 1] as one TensorBoard image grid."""
+        if self.tb is not None:
+            self.tb.add_images(tag, images, step)
+
+    def add_text(self, tag: str, text: str, step: int = 0) -> None:
+        if self.tb is not None:
+            self.tb.add_text(tag, text, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+            self.tb = None
