@@ -25,7 +25,9 @@ class ModelConfig:
     _target_: str = "cnnlab.models.build_model"
     name: str = "alexnet"
     source: str = "cnnlab"  # cnnlab | timm | torchvision
-    arch: str = "alexnet"
+    # Mandatory ("???"): every conf/model entry sets it. A default here would win over the
+    # generic timm/torchvision entries' `arch: ???` (a merged ??? never replaces a value).
+    arch: str = "???"
     # The dataset decides these by default (interpolations resolved at composition):
     num_classes: Optional[int] = "${dataset.num_classes}"  # type: ignore[assignment]
     in_chans: int = "${dataset.in_chans}"  # type: ignore[assignment]

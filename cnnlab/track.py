@@ -110,8 +110,62 @@ class RunTracker:
         if self.tb is not None:
             self.tb.add_text(tag, text, step)
 
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """Record the run's hyperparameters and final metrics for TensorBoard's HParams tab.
+
+        ``hparams``: str/bool/int/float/None values (others are written as text), e.g.
+        model, dataset, optimizer, lr, batch_size. ``metrics``: numbers; None/NaN ones
+        (a diverged run has no test accuracy) are left out. Each metric is also written
+        as the scalar ``hparam/<name>``, which is where the HParams tab reads it.
+
+        Unlike ``SummaryWriter.add_hparams``, which opens a second writer in a
+        timestamped subfolder (a second "run" per job in TensorBoard), this writes into
+        the run's own tb/ events, so ``tensorboard --logdir <sweep>`` lists one run
+        per job with its scalars and hparams together.
+        """
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        hp = {k: (v if v is None or isinstance(v, (str, bool, int, float)) else str(v))
+              for k, v in hparams.items()}
+        mets = {f"hparam/{k}": float(v) for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        experiment, session_start, session_end = hparams_summary(hp, mets)
+        writer = self.tb._get_file_writer()
+        for s in (experiment, session_start, session_end):
+            writer.add_summary(s)
+        for k, v in mets.items():
+            self.tb.add_scalar(k, v, 0)
+        self.tb.flush()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
             self.tb = None
+
+
+def record_failure(run_dir: str | os.PathLike, error: str, **fields: Any) -> None:
+    """Mark a run failed when it died outside train()'s own bookkeeping.
+
+    Leaves alone a summary that already says why the run ended; one that is missing
+    (the job failed before training began) or still says ``running`` becomes
+    ``failed`` with ``error``. Used by cnnlab.run in multiruns, so the sweep report
+    shows the error rather than an incomplete folder.
+    """
+    d = Path(run_dir)
+    path = d / "summary.json"
+    summary: dict[str, Any] = {}
+    if path.exists():
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            summary = {}
+        if summary.get("status") not in (None, "running"):
+            return
+    d.mkdir(parents=True, exist_ok=True)
+    for k, v in fields.items():
+        summary.setdefault(k, v)
+    summary.update(status="failed", error=error)
+    write_json_atomic(path, summary)

@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import cnnlab.models.moganet as moganet
 from cnnlab.models.moganet import MogaNet, MultiOrderDWConv, split_channels
@@ -38,8 +39,8 @@ def _spec_dir() -> Path | None:
     """Directory holding moganet_{xtiny,tiny}.state_dict.json (the released layouts)."""
     candidates = [
         os.environ.get("CNNLAB_MOGANET_SPEC_DIR"),
-        Path(__file__).resolve().parents[1] / "shared" / "moganet",
-        "/work/shared/moganet",
+        # A copy of ../shared/moganet/*.json, committed so the test runs in any clone.
+        Path(__file__).resolve().parent / "data" / "moganet",
     ]
     for c in candidates:
         if c and (Path(c) / "moganet_tiny.state_dict.json").is_file():
@@ -74,6 +75,19 @@ def _stage_shapes(model: MogaNet, x: torch.Tensor) -> list[tuple[int, ...]]:
     return shapes
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    """Run this module on one intra-op thread, restoring the setting afterwards.
+
+    The inputs are tiny, so one thread is as fast; on a busy 2-core machine, OpenMP's
+    thread pool otherwise makes the first pass of each conv shape take seconds.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def cifar_tiny() -> MogaNet:
     torch.manual_seed(0)
@@ -87,7 +101,7 @@ def cifar_tiny() -> MogaNet:
 def test_state_dict_matches_released_layout(variant: str) -> None:
     spec = _spec_dir()
     if spec is None:
-        pytest.skip("moganet_*.state_dict.json not found; set CNNLAB_MOGANET_SPEC_DIR")
+        pytest.fail("tests/data/moganet/moganet_*.state_dict.json is missing")
     ref = json.loads((spec / f"moganet_{variant}.state_dict.json").read_text())
     model = _meta_model(f"moganet_{variant}")
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -239,7 +253,7 @@ def test_backward_finite_grads(cifar_tiny: MogaNet) -> None:
     cifar_tiny.train()
     cifar_tiny.zero_grad(set_to_none=True)
     x, y = torch.randn(2, 1, 16, 16), torch.tensor([3, 9])  # stage 4 at 2x2
-    nn.functional.cross_entropy(cifar_tiny(x), y).backward()
+    F.cross_entropy(cifar_tiny(x), y).backward()
     no_grad = [n for n, p in cifar_tiny.named_parameters() if p.grad is None]
     assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
     bad = [n for n, p in cifar_tiny.named_parameters() if not torch.isfinite(p.grad).all()]
@@ -325,6 +339,48 @@ def test_multi_order_value_routes_channel_groups() -> None:
         out = value(x)
     expected = torch.cat([x[:, :c0], 2 * x[:, c0 : c0 + c1], 3 * x[:, 16 - c2 :]], dim=1)
     torch.testing.assert_close(out, expected)
+
+
+def _reference_block(blk: moganet.MogaBlock, x: torch.Tensor) -> torch.Tensor:
+    """MogaBlock written out from the spec with functional ops (eval-mode BN)."""
+
+    def conv(m: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+    def bn(m: nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+    a, v = blk.attn, blk.attn.value
+    c = x.shape[1]
+    c1, c2 = 3 * c // 8, c // 2
+    c0 = c - c1 - c2
+    # Spatial aggregation.
+    u = bn(blk.norm1, x)
+    y = conv(a.proj_1, u)
+    y = F.silu(y + a.sigma.scale * (y - y.mean(dim=(2, 3), keepdim=True)))
+    g = conv(a.gate, y)
+    x0 = conv(v.DW_conv0, y)
+    x1 = conv(v.DW_conv1, x0[:, c0 : c0 + c1])
+    x2 = conv(v.DW_conv2, x0[:, c - c2 :])
+    val = conv(v.PW_conv, torch.cat([x0[:, :c0], x1, x2], dim=1))
+    x = x + blk.layer_scale_1 * (conv(a.proj_2, F.silu(g) * F.silu(val)) + u)
+    # Channel aggregation.
+    h = F.gelu(conv(blk.mlp.dwconv, conv(blk.mlp.fc1, bn(blk.norm2, x))))
+    h = h + blk.mlp.sigma.scale * (h - F.gelu(conv(blk.mlp.decompose, h)))
+    return x + blk.layer_scale_2 * conv(blk.mlp.fc2, h)
+
+
+def test_block_matches_spec_formulas() -> None:
+    torch.manual_seed(0)
+    blk = moganet.MogaBlock(32, ffn_ratio=4).eval()
+    with torch.no_grad():  # make every scale and BN statistic matter
+        for p in (blk.layer_scale_1, blk.layer_scale_2, blk.attn.sigma.scale, blk.mlp.sigma.scale):
+            p.uniform_(0.5, 1.5)
+        for bn in (blk.norm1, blk.norm2):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(2, 32, 12, 12)
+        torch.testing.assert_close(blk(x), _reference_block(blk, x))
 
 
 def test_initialisation() -> None:

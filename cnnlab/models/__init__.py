@@ -10,7 +10,7 @@ Importing this package imports torch and timm, and registers MogaNet in timm's
 registry, so ``timm.create_model("moganet_tiny")`` works afterwards.
 """
 
-# TMP from cnnlab.models import moganet  # noqa: F401  (registers moganet_* in timm)
+from cnnlab.models import moganet  # noqa: F401  (registers moganet_* in timm)
 from cnnlab.models.factory import build_model
 
 __all__ = ["build_model"]

@@ -4,22 +4,27 @@ ImageNet stems downsample by 4 before the first block (a 7x7/2 conv and a 3x3/2
 max-pool in ResNet), so a 32x32 CIFAR image is 8x8 after the stem and 1x1 at the
 end. ``adapt_small_input`` applies the usual CIFAR-style changes per family:
 
-=============  =====================================  ====================
-family         change                                 final map at 32x32
-=============  =====================================  ====================
-ResNet         7x7/2 conv + max-pool -> 3x3/1 conv     4x4 (was 1x1)
-MobileNet      stride-2 stem conv -> stride 1          2x2 (was 1x1)
-GoogLeNet      7x7/2 conv1 -> 3x3/1 (pools kept)       2x2 (was 1x1)
-other          first strided conv -> stride 1          (logged)
-=============  =====================================  ====================
+===================  =========================================  ==================
+family               change                                     final map at 32x32
+===================  =========================================  ==================
+ResNet               7x7/2 conv + max-pool -> 3x3/1 conv         4x4 (was 1x1)
+ResNet, deep stem    first stem conv -> stride 1, no max-pool    4x4 (was 1x1)
+MobileNet V2/V3/V4   stride-2 stem conv -> stride 1              2x2 (was 1x1)
+GoogLeNet            7x7/2 conv1 -> 3x3/1 (pools kept)           2x2 (was 1x1)
+other                first conv -> stride 1                      (logged)
+===================  =========================================  ==================
 
-MogaNet takes ``small_input`` itself, and AlexNet has its own small stem.
+The MobileNet rule (timm's ``conv_stem``) also covers timm's EfficientNet family.
+MogaNet takes ``small_input`` itself (stage-1 convs at stride 1: 4x4), and AlexNet
+has its own small stem (3x3). ``final_feature_map`` measures these; the tests and
+``python -m cnnlab.models`` check them.
 """
 
 from __future__ import annotations
 
 import logging
 
+import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -27,10 +32,12 @@ log = logging.getLogger(__name__)
 
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
     """(parent module, attribute name, conv) of the first Conv2d in definition order."""
-    for parent_name, parent in model.named_modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d):
-                return parent, name, child
+    # named_modules is a pre-order walk: the first Conv2d it yields is the first in
+    # definition order, even when a sibling of its parent is a Conv2d too.
+    for qual_name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            parent_name, _, name = qual_name.rpartition(".")
+            return model.get_submodule(parent_name), name, m
     raise ValueError(f"{type(model).__name__} has no Conv2d")
 
 
@@ -46,6 +53,11 @@ def adapt_small_input(model: nn.Module) -> nn.Module:
         # ResNet (timm and torchvision share these names).
         model.conv1 = _small_conv(model.conv1)
         model.maxpool = nn.Identity()
+    elif hasattr(model, "conv1") and hasattr(model, "maxpool") and isinstance(model.conv1, nn.Sequential):
+        # timm's deep-stem ResNets (resnet*d, resnet*t): three 3x3 convs, the first at
+        # stride 2, then the max-pool. Unstride the first and drop the pool: total /1.
+        _first_conv(model.conv1)[2].stride = (1, 1)
+        model.maxpool = nn.Identity()
     elif hasattr(model, "conv_stem") and isinstance(model.conv_stem, nn.Conv2d):
         # timm's MobileNetV3 / MobileNetV4 / EfficientNet family.
         model.conv_stem.stride = (1, 1)
@@ -57,11 +69,54 @@ def adapt_small_input(model: nn.Module) -> nn.Module:
         # so the inception blocks run at 8, 4 and 2 pixels instead of 28/14/7 at 224.
         model.conv1.conv = _small_conv(model.conv1.conv)
     else:
-        parent, name, conv = _first_conv(model)
-        if conv.stride != (1, 1):
-            conv.stride = (1, 1)
+        _, name, conv = _first_conv(model)
+        conv.stride = (1, 1)
         log.warning("small_input: no rule for %s; set the first conv (%s) to stride 1", kind, name)
     return model
+
+
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@torch.no_grad()
+def final_feature_map(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(C, H, W) of the last feature map before global pooling, for one eval-mode image.
+
+    timm models (MogaNet and our AlexNet too) have ``forward_features``. torchvision
+    models don't, so hooks record every module's 4-D output in call order and the
+    answer is the last one before the first 2-D output (the head), skipping global
+    pools: their 1x1 output is not a feature map. Parent modules' hooks fire after
+    their children's, so an Inception block reports its concatenated output.
+    """
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    try:
+        if hasattr(model, "forward_features"):
+            return tuple(model.forward_features(x).shape[1:])
+        maps: list[tuple[int, ...]] = []
+        head_seen = False
+
+        def hook(m: nn.Module, _inp: object, out: object) -> None:
+            nonlocal head_seen
+            if head_seen or not isinstance(out, torch.Tensor) or isinstance(m, _GLOBAL_POOLS):
+                return
+            if out.dim() == 4:
+                maps.append(tuple(out.shape[1:]))
+            elif out.dim() == 2:
+                head_seen = True
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+        try:
+            model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if not maps:
+            raise ValueError(f"{type(model).__name__}: no 4-D feature map seen before the head")
+        return maps[-1]
+    finally:
+        model.train(was_training)
 
 
 def set_in_chans_torchvision(model: nn.Module, in_chans: int, pretrained: bool) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -25,6 +27,52 @@ def _build_cnnlab(arch: str, **kw: Any) -> nn.Module:
     return registry[arch](**kw)
 
 
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether ``url``'s host accepts a TCP connection: a cheap online test."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname, u.port or 443), timeout=timeout):
+            return True
+    except OSError:  # DNS failure, refused, unreachable, timeout
+        return False
+
+
+@contextmanager
+def _hub_offline_unless_reachable() -> Iterator[None]:
+    """Put huggingface_hub in offline mode while its host can't be reached.
+
+    Offline, a hub download otherwise retries for about a minute before failing. In
+    offline mode it reads the local cache only: cached weights still load, and
+    missing ones fail at once. The flag is read per request, so setting it here works
+    after import; it is restored on exit.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or _reachable(constants.ENDPOINT):
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def _is_ours(arch: str) -> bool:
+    """True for the timm models that cnnlab registers (MogaNet), which take ``small_input``."""
+    import timm
+
+    return timm.models.model_entrypoint(arch).__module__.startswith("cnnlab.")
+
+
 def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, small_input: bool,
                 drop_rate: float, drop_path_rate: float) -> nn.Module:
     import timm
@@ -36,18 +84,41 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, sm
     kw: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
     if drop_path_rate > 0:
         kw["drop_path_rate"] = drop_path_rate
-    if arch.startswith("moganet"):
+    if _is_ours(arch):
         # Our MogaNet takes small_input itself (stage-1 convs at stride 1).
         kw["small_input"] = small_input
+    if not pretrained:
+        return timm.create_model(arch, **kw)
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     try:
-        return timm.create_model(arch, pretrained=pretrained, **kw)
+        with _hub_offline_unless_reachable():
+            return timm.create_model(arch, pretrained=True, **kw)
+    except LocalEntryNotFoundError:
+        raise ModelError(
+            f"model.pretrained=true: the weights of timm {arch!r} are not in the Hugging Face cache "
+            "and the hub can't be reached; go online once (they are cached in "
+            "~/.cache/huggingface), or use model.pretrained=false"
+        ) from None
     except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
-        if pretrained:
-            raise ModelError(
-                f"pretrained weights for {arch!r} could not be loaded ({type(e).__name__}); "
-                "they download from the Hugging Face hub: go online, or use model.pretrained=false"
-            ) from None
-        raise
+        raise ModelError(
+            f"model.pretrained=true: the weights of timm {arch!r} could not be loaded ({_first_line(e)}); "
+            "use model.pretrained=false, or model.checkpoint=<file> for a local weights file"
+        ) from None
+
+
+def _check_torchvision_download(arch: str, url: str) -> None:
+    """Fail at once, not after a hung download, when weights are neither cached nor reachable."""
+    import os
+
+    import torch
+
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+    if not os.path.isfile(cached) and not _reachable(url):
+        raise ModelError(
+            f"model.pretrained=true: the weights of torchvision {arch!r} are not cached ({cached}) "
+            "and their server can't be reached; go online once, or use model.pretrained=false"
+        )
 
 
 def _build_torchvision(arch: str, pretrained: bool, num_classes: int, in_chans: int,
@@ -69,6 +140,7 @@ def _build_torchvision(arch: str, pretrained: bool, num_classes: int, in_chans: 
     try:
         if pretrained:
             weights = tvm.get_model_weights(arch).DEFAULT
+            _check_torchvision_download(arch, weights.url)
             model = tvm.get_model(arch, weights=weights, **kw)
         else:
             model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kw)
@@ -123,7 +195,7 @@ def build_model(
                               small_input=small_input, drop_rate=drop_rate, batch_norm=batch_norm)
     elif source == "timm":
         model = _build_timm(arch, pretrained, num_classes, in_chans, small_input, drop_rate, drop_path_rate)
-        if small_input and not arch.startswith("moganet"):
+        if small_input and not _is_ours(arch):
             adapt_small_input(model)
     elif source == "torchvision":
         model = _build_torchvision(arch, pretrained, num_classes, in_chans, drop_rate, aux_logits)

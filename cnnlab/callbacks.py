@@ -1,0 +1,139 @@
+"""Hydra callbacks for multiruns (configured in conf/hydra/default.yaml).
+
+- ``ComparisonReport.on_multirun_end`` writes comparison.csv/.md/.png into the sweep
+  folder and prints the table. It reads the job folders from disk, so it works the
+  same with the basic, joblib and submitit launchers and with the Optuna sweeper.
+- ``JobResources.on_job_start`` keeps parallel jobs (hydra/launcher=joblib) from
+  oversubscribing the machine: torch threads = cores / parallel jobs, and with
+  several GPUs one GPU per job.
+
+Hydra's ``main`` returns nothing in a multirun, so a failed job can't set the exit
+status directly. The report records whether any job did not complete, and
+``cnnlab.run`` exits with ``sweep_exit_code()`` after ``main`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger("cnnlab")
+
+# Set by ComparisonReport at the end of a multirun in this process: the job folders
+# that did not complete (None: no multirun ended here, or the report failed).
+_last_sweep: dict[str, Any] = {"ended": False, "failed": [], "report_error": None}
+
+
+def sweep_exit_code() -> int:
+    """1 if the last multirun in this process had a job that did not complete (or no report), else 0."""
+    if not _last_sweep["ended"]:
+        return 0
+    return 1 if (_last_sweep["failed"] or _last_sweep["report_error"]) else 0
+
+
+class ComparisonReport(Callback):
+    """Writes and prints the comparison report when a multirun ends."""
+
+    def __init__(self, plot: bool = True, print_table: bool = True) -> None:
+        self.plot = plot
+        self.print_table = print_table
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _last_sweep.update(ended=False, failed=[], report_error=None)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from cnnlab.compare import build_report, groups_table, runs_table, write_report
+
+        # hydra.sweep.dir holds ${now:...}; Hydra caches that resolver on the config,
+        # so this is the folder the launcher created, not a new timestamp.
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        _last_sweep["ended"] = True
+        t0 = time.perf_counter()
+        try:
+            report = build_report([sweep_dir])
+            files = write_report(report, sweep_dir, title=f"Sweep {sweep_dir.name}", plot=self.plot)
+        except Exception as e:  # noqa: BLE001 - the jobs' results are on disk; say so, don't crash
+            _last_sweep["report_error"] = f"{type(e).__name__}: {e}"
+            log.exception("the comparison report failed; rebuild it with "
+                          "`python -m cnnlab.compare %s`", sweep_dir)
+            return
+        _last_sweep["failed"] = [str(r.run_dir) for r in report.failed]
+        if self.print_table:
+            print(f"\nComparison of {len(report.runs)} runs in {sweep_dir}:\n", flush=True)
+            print(runs_table(report))
+            if report.groups:
+                print("\nRepeated seeds (mean ± std):\n" + groups_table(report))
+            print(f"\nwrote {', '.join(f.name for f in files)} in {time.perf_counter() - t0:.2f}s",
+                  flush=True)
+        if report.failed:
+            lines = [f"  {r.run_dir}: {r.status}" + (f": {r.error}" if r.error else "")
+                     for r in report.failed]
+            print(f"{len(report.failed)} of {len(report.runs)} jobs did not complete:\n"
+                  + "\n".join(lines), file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- resources
+def parallel_jobs(launcher: Any, cpu_count: int) -> int:
+    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the others)."""
+    n = launcher.get("n_jobs") if hasattr(launcher, "get") else None
+    if not isinstance(n, int) or n == 0:
+        return 1
+    # joblib: -1 = all CPUs, -2 = all but one, ...
+    return max(1, n if n > 0 else cpu_count + 1 + n)
+
+
+def pick_gpu(job_num: int, visible: list[str]) -> str | None:
+    """The GPU for a job: round-robin over the visible ones by job number."""
+    return visible[job_num % len(visible)] if visible else None
+
+
+def _visible_gpus() -> list[str]:
+    """GPU ids this process may use, found without initialising CUDA.
+
+    CUDA reads CUDA_VISIBLE_DEVICES once, at its first call; asking torch for the
+    device count would be that call, so the NVIDIA driver's /proc listing is used.
+    """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip()]
+    try:
+        return [str(i) for i in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
+    except OSError:
+        return []
+
+
+class JobResources(Callback):
+    """Split the cores (and GPUs) between jobs that the launcher runs in parallel."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
+        hc = config.hydra
+        if hc.mode != RunMode.MULTIRUN:
+            return
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = parallel_jobs(hc.launcher, cpus)
+        if n <= 1:
+            return  # one job at a time: torch's defaults already use the whole machine
+        threads = max(1, cpus // n)
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for any subprocess the job starts
+        # A joblib worker process runs several jobs in turn, and CUDA can be pinned only
+        # before its first use there: the worker's first job chooses, later ones keep it.
+        gpus = _visible_gpus()
+        if len(gpus) > 1 and not os.environ.get("CNNLAB_GPU_PINNED") and not torch.cuda.is_initialized():
+            gpu = pick_gpu(int(hc.job.num), gpus)
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            os.environ["CNNLAB_GPU_PINNED"] = "1"
+            log.info("job %s: %d torch threads, GPU %s", hc.job.num, threads, gpu)
+        else:
+            log.info("job %s: %d torch threads (%d parallel jobs on %d cores)", hc.job.num, threads, n, cpus)

@@ -1,0 +1,57 @@
+"""Shared fixtures: compose the real config, shrunk to run in seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# A training run that takes a few seconds on 2 CPU cores: 64 images per split.
+TINY = [
+    "trainer.epochs=1",
+    "trainer.batch_size=16",
+    "trainer.eval_batch_size=64",
+    "dataset.limit=64",
+    "device=cpu",
+    "trainer.progress=log",
+]
+
+
+def compose(overrides: list[str] | None = None, output_dir: str | os.PathLike | None = None):
+    """The config `python -m cnnlab.run <overrides>` would get, without running Hydra's app."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from cnnlab.config import register_schema
+
+    register_schema()
+    overrides = list(overrides or [])
+    if output_dir is not None:
+        overrides.append(f"paths.output_dir={output_dir}")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: str | os.PathLike, timeout: float = 240, module: str = "cnnlab.run",
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <args>` as a user would, in ``cwd``."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """A factory: tiny_cfg(*overrides) -> composed cfg writing into tmp_path/run."""
+
+    def make(*overrides: str, run_dir: str | os.PathLike | None = None):
+        return compose([*TINY, *overrides], output_dir=run_dir or tmp_path / "run")
+
+    return make

@@ -1,0 +1,50 @@
+"""The lr schedules, built the way the runner builds them (instantiate the partial)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import compose
+
+
+def _lrs(name: str, steps: int = 20, per_epoch: int = 5, **extra):
+    cfg = compose([f"scheduler={name}", *[f"scheduler.{k}={v}" for k, v in extra.items()]])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = instantiate(cfg.scheduler)(opt, total_steps=steps, steps_per_epoch=per_epoch)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_decays_from_lr_to_min():
+    lrs = _lrs("cosine")
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[10] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 10 / 20)))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_cosine_warmup_rises_linearly():
+    lrs = _lrs("cosine", warmup_epochs=1)
+    assert lrs[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
+
+
+def test_step_multiplies_by_gamma_each_step_epochs():
+    lrs = _lrs("step", step_epochs=2, gamma=0.5)
+    assert lrs[9] == pytest.approx(0.1) and lrs[10] == pytest.approx(0.05) and lrs[19] == pytest.approx(0.05)
+
+
+def test_onecycle_peaks_then_falls():
+    lrs = _lrs("onecycle")
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert 2 <= peak <= 7 and lrs[peak] == pytest.approx(0.1, rel=1e-3) and lrs[-1] < 0.01
+
+
+def test_none_is_constant():
+    assert _lrs("none") == [0.1] * 20
