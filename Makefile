@@ -19,10 +19,10 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,sweep]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install cnnlab with its dev tools (idempotent)
+install: $(STAMP) ## Create .venv and install cnnlab with its dev tools and sweep launchers (idempotent)
 
 run: $(STAMP) ## Train the default experiment (AlexNet on the embedded digits, CPU ok)
 	$(BIN)/python -m cnnlab.run $(ARGS)
@@ -35,6 +35,19 @@ test-fast: $(STAMP) ## Run the tests without the slow ones
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
+
+# `make sweep` is the quick comparison preset (conf/experiment/sweep_zoo.yaml: each
+# split capped at 256 images, 3 epochs). Asking for another dataset or an epoch count
+# is a scale-up, so it also lifts the cap (dataset.limit=null).
+SWEEP_SCALE = $(if $(or $(EPOCHS),$(filter-out digits,$(DATASET))),dataset.limit=null)
+sweep: $(STAMP) ## Compare alexnet/resnet18/googlenet/mobilenet_v3/moganet_xtiny (~12 min CPU); DATASET=cifar10 EPOCHS=30 scales up
+	$(BIN)/python -m cnnlab.run -m experiment=sweep_zoo $(if $(filter-out digits,$(DATASET)),dataset=$(DATASET)) $(SWEEP_SCALE) $(if $(EPOCHS),trainer.epochs=$(EPOCHS)) $(ARGS)
+
+bench: $(STAMP) ## Loader, loop and ceiling benchmarks -> docs/benchmarks.{json,md} (BENCH_ARGS="--quick", "--device cuda ...")
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+soak: $(STAMP) ## 20 x (kill -9 a tiny run at a random moment, auto-resume): must end bit-identical (~15 min CPU; SOAK_ARGS="--trials 5")
+	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
 
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(BIN)/tensorboard --logdir outputs --bind_all=false --host 127.0.0.1

@@ -105,11 +105,12 @@ class PathsConfig:
 
 @dataclass
 class FitConfig:
-    """Thresholds of the under/overfitting diagnosis (fractions of 1)."""
+    """Thresholds of the under/overfitting diagnosis; the rules are in cnnlab/fit.py."""
 
-    underfit_train_acc: float = 0.9
-    overfit_gap: float = 0.08
-    still_improving_epochs: int = 2
+    underfit_train_acc: float = 0.9  # final train acc below this: under-fitting (or still improving)
+    overfit_gap: float = 0.08  # final train acc - final val acc at or above this: over-fitting
+    still_improving_epochs: int = 2  # a val best within the last N epochs: still improving
+    diverge_loss_ratio: float = 3.0  # final train loss above this x its lowest: diverged
 
 
 @dataclass

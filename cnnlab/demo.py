@@ -5,9 +5,12 @@ Usage::
     python -m cnnlab.demo conv [hydra overrides]    # e.g. kernel='[[1]]' cases.0.stride=2
     python -m cnnlab.demo pool [hydra overrides]    # e.g. cases.0.kernel=2 modes='[max]'
     python -m cnnlab.demo conv --help               # Hydra's help: config and examples
+    python -m cnnlab.demo feature_maps model=alexnet dataset=digits checkpoint=<run>/checkpoints/best.pt
 
 The first argument picks the sub-demo from ``DEMOS``; everything after it goes to Hydra,
-which composes ``conf/demo/<name>.yaml`` with the overrides.
+which composes ``conf/demo/<name>.yaml`` with the overrides. ``feature_maps`` instead
+composes the run's own config (conf/config.yaml) with its overrides, so ``model=`` and
+``dataset=`` mean what they mean to ``cnnlab.run``, plus its own ``checkpoint=`` key.
 """
 
 from __future__ import annotations
@@ -215,16 +218,141 @@ def _indent(text: str, prefix: str = "  ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
 
+# --------------------------------------------------------------------------- feature maps
+
+FEATURE_MAPS_USAGE = """\
+usage: python -m cnnlab.demo feature_maps checkpoint=FILE_OR_RUN [out=DIR] [images=N]
+                                          [split=val|train|test] [run overrides...]
+
+Writes what a trained model sees into TensorBoard: the input images, their max-pooled
+versions, the first conv layer's and each downsampling stage's output channels (one
+grayscale tile per channel), and the first layer's kernels.
+
+  checkpoint=FILE_OR_RUN  a weights file (checkpoints/best.pt), or a run folder (its best.pt)
+  out=DIR                 the TensorBoard folder (default: <run>/tb_feature_maps, or
+                          <file>_feature_maps next to a file outside a run folder)
+  images=N                how many images of the split to show (default 8; maps: the first)
+  split=val               which split the images come from (train, val or test)
+Every other key=value is an override of the run's config, as given to cnnlab.run when
+the checkpoint was trained: the model and the input must match, e.g.
+  python -m cnnlab.demo feature_maps model=alexnet dataset=digits checkpoint=outputs/.../checkpoints/best.pt"""
+
+# The demo's own keys (not config keys) and their defaults.
+FEATURE_MAPS_KEYS = {"checkpoint": None, "out": None, "images": "8", "split": "val"}
+
+
+def _feature_maps_args(args: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    """Split ``key=value`` arguments into the demo's own keys and the config overrides."""
+    own: dict[str, str | None] = dict(FEATURE_MAPS_KEYS)
+    overrides = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if sep and key in FEATURE_MAPS_KEYS:
+            own[key] = value
+        else:
+            overrides.append(a)
+    if not own["checkpoint"]:
+        raise LessonInputError("checkpoint= is required: a weights file or a run folder")
+    check_int(int(own["images"]) if str(own["images"]).isdigit() else own["images"], "images", 1)
+    if own["split"] not in ("train", "val", "test"):
+        raise LessonInputError(f"split must be train, val or test, got {own['split']!r}")
+    return own, overrides
+
+
+def _checkpoint_and_out(checkpoint: str, out: str | None) -> tuple[Path, Path]:
+    """The weights file (a run folder -> its best.pt, else last.pt) and the TensorBoard folder."""
+    p = Path(checkpoint)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / "checkpoints" / name).is_file():
+                p = p / "checkpoints" / name
+                break
+        else:
+            raise LessonInputError(f"checkpoint={checkpoint!r}: no checkpoints/best.pt or last.pt in it")
+    if out:
+        return p, Path(out)
+    if p.parent.name == "checkpoints":  # <run>/checkpoints/best.pt -> <run>/tb_feature_maps
+        return p, p.parent.parent / "tb_feature_maps"
+    return p, p.with_name(f"{p.stem}_feature_maps")
+
+
+def run_feature_maps(args: list[str]) -> int:
+    """Compose the run's config from ``args``, load the checkpoint, log its feature maps."""
+    if any(a in ("-h", "--help") for a in args):
+        print(FEATURE_MAPS_USAGE)
+        return 0
+    own, overrides = _feature_maps_args(args)
+    ckpt, out = _checkpoint_and_out(own["checkpoint"], own["out"])
+
+    from cnnlab.inspect import check_choices, compose_config
+
+    try:
+        check_choices(overrides)
+    except SystemExit as e:  # a config-group typo: the message lists the choices
+        raise LessonInputError(str(e).removeprefix("error: ")) from None
+    cfg = compose_config(overrides)
+
+    from hydra.utils import instantiate
+    from torch.utils.tensorboard import SummaryWriter
+
+    from cnnlab.checkpoint import load_checkpoint, load_weights
+    from cnnlab.config import validate
+    from cnnlab.data import load_dataset
+    from cnnlab.errors import CheckpointError
+    from cnnlab.featuremaps import log_feature_maps
+
+    validate(cfg)
+    ck = load_checkpoint(ckpt)  # first: a wrong path fails before the dataset is decoded
+    dc = cfg.dataset
+    n = int(own["images"])
+    # limit=n keeps n images per split: all the demo shows.
+    data = load_dataset(dc.name, dc.root, dc.download, dc.image_size, dc.in_chans, dc.val_split,
+                        dc.test_split, dc.split_seed, dc.memory_budget_mb, limit=n)
+    split = getattr(data, own["split"])
+    if len(split) == 0:
+        raise LessonInputError(f"the {own['split']} split of {dc.name} is empty; pick another split=")
+    images = split.x[:n].float() / 255.0  # (n, C, H, W) uint8 -> [0, 1]
+
+    model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                        img_size=data.image_size, pretrained=False, checkpoint=None)
+    try:
+        load_weights(model, ckpt)
+    except CheckpointError as e:
+        # Name what the checkpoint was trained as, when it says so (cnnlab.train saves its config).
+        trained = ck.get("config") if isinstance(ck.get("config"), dict) else {}
+        m, d = trained.get("model", {}), trained.get("dataset", {})
+        if m and d:
+            raise CheckpointError(
+                f"{e} (it was trained as model.name={m.get('name')} dataset={d.get('name')} "
+                f"model.small_input={str(m.get('small_input')).lower()}: pass the same overrides)"
+            ) from None
+        raise
+    step = int(ck.get("epoch", 0)) if isinstance(ck.get("epoch", 0), int) else 0
+
+    writer = SummaryWriter(log_dir=str(out))
+    try:
+        tags = log_feature_maps(model, images, writer, step, mean=list(dc.mean), std=list(dc.std))
+    finally:
+        writer.close()
+    print(f"feature maps of {ckpt} ({cfg.model.name} on {dc.name} {own['split']}, epoch {step}):")
+    for tag in tags:
+        print(f"  {tag}")
+    print(f"written to {out}\nview them with: tensorboard --logdir {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- dispatch
 
 # Sub-demo name -> (config name in conf/demo, function taking the composed config and
-# returning an exit code). To add a demo, e.g. ``feature_maps``: write
-# ``run_feature_maps(cfg) -> int`` (raise LessonInputError for bad values), add
-# conf/demo/feature_maps.yaml (copy the hydra: block and defaults of conv.yaml), then add
-# an entry here.
-DEMOS: dict[str, tuple[str, Callable[[Any], int]]] = {
+# returning an exit code). To add a demo: write ``run_<name>(cfg) -> int`` (raise
+# LessonInputError for bad values), add conf/demo/<name>.yaml (copy the hydra: block and
+# defaults of conv.yaml), then add an entry here. A config name of None means the demo
+# takes the run's own config (conf/config.yaml, composed with its overrides by the demo
+# itself, through Hydra's compose API): its function gets the argument list instead.
+DEMOS: dict[str, tuple[str | None, Callable[[Any], int]]] = {
     "conv": ("conv", run_conv),
     "pool": ("pool", run_pool),
+    "feature_maps": (None, run_feature_maps),
 }
 
 
@@ -248,9 +376,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown demo {name!r}; choose from: {', '.join(DEMOS)}", file=sys.stderr)
         return 2
 
+    config_name, run = DEMOS[name]
+    if config_name is None:
+        from cnnlab.errors import CnnlabError
+
+        try:
+            return run(argv[2:])
+        except (LessonInputError, CnnlabError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
     import hydra  # imported here so the usage and unknown-demo paths stay instant
 
-    config_name, run = DEMOS[name]
     exit_code = 0
 
     def task(cfg: Any) -> None:

@@ -255,7 +255,7 @@ def test_cli_override_changes_output_and_writes_no_folders(cli_runs):
 def test_cli_unknown_demo_exits_2():
     res = _run("nope")
     assert res.returncode == 2
-    assert res.stderr.strip() == "error: unknown demo 'nope'; choose from: conv, pool"
+    assert res.stderr.strip() == "error: unknown demo 'nope'; choose from: conv, pool, feature_maps"
     assert "Traceback" not in res.stderr
 
 

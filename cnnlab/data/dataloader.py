@@ -1,0 +1,216 @@
+"""The classic path, ``dataset.loader=dataloader``: torch's DataLoader and per-image transforms.
+
+For data that does not fit in memory (an image folder over ``dataset.memory_budget_mb``,
+read file by file through torchvision's ImageFolder), or to compare against the
+tensor path. Worker processes decode and augment one image at a time with
+torchvision's transforms v2 (RandomCrop with padding, RandomHorizontalFlip, then
+ToDtype and Normalize); the main process copies each collated batch to the device
+(from pinned memory on CUDA, without blocking).
+
+:func:`build_dataloader` returns a :class:`ClassicLoader`, which has the interface of
+:class:`~cnnlab.data.loader.TensorLoader`: it yields normalised float (x (B, C, H, W),
+y (B,) int64) on the device, and has ``len()``, ``num_samples``, ``preview(n)`` and a
+``generator`` (a CPU torch.Generator that draws the shuffle order; the checkpoint
+saves its state, so a resumed run continues the same order). With augmentation off
+and world_size 1 it yields exactly the batches a TensorLoader with the same seed
+yields, in the same order (same permutation from the same generator), up to float
+rounding of the normalisation.
+
+What a resume does not restore: the per-image augmentation draws, which come from
+the workers' own RNGs (seeded by torch's DataLoader from the global torch RNG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from cnnlab.data.loader import Augment
+from cnnlab.errors import DataError
+
+
+class _Cutout(torch.nn.Module):
+    """The per-image twin of ``augment.cutout``: zero a size x size square at a random centre."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (C, H, W) float, normalised
+        h, w = x.shape[-2:]
+        cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
+        y0, x0 = max(cy - self.size // 2, 0), max(cx - self.size // 2, 0)
+        y1, x1 = max(cy - self.size // 2 + self.size, 0), max(cx - self.size // 2 + self.size, 0)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = 0.0
+        return x
+
+
+def image_transform(mean: Sequence[float], std: Sequence[float], shape: Sequence[int],
+                    augment: Augment | None, from_pil: bool = False) -> Any:
+    """torchvision v2 transforms for one uint8 image of ``shape`` (C, H, W), or a PIL image
+    of that size when ``from_pil``: [crop, flip,] to float in [0, 1], normalise[, cutout]."""
+    from torchvision.transforms import v2
+
+    steps: list[Any] = [v2.PILToTensor()] if from_pil else []
+    a = augment or Augment()
+    if a.crop_padding > 0:
+        mode = "reflect" if a.pad_mode == "reflect" else "constant"
+        steps.append(v2.RandomCrop(tuple(shape[-2:]), padding=a.crop_padding, padding_mode=mode))
+    if a.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    c = shape[0]
+    mean_c = [float(m) for m in mean] * (c if len(mean) == 1 else 1)
+    std_c = [float(s) for s in std] * (c if len(std) == 1 else 1)
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean_c, std_c)]
+    if a.cutout > 0:
+        steps.append(_Cutout(a.cutout))
+    return v2.Compose(steps)
+
+
+class _TensorDataset(torch.utils.data.Dataset):
+    """Items (transform(x[i]), y[i]) of an in-memory uint8 split (N, C, H, W)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Any) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.x[i]), self.y[i]
+
+
+class _PermutationSampler(torch.utils.data.Sampler[int]):
+    """One ``randperm(n, generator)`` per epoch, exactly as TensorLoader draws it.
+
+    (torch's RandomSampler draws a second, unused permutation at the end of each pass,
+    which would put the two loader kinds out of step from the second epoch on.)
+    """
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n, self.generator = n, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+
+class _StridedSampler(torch.utils.data.Sampler[int]):
+    """Indices rank, rank + W, ...: an eval shard with every sample once across ranks, no padding.
+
+    (DistributedSampler pads the shards to equal length with repeated samples, which
+    would count those samples twice in an evaluation.)
+    """
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, n, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+class ClassicLoader:
+    """A torch DataLoader that yields normalised float batches on ``device`` (see the module doc)."""
+
+    def __init__(self, dataset: Any, batch_size: int, device: torch.device | str, train: bool,
+                 seed: int, channels_last: bool, num_workers: int, rank: int, world_size: int,
+                 preview_source: Any = None) -> None:
+        from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        self.device = torch.device(device)
+        self.train, self.batch_size = train, batch_size
+        self.channels_last = channels_last
+        self.generator = torch.Generator().manual_seed(seed)  # the shuffle order's RNG (CPU)
+        n = len(dataset)
+        if train and world_size > 1:
+            # Same permutation on every rank (same seed), rank r takes every W-th index of
+            # its first W*floor(n/W): each sample at most once per epoch across ranks.
+            self.sampler: Any = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
+                                                   shuffle=True, seed=seed, drop_last=True)
+        elif train:
+            self.sampler = _PermutationSampler(n, self.generator)
+        elif world_size > 1:
+            self.sampler = _StridedSampler(n, rank, world_size)
+        else:
+            self.sampler = SequentialSampler(dataset)
+        self._preview_source = preview_source
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=self.sampler, drop_last=train,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",  # page-locked batches: async host->GPU copies
+            persistent_workers=num_workers > 0,  # keep the workers (and their RNGs) across epochs
+        )
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch."""
+        return len(self) * self.batch_size if self.train else len(self.sampler)
+
+    def preview(self, n: int = 16) -> torch.Tensor:
+        """The first ``n`` images, un-augmented, as uint8 (n, C, H, W) on the CPU."""
+        src = self._preview_source
+        if isinstance(src, torch.Tensor):
+            return src[:n].cpu()
+        return torch.stack([src.read(i) for i in range(min(n, len(src)))])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if isinstance(self.sampler, torch.utils.data.DistributedSampler):
+            # DistributedSampler shuffles with seed + epoch; draw the "epoch" from our generator
+            # so the order follows the generator's state (the same on every rank), and a
+            # resumed run, whose generator state comes from the checkpoint, continues it.
+            self.sampler.set_epoch(int(torch.randint(0, 2**31 - 1, (), generator=self.generator)))
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        it = iter(self.loader)
+        while True:
+            try:
+                x, y = next(it)
+            except StopIteration:
+                return
+            except DataError as e:  # raised in a worker: keep the message's last line only
+                raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
+            # non_blocking: from pinned memory the copy overlaps with compute (CUDA only).
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def build_dataloader(split: Any, batch_size: int, mean: Sequence[float], std: Sequence[float],
+                     device: torch.device | str, train: bool = False, augment: Augment | None = None,
+                     seed: int = 0, channels_last: bool = False, num_workers: int = 2,
+                     rank: int = 0, world_size: int = 1) -> ClassicLoader:
+    """A classic DataLoader over ``split``: an in-memory Split (uint8 x, int64 y) or a FileSplit.
+
+    train=True shuffles with ``seed``, augments per image with ``augment`` and drops the
+    last partial batch; train=False keeps order and every sample. ``world_size > 1``
+    shards by ``rank`` (DistributedSampler for training).
+    """
+    if num_workers < 0:
+        raise DataError(f"dataset.num_workers={num_workers}: use 0 (load in the main process) or more")
+    shape = tuple(split.x.shape[1:])  # (C, H, W)
+    if isinstance(split.x, torch.Tensor) and not split.x.is_meta:
+        # Workers read the CPU copy (shared with them by fork, not pickled per item).
+        x_cpu = split.x.cpu()
+        dataset = _TensorDataset(x_cpu, split.y.cpu(),
+                                 image_transform(mean, std, shape, augment if train else None))
+        preview: Any = x_cpu
+    elif hasattr(split, "dataset"):
+        dataset = split.dataset(image_transform(mean, std, shape, augment if train else None,
+                                                from_pil=True))
+        preview = split
+    else:
+        raise DataError(f"cannot build a DataLoader over a {type(split).__name__}")
+    return ClassicLoader(dataset, batch_size, device, train, seed, channels_last, num_workers,
+                         rank, world_size, preview_source=preview)

@@ -1,0 +1,219 @@
+"""Your own images: class subfolders, decoded once into uint8 tensors.
+
+Two layouts are accepted:
+
+    root/<class>/*.png                      split with split_seed into train/val/test
+    root/train/<class>/..., root/val/<class>/...  [root/test/<class>/...]
+
+Files are found with torchvision's own ``find_classes``/``make_dataset`` and its list
+of image extensions. A file that fails to decode is skipped with a warning naming it.
+
+A folder that fits ``memory_budget_mb`` is decoded once into uint8 tensors. One that
+does not is, with ``loader="dataloader"``, returned as :class:`FileSplit` s: lists of
+files that torchvision's ImageFolder reads at batch time (``cnnlab.data.dataloader``);
+with ``loader="tensor"`` it is an error that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torchvision.datasets import ImageFolder
+
+from cnnlab.data.splits import ImageSplits, Split, seeded_split
+from cnnlab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def _scan(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    try:
+        classes, class_to_idx = find_classes(folder)
+    except FileNotFoundError:
+        raise DataError(f"dataset.root={folder!r} has no class subfolders: put each class's images in root/<class>/") from None
+    try:
+        samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    except FileNotFoundError as e:
+        raise DataError(f"dataset.root={folder!r}: {e}") from None
+    return classes, samples
+
+
+def _decode(samples: list[tuple[str, int]], in_chans: int, image_size: int) -> Split:
+    """Decode, convert and resize every image; skip (and name) the ones that fail."""
+    import numpy as np
+    from PIL import Image
+
+    mode = "L" if in_chans == 1 else "RGB"
+    xs, ys = [], []
+    for path, label in samples:
+        try:
+            with Image.open(path) as im:
+                im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as e:
+            log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
+            continue
+        xs.append(torch.from_numpy(arr.copy()).reshape(image_size, image_size, -1).permute(2, 0, 1))
+        ys.append(label)
+    if not xs:
+        return Split(torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8),
+                     torch.empty(0, dtype=torch.long))
+    return Split(torch.stack(xs), torch.tensor(ys, dtype=torch.long))
+
+
+def read_image(path: str, mode: str, image_size: int) -> Any:
+    """One file as a PIL image in ``mode`` ("L" or "RGB") at image_size x image_size.
+
+    The same decode, conversion and bilinear resize as the in-memory path, so both
+    paths see the same pixels. Module-level (with functools.partial) so that
+    DataLoader workers started by spawn can pickle it.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace it") from None
+
+
+class _Files(ImageFolder):
+    """torchvision's ImageFolder, told its files (and classes) instead of scanning the folder.
+
+    Module-level, so DataLoader workers started by spawn or forkserver can unpickle it.
+    """
+
+    def __init__(self, root: str, samples: list[tuple[str, int]], classes: list[str],
+                 loader: Callable[[str], Any], transform: Callable | None) -> None:
+        self._given_samples, self._given_classes = samples, classes
+        super().__init__(root, transform=transform, loader=loader, allow_empty=True)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self._given_classes, {c: i for i, c in enumerate(self._given_classes)}
+
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], extensions: Any = None,
+                     is_valid_file: Any = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+        return list(self._given_samples)
+
+
+@dataclass
+class FileSplit:
+    """A split read from its files at batch time: what a folder over the memory budget becomes.
+
+    It quacks like :class:`~cnnlab.data.splits.Split` where the shapes are asked:
+    ``len()``, ``y``, ``take(n)``, and an ``x`` that is a *meta* tensor (shape
+    (N, C, S, S), uint8, no memory) so ``ImageSplits.in_chans``/``image_size`` work.
+    Its images come through :meth:`dataset`, never through ``x``.
+    """
+
+    root: str
+    samples: list[tuple[str, int]]  # (path, class index)
+    classes: list[str]
+    in_chans: int
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def x(self) -> torch.Tensor:
+        return torch.empty(len(self), self.in_chans, self.image_size, self.image_size,
+                           dtype=torch.uint8, device="meta")
+
+    @property
+    def y(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
+
+    def take(self, n: int | None) -> FileSplit:
+        if n is None or n >= len(self):
+            return self
+        return FileSplit(self.root, self.samples[:n], self.classes, self.in_chans, self.image_size)
+
+    def dataset(self, transform: Callable | None = None) -> Any:
+        """A torchvision ImageFolder over these files; items are (transform(PIL image), label)."""
+        mode = "L" if self.in_chans == 1 else "RGB"
+        loader = partial(read_image, mode=mode, image_size=self.image_size)
+        return _Files(self.root, self.samples, self.classes, loader, transform)
+
+    def read(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 (C, S, S)."""
+        import numpy as np
+
+        mode = "L" if self.in_chans == 1 else "RGB"
+        arr = np.asarray(read_image(self.samples[i][0], mode, self.image_size), dtype=np.uint8)
+        return torch.from_numpy(arr.copy()).reshape(self.image_size, self.image_size, -1).permute(2, 0, 1)
+
+
+def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
+                     val_split: float = 0.15, test_split: float = 0.15, split_seed: int = 0,
+                     memory_budget_mb: int = 2048, loader: str = "tensor",
+                     **_: object) -> ImageSplits:
+    """Load an image folder (either layout) into memory, within ``memory_budget_mb``.
+
+    Over the budget: with ``loader="dataloader"`` the splits are :class:`FileSplit` s
+    (read from disk at batch time); with ``loader="tensor"`` a one-line DataError.
+    """
+    if not root or not os.path.isdir(root):
+        raise DataError(f"dataset.root={root!r} is not a folder: give a folder with one subfolder per class")
+    pre_split = os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "val"))
+    parts = ["train", "val", "test"] if pre_split else ["."]
+    found = {p: _scan(os.path.join(root, p)) for p in parts if os.path.isdir(os.path.join(root, p))}
+    classes = found[parts[0]][0]
+    n_files = sum(len(s) for _, s in found.values())
+    if n_files == 0:
+        raise DataError(f"dataset.root={root!r} holds no images (looked for .png, .jpg, ... in its class subfolders)")
+    if len(classes) < 2:
+        raise DataError(f"dataset.root={root!r} has {len(classes)} class ({', '.join(classes)}); a classifier needs at least 2 class subfolders")
+    if pre_split:
+        for p, (cls, _) in found.items():
+            if cls != classes:
+                raise DataError(f"dataset.root={root!r}: {p}/ has classes {cls}, train/ has {classes}")
+    need_mb = n_files * in_chans * image_size * image_size / 2**20  # uint8 bytes
+    if need_mb > memory_budget_mb:
+        if loader != "dataloader":
+            raise DataError(
+                f"dataset.root={root!r}: {n_files} images at {image_size}px need {need_mb:,.1f} MB, over "
+                f"dataset.memory_budget_mb={memory_budget_mb}: use dataset.loader=dataloader to read "
+                "them from disk per batch, or raise the budget, or lower dataset.image_size"
+            )
+        log.info("%s: %d images need %.0f MB, over the %d MB budget: reading them from disk per batch",
+                 root, n_files, need_mb, memory_budget_mb)
+        return _file_splits(root, found, classes, pre_split, in_chans, image_size,
+                            val_split, test_split, split_seed)
+        train = _decode(found["train"][1], in_chans, image_size)
+        val = _decode(found["val"][1], in_chans, image_size)
+        test = _decode(found["test"][1], in_chans, image_size) if "test" in found else val
+    else:
+        every = _decode(found["."][1], in_chans, image_size)
+        train, val, test = seeded_split(every.x, every.y, [val_split, test_split], split_seed)
+    if len(train) == 0:
+        raise DataError(f"dataset.root={root!r}: no readable training images (see the warnings above)")
+    return ImageSplits(train, val, test, classes)
+
+
+def _file_splits(root: str, found: dict[str, tuple[list[str], list[tuple[str, int]]]],
+                 classes: list[str], pre_split: bool, in_chans: int, image_size: int,
+                 val_split: float, test_split: float, split_seed: int) -> ImageSplits:
+    """The splits as file lists, cut exactly as the in-memory path cuts them."""
+    def files(part: str, samples: list[tuple[str, int]]) -> FileSplit:
+        return FileSplit(os.path.join(root, part), samples, classes, in_chans, image_size)
+
+    if pre_split:
+        train = files("train", found["train"][1])
+        val = files("val", found["val"][1])
+        test = files("test", found["test"][1]) if "test" in found else val
+    else:
+        samples = found["."][1]
+        # Split the sample numbers with the same seeded permutation as seeded_split on tensors.
+        idx = torch.arange(len(samples))
+        parts = seeded_split(idx, idx, [val_split, test_split], split_seed)
+        train, val, test = (files(".", [samples[i] for i in p.y.tolist()]) for p in parts)
+    return ImageSplits(train, val, test, classes)  # type: ignore[arg-type]

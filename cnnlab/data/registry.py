@@ -1,0 +1,50 @@
+"""Dataset name -> builder. Adding a dataset: a function here and a conf/dataset/*.yaml."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from cnnlab.data.splits import ImageSplits
+from cnnlab.errors import DataError
+
+
+def _digits(**kw: Any) -> ImageSplits:
+    from cnnlab.data.digits import load_digits
+
+    return load_digits(**kw)
+
+
+def _imagefolder(**kw: Any) -> ImageSplits:
+    from cnnlab.data.imagefolder import load_imagefolder
+
+    return load_imagefolder(**kw)
+
+
+def _torchvision(name: str) -> Callable[..., ImageSplits]:
+    def load(**kw: Any) -> ImageSplits:
+        from cnnlab.data.torchvision_sets import load_torchvision
+
+        return load_torchvision(name, **kw)
+
+    return load
+
+
+DATASETS: dict[str, Callable[..., ImageSplits]] = {
+    "digits": _digits,
+    "imagefolder": _imagefolder,
+    **{n: _torchvision(n) for n in ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn")},
+}
+
+
+def load_dataset(name: str, root: str | None, download: bool, image_size: int, in_chans: int,
+                 val_split: float, test_split: float, split_seed: int,
+                 memory_budget_mb: int, limit: int | None = None, loader: str = "tensor") -> ImageSplits:
+    """Decode dataset ``name`` into uint8 splits; ``limit`` keeps the first N of each split."""
+    if name not in DATASETS:
+        raise DataError(f"dataset.name={name!r}: choose one of {', '.join(DATASETS)}")
+    splits = DATASETS[name](root=root, download=download, image_size=image_size, in_chans=in_chans,
+                            val_split=val_split, test_split=test_split, split_seed=split_seed,
+                            memory_budget_mb=memory_budget_mb, loader=loader)
+    if splits.in_chans != in_chans:
+        raise DataError(f"dataset.in_chans={in_chans} but {name} images have {splits.in_chans} channels")
+    return splits.limit(limit)

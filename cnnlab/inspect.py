@@ -1,0 +1,416 @@
+"""``python -m cnnlab.inspect [overrides]``: the layer-shape inspector.
+
+The course's "size of the output after pooling", for any model: a layer-by-layer table
+(layer, kind, output shape, params, MACs, and totals) for the model at the dataset's
+input size. The overrides are the ones a run takes, e.g.::
+
+    python -m cnnlab.inspect model=alexnet dataset=cifar10
+    python -m cnnlab.inspect model=resnet18 dataset=cifar10 model.small_input=false
+    python -m cnnlab.inspect model=timm model.arch=convnext_atto depth=2
+
+``depth=N`` (not a config key: the inspector's own) sums the rows into the modules N
+levels deep (``layer1.0.conv1`` -> ``layer1`` at depth 1), for long tables.
+
+It flags the layer where the feature map first shrinks to 1x1 or below: an ImageNet
+stem (a 7x7/2 conv and a 3x3/2 max-pool, total stride 32) turns 224x224 into 7x7 at the
+end, but 32x32 into 1x1 halfway through. When the map is gone before the last layer,
+the forward pass fails; the table then stops at the layer that could not run.
+
+How: forward hooks on every leaf module during one forward pass of a single image
+(:func:`cnnlab.models.profile.profile_layers`, shared with the run's MAC count).
+torchinfo and fvcore, the usual libraries for this, are not installed here, and hooks
+see exactly what the forward pass does: any timm or torchvision model, and our own,
+with no per-architecture code. The pass is real, on the CPU, with one thread: for one
+32x32 image that is faster than PyTorch's shape-only ``meta`` device (whose kernels are
+Python: 3x slower for a MogaNet-XTiny, no faster for a MogaNet-Large), and threads only
+add sync costs at this size.
+
+The config is composed with Hydra's compose API from conf/ at the repository root,
+with the run's schema, and the model is built with ``hydra.utils.instantiate(cfg.model)``
+as ``train`` builds it. Heavy imports (torch, timm) happen after the arguments are
+checked, so a typo answers at once.
+
+(The module is named like the standard library's ``inspect``; that is safe because it is
+only ever imported as ``cnnlab.inspect``, never as a top-level module.)
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+USAGE = """\
+usage: python -m cnnlab.inspect [model=NAME] [dataset=NAME] [overrides...] [depth=N]
+
+Prints the layer-by-layer table (layer, kind, output shape, params, MACs) of the model
+at the dataset's input size, and flags where the feature map shrinks to 1x1.
+  model=alexnet dataset=cifar10              the defaults are model=alexnet dataset=digits
+  model.small_input=false                    the ImageNet stem, to see what it does to 32x32
+  dataset.image_size=224                     any input size
+  depth=1                                    one row per top-level module
+Config groups: model, dataset (and any key of the run's config, e.g. model.arch=...)."""
+
+GONE = "<- 1x1: the map is gone"
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str
+    out_shape: tuple[int, ...]  # without the batch dimension: (C, H, W) or (features,)
+    params: int
+    macs: int
+    in_hw: tuple[int, int] | None = None  # the input's spatial size, when 4-D
+    note: str = ""
+
+
+@dataclass
+class Report:
+    model: str
+    input_shape: tuple[int, int, int]
+    small_input: bool
+    rows: list[Row]
+    total_params: int
+    failed_at: Row | None = None  # the layer whose forward raised (the map was too small)
+    error: str = ""
+    gone_at: int | None = None  # index in rows of the first layer that shrank the map to <= 1x1
+    # Every module's output shape (containers too), for ``depth=N`` grouping: a block's
+    # output is not its last leaf's (an Inception block concatenates its branches).
+    module_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- arguments
+def split_args(argv: list[str]) -> tuple[list[str], int | None]:
+    """Separate the inspector's own ``depth=N`` from the Hydra overrides."""
+    overrides, depth = [], None
+    for a in argv:
+        if a.startswith("depth="):
+            try:
+                depth = int(a.split("=", 1)[1])
+            except ValueError:
+                raise SystemExit(f"error: depth must be an integer >= 1, got {a!r}") from None
+            if depth < 1:
+                raise SystemExit(f"error: depth must be an integer >= 1, got {a!r}")
+        else:
+            overrides.append(a)
+    return overrides, depth
+
+
+def check_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """A config-group override naming no file (``model=resnet19``) -> one line with the choices."""
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        group = conf_dir / key.lstrip("+~")
+        if not sep or "." in key or not group.is_dir():
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        if value not in options and value != "null":
+            close = difflib.get_close_matches(value, options, n=3, cutoff=0.5)
+            hint = f" (closest: {', '.join(close)})" if close else ""
+            raise SystemExit(f"error: {key}={value!r} is not an option{hint}; choose one of: "
+                             f"{', '.join(options)}")
+
+
+def compose_config(overrides: list[str], conf_dir: Path = CONF_DIR) -> Any:
+    """The config ``python -m cnnlab.run <overrides>`` would get (the run's schema included)."""
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab.config import register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        # paths.output_dir interpolates ${hydra:runtime.output_dir}: it is never read here.
+        return compose(config_name="config", overrides=overrides)
+
+
+# --------------------------------------------------------------------------- the model
+def build_model(cfg: Any, device: str = "cpu") -> tuple[Any, tuple[int, int, int]]:
+    """Build ``cfg.model`` for the dataset's input, like ``train`` does; return (model, (C,H,W)).
+
+    No weights are loaded (``pretrained``/``checkpoint`` are ignored: they do not change
+    shapes). Without a known class count (an image folder not read yet) 10 is used.
+    """
+    import torch
+    from hydra.utils import instantiate
+
+    import cnnlab.models  # noqa: F401  (registers MogaNet in timm before instantiate)
+
+    dc = cfg.dataset
+    num_classes = dc.num_classes if dc.num_classes is not None else 10
+    with torch.device(device):
+        model = instantiate(cfg.model, num_classes=num_classes, in_chans=dc.in_chans,
+                            img_size=dc.image_size, pretrained=False, checkpoint=None)
+    return model, (dc.in_chans, dc.image_size, dc.image_size)
+
+
+def _is_global_pool(kind: str) -> bool:
+    # A global pool is meant to end the trunk at 1x1: that is not the map being lost.
+    return "Adaptive" in kind or "GlobalPool" in kind
+
+
+def _too_small(err: BaseException) -> bool:
+    text = str(err)
+    return "too small" in text or "Kernel size can't be greater than actual input size" in text
+
+
+def trace(model: Any, input_shape: tuple[int, int, int]
+          ) -> tuple[list[Row], Row | None, str, dict[str, tuple[int, ...]]]:
+    """The table's rows from one forward pass: (rows, failing layer or None, its error,
+    every module's output shape).
+
+    ``profile_layers`` gives the rows; hooks of our own, registered first so they run
+    first, add each layer's input size and remember the layer that was running when the
+    forward pass failed, with the rows up to it.
+    """
+    import torch
+
+    from cnnlab.models.profile import _layer_macs, profile_layers
+
+    seen: list[Row] = []  # our own record, in call order, same filter as profile_layers
+    running: list[Any] = [None]
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def any_module(name: str):
+        def fn(m: Any, inp: tuple, out: Any) -> None:
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(t, torch.Tensor):
+                shapes[name] = tuple(t.shape[1:])
+        return fn
+
+    def pre(name: str):
+        def fn(m: Any, inp: tuple) -> None:
+            running[0] = (name, m, inp)
+        return fn
+
+    def post(name: str):
+        def fn(m: Any, inp: tuple, out: Any) -> None:
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            if not isinstance(t, torch.Tensor):
+                return
+            x = inp[0] if inp and isinstance(inp[0], torch.Tensor) else None
+            in_hw = tuple(x.shape[-2:]) if x is not None and x.dim() == 4 else None
+            own = sum(p.numel() for p in m.parameters(recurse=False))
+            seen.append(Row(name, type(m).__name__, tuple(t.shape[1:]), own, _layer_macs(m, t), in_hw))
+        return fn
+
+    handles = []
+    for name, m in model.named_modules():
+        if name and not any(True for _ in m.children()):
+            handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
+        elif name:
+            handles.append(m.register_forward_hook(any_module(name)))
+    try:
+        stats = profile_layers(model, input_shape)
+    except RuntimeError as e:
+        if not _too_small(e):
+            raise
+        name, m, inp = running[0]
+        x = inp[0] if inp and isinstance(inp[0], torch.Tensor) else None
+        in_hw = tuple(x.shape[-2:]) if x is not None and x.dim() == 4 else None
+        failed = Row(name, type(m).__name__, (), sum(p.numel() for p in m.parameters(recurse=False)), 0, in_hw)
+        return seen, failed, str(e).strip().splitlines()[0], shapes
+    finally:
+        for h in handles:
+            h.remove()
+    # The two records must agree row for row; if they ever do not, trust profile_layers.
+    if [(s.name, s.out_shape) for s in stats] != [(r.name, r.out_shape) for r in seen]:
+        seen = [Row(s.name, s.kind, s.out_shape, s.params, s.macs) for s in stats]
+    else:
+        for r, s in zip(seen, stats, strict=True):
+            r.params, r.macs = s.params, s.macs
+    return seen, None, "", shapes
+
+
+def find_gone(rows: list[Row]) -> int | None:
+    """Index of the first layer that shrinks a map larger than 1x1 to 1x1 or below.
+
+    Global pools are meant to (and end the search: what follows is the head), and a
+    layer whose input is already 1x1 (a squeeze-excitation branch) shrinks nothing.
+    """
+    for i, r in enumerate(rows):
+        if _is_global_pool(r.kind):
+            return None
+        if len(r.out_shape) == 3 and r.in_hw is not None and r.in_hw[0] * r.in_hw[1] > 1 \
+                and r.out_shape[1] <= 1 and r.out_shape[2] <= 1:
+            return i
+    return None
+
+
+def inspect_model(cfg: Any) -> Report:
+    """Build the configured model and trace it at the dataset's input size."""
+    import torch
+
+    from cnnlab.models.profile import count_params
+
+    small = bool(cfg.model.small_input)
+    model, shape = build_model(cfg)
+    threads = torch.get_num_threads()
+    if shape[1] * shape[2] <= 64 * 64:
+        torch.set_num_threads(1)  # one small image: more threads only add sync costs
+    try:
+        rows, failed, error, shapes = trace(model, shape)
+    finally:
+        torch.set_num_threads(threads)
+    report = Report(cfg.model.name, shape, small, rows, count_params(model), failed, error,
+                    module_shapes=shapes)
+    report.gone_at = find_gone(rows)
+    if report.gone_at is not None:
+        rows[report.gone_at].note = GONE
+    return report
+
+
+# --------------------------------------------------------------------------- output
+def _num(n: int) -> str:
+    """1,234,567 -> '1.23M': three significant digits are enough to compare layers."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            v = n / scale
+            return f"{v:.2f}{unit}" if v < 10 else f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}"
+    return str(n)
+
+
+def _shape(s: tuple[int, ...]) -> str:
+    return "x".join(map(str, s)) if s else "-"
+
+
+def group_rows(rows: list[Row], depth: int,
+               module_shapes: dict[str, tuple[int, ...]] | None = None) -> list[Row]:
+    """Sum consecutive rows with the same first ``depth`` name parts into one row.
+
+    The group's output shape is the module's own (from ``module_shapes``), else its
+    last row's; its kind is the layer's kind when the group is one layer, else
+    ``<n> layers``. A flag inside a group is kept.
+    """
+    shapes = module_shapes or {}
+    out: list[Row] = []
+    count = 0
+    for r in rows:
+        key = ".".join(r.name.split(".")[:depth])
+        if out and out[-1].name == key:
+            g = out[-1]
+            g.out_shape = shapes.get(key, r.out_shape)
+            g.params, g.macs = g.params + r.params, g.macs + r.macs
+            g.note = g.note or r.note
+            count += 1
+            g.kind = f"{count} layers"
+        else:
+            out.append(Row(key, r.kind, r.out_shape, r.params, r.macs, r.in_hw, r.note))
+            count = 1
+    return out
+
+
+def format_report(report: Report, depth: int | None = None) -> str:
+    """The table, the totals, and the notes, as printed by the CLI."""
+    c, h, w = report.input_shape
+    rows = group_rows(report.rows, depth, report.module_shapes) if depth else report.rows
+    head = ["#", "layer", "kind", "output", "params", "MACs", ""]
+    table = [[str(i), r.name, r.kind, _shape(r.out_shape), _num(r.params), _num(r.macs), r.note]
+             for i, r in enumerate(rows, 1)]
+    if report.failed_at is not None:
+        f = report.failed_at
+        where = f"input {f.in_hw[0]}x{f.in_hw[1]}" if f.in_hw else "its input"
+        table.append([str(len(rows) + 1), f.name, f.kind, "fails", _num(f.params), "-",
+                      f"<- {where} is smaller than its window"])
+    widths = [max(len(x[i]) for x in [head, *table]) for i in range(len(head))]
+    right = {0, 4, 5}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(x.rjust(wd) if i in right else x.ljust(wd)
+                         for i, (x, wd) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    small = "true" if report.small_input else "false"
+    out = [f"{report.model} at {c}x{h}x{w} (model.small_input={small}), one image, eval mode", "",
+           line(head), line(["-" * wd for wd in widths]), *map(line, table)]
+
+    total_macs = sum(r.macs for r in report.rows)
+    in_rows = sum(r.params for r in report.rows)
+    out += ["", f"total: {report.total_params:,} params ({_num(report.total_params)}), "
+                f"{total_macs:,} MACs ({_num(total_macs)}) per image"
+                + (" up to the failing layer" if report.failed_at is not None else "")]
+    if in_rows != report.total_params and report.failed_at is None:
+        out.append(f"  {report.total_params - in_rows:,} params are in no row: held by container "
+                   "modules (e.g. layer scales) or by layers that do not run in eval mode "
+                   "(e.g. auxiliary heads)")
+    out.append("  MACs: multiply-accumulates of Conv2d and Linear layers (BatchNorm, activations "
+               "and pooling are left out)")
+    out += _closing_notes(report)
+    return "\n".join(out)
+
+
+def _closing_notes(report: Report) -> list[str]:
+    """Why the map was lost, and what to do about it."""
+    c, h, w = report.input_shape
+    if report.gone_at is None and report.failed_at is None:
+        spatial = [r.out_shape for r in report.rows if len(r.out_shape) == 3
+                   and not _is_global_pool(r.kind)]
+        if spatial:
+            last = spatial[-1]
+            return ["", f"final feature map before the classifier: {_shape(last)} "
+                        f"(from a {h}x{w} input)"]
+        return []
+    if report.failed_at is not None:
+        where = f"the forward pass fails at {report.failed_at.name} ({report.error})"
+    else:
+        r = report.rows[report.gone_at]
+        where = (f"{r.name} ({r.kind}) shrinks the map from {r.in_hw[0]}x{r.in_hw[1]} to "
+                 f"{r.out_shape[1]}x{r.out_shape[2]}: later convs see one pixel, so a 3x3 kernel "
+                 "uses only its centre weight and a pool has nothing left to pool")
+    notes = ["", f"note: at {h}x{w}, {where}."]
+    if not report.small_input:
+        notes += [
+            "  ImageNet networks are made for 224x224 and downsample by 32 in all (ResNet: a 7x7/2",
+            "  conv and a 3x3/2 max-pool in the stem, then three stride-2 stages): 224/32 = 7x7 at",
+            "  the end, but 32/32 = 1x1. Use model.small_input=true: it makes the stem stride 1",
+            "  (ResNet: a 3x3/1 conv, no max-pool), as the 32x32 datasets do by default.",
+        ]
+    else:
+        notes.append("  Even with small_input this network downsamples too often for the image; "
+                     "use a larger dataset.image_size or a shallower model.")
+    return notes
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    """Parse the overrides, compose the config, print the table; return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        overrides, depth = split_args(argv)
+        check_choices(overrides)
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return 2
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cnnlab.errors import CnnlabError
+
+    try:
+        cfg = compose_config(overrides)
+        from cnnlab.config import validate
+
+        validate(cfg)
+        report = inspect_model(cfg)
+    except (HydraException, OmegaConfBaseException, CnnlabError) as e:
+        # instantiate wraps the model's own errors: show the cause's message, e.g. AlexNet's
+        # "img_size=32 is too small for AlexNet (map shrinks below 1x1)".
+        cause = e.__cause__ if isinstance(e.__cause__, (CnnlabError, ValueError)) else e
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        print(f"error: {text}", file=sys.stderr)
+        if "too small" in text and "cfg" in locals() and not cfg.model.small_input:
+            print("  (an ImageNet stem on a small image: try model.small_input=true)", file=sys.stderr)
+        return 2
+    print(format_report(report, depth))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

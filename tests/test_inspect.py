@@ -1,0 +1,156 @@
+"""The layer-shape inspector: its table equals a real forward pass, for every conf/model entry."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+from conftest import CONF, REPO, compose, run_cli
+
+# Every conf/model entry; the generic ones get an architecture of their own.
+GENERIC_ARCH = {"timm": "resnet10t", "torchvision": "resnet18"}
+# These take over 5 s each here (two builds and forwards on 2 shared cores); MogaNet-XTiny
+# keeps the MogaNet code in the fast set.
+SLOW = {"moganet_tiny", "moganet_small", "moganet_base", "moganet_large"}
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def _overrides(name: str) -> list[str]:
+    extra = [f"model.arch={GENERIC_ARCH[name]}"] if name in GENERIC_ARCH else []
+    return [f"model={name}", "dataset=cifar10", "model.small_input=true", *extra]
+
+
+def _real_forward(model, shape):
+    """(leaf name, output shape) for every leaf call of a real eval forward: our own hooks."""
+    import torch
+
+    seen = []
+
+    def hook(name):
+        def fn(_m, _inp, out):
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(t, torch.Tensor):
+                seen.append((name, tuple(t.shape[1:])))
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if n and not list(m.children())]
+    model.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one small image: threads cost more than they give on shared cores
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, *shape))
+    finally:
+        torch.set_num_threads(threads)
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS])
+def test_table_equals_a_real_forward(name):
+    from cnnlab.inspect import build_model, inspect_model
+    from cnnlab.models.profile import count_params
+
+    cfg = compose(_overrides(name))
+    report = inspect_model(cfg)
+    real, shape = build_model(cfg)  # a second model, traced by the hooks below
+    assert shape == (3, 32, 32)
+    assert [(r.name, r.out_shape) for r in report.rows] == _real_forward(real, shape)
+    assert report.total_params == count_params(real)
+    assert report.failed_at is None
+    assert report.gone_at is None, "small_input models keep a map larger than 1x1"
+
+
+def test_resnet18_imagenet_stem_flags_1x1():
+    from cnnlab.inspect import GONE, format_report, inspect_model
+
+    report = inspect_model(compose(["model=resnet18", "dataset=cifar10", "model.small_input=false"]))
+    gone = report.rows[report.gone_at]
+    assert gone.name == "layer4.0.conv1" and gone.in_hw == (2, 2) and gone.out_shape[1:] == (1, 1)
+    text = format_report(report)
+    assert [line for line in text.splitlines() if GONE in line][0].split()[1] == "layer4.0.conv1"
+    assert "model.small_input=true" in text
+
+
+def test_a_forward_that_fails_stops_the_table_at_that_layer():
+    from torch import nn
+
+    from cnnlab.inspect import Report, find_gone, format_report, trace
+
+    # 8x8 -> conv 8x8 -> pool 3x3 -> pool 1x1 (the map is gone) -> pool: fails
+    toy = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(3, 2), nn.MaxPool2d(3, 2),
+                        nn.MaxPool2d(3, 2))
+    rows, failed, error, _ = trace(toy, (1, 8, 8))
+    assert [r.out_shape for r in rows] == [(4, 8, 8), (4, 3, 3), (4, 1, 1)]
+    assert failed.name == "3" and failed.in_hw == (1, 1) and "too small" in error
+    assert find_gone(rows) == 2
+    report = Report("toy", (1, 8, 8), True, rows, 40, failed, error, gone_at=2)
+    text = format_report(report)
+    assert "fails" in text and "input 1x1 is smaller than its window" in text
+    assert "the forward pass fails at 3" in text
+
+
+def test_global_pools_and_se_branches_are_not_flagged():
+    # MobileNetV3 has squeeze-excitation 1x1 convs and a global pool: neither is "the map gone".
+    from cnnlab.inspect import inspect_model
+
+    report = inspect_model(compose(["model=mobilenet_v3_small", "dataset=cifar10"]))
+    assert any(r.out_shape[1:] == (1, 1) for r in report.rows if len(r.out_shape) == 3)
+    assert report.gone_at is None
+
+
+def test_depth_groups_rows_with_the_blocks_own_output():
+    from cnnlab.inspect import format_report, group_rows, inspect_model
+
+    report = inspect_model(compose(["model=googlenet", "dataset=cifar10"]))
+    groups = {g.name: g for g in group_rows(report.rows, 1, report.module_shapes)}
+    # An Inception block's output concatenates its branches: 64+128+32+32 = 256 channels.
+    assert groups["inception3a"].out_shape == (256, 8, 8)
+    assert groups["inception3a"].params == sum(r.params for r in report.rows
+                                               if r.name.startswith("inception3a."))
+    assert "inception3a" in format_report(report, depth=1)
+
+
+def test_cli_flags_1x1_for_resnet18_without_small_input(tmp_path):
+    t0 = time.perf_counter()
+    res = run_cli(["model=resnet18", "dataset=cifar10", "model.small_input=false"], cwd=tmp_path,
+                  module="cnnlab.inspect")
+    wall = time.perf_counter() - t0
+    assert res.returncode == 0, res.stderr
+    line = next(line for line in res.stdout.splitlines() if "<- 1x1: the map is gone" in line)
+    assert "layer4.0.conv1" in line and "512x1x1" in line
+    assert "total: 11,181,642 params" in res.stdout
+    assert "Use model.small_input=true" in res.stdout
+    assert list(tmp_path.iterdir()) == []  # no outputs/ folder, no log file
+    print(f"inspect wall time: {wall:.2f}s", file=sys.stderr)
+
+
+@pytest.mark.parametrize("arg,needle", [
+    ("model=resnet19", "model='resnet19' is not an option (closest: resnet18"),
+    ("dataset=cifar11", "choose one of: cifar10, cifar100, digits"),
+    ("depth=x", "depth must be an integer"),
+])
+def test_cli_bad_names_are_one_line(arg, needle, tmp_path):
+    res = run_cli([arg], cwd=tmp_path, module="cnnlab.inspect")
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and needle in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_alexnet_imagenet_stem_on_32x32_is_an_error_with_the_fix(tmp_path):
+    from cnnlab.inspect import main
+
+    assert main(["model=alexnet", "model.small_input=false"]) == 2
+
+
+def test_the_module_name_does_not_shadow_the_standard_library():
+    import inspect as std_inspect
+
+    import cnnlab.inspect
+
+    assert std_inspect is not cnnlab.inspect and hasattr(std_inspect, "signature")
+    assert str(REPO / "cnnlab") not in std_inspect.__file__
