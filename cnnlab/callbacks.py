@@ -49,7 +49,7 @@ class ComparisonReport(Callback):
         _last_sweep.update(ended=False, failed=[], report_error=None)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from cnnlab.compare import build_report, groups_table, runs_table, write_report
+        from cnnlab.compare import build_report, console_text, write_report
 
         # hydra.sweep.dir holds ${now:...}; Hydra caches that resolver on the config,
         # so this is the folder the launcher created, not a new timestamp.
@@ -67,13 +67,11 @@ class ComparisonReport(Callback):
         _last_sweep["failed"] = [str(r.run_dir) for r in report.failed]
         if self.print_table:
             print(f"\nComparison of {len(report.runs)} runs in {sweep_dir}:\n", flush=True)
-            print(runs_table(report))
-            if report.groups:
-                print("\nRepeated seeds (mean ± std):\n" + groups_table(report))
+            print(console_text(report))
             print(f"\nwrote {', '.join(f.name for f in files)} in {time.perf_counter() - t0:.2f}s",
                   flush=True)
         if report.failed:
-            lines = [f"  {r.run_dir}: {r.status}" + (f": {r.error}" if r.error else "")
+            lines = [f"  {r.run_dir}: {r.status}" + (f": {' '.join(r.error.split())}" if r.error else "")
                      for r in report.failed]
             print(f"{len(report.failed)} of {len(report.runs)} jobs did not complete:\n"
                   + "\n".join(lines), file=sys.stderr, flush=True)

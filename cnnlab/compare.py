@@ -41,7 +41,7 @@ INCOMPLETE = "incomplete"
 REPORT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
 # Folders inside a run folder that never hold another run: skipping them keeps the
 # walk over outputs/ fast (tb/ and checkpoints/ can hold many files).
-_SKIP_DIRS = {".hydra", "tb", "checkpoints", "__pycache__", ".git"}
+_SKIP_DIRS = {".hydra", "tb", "checkpoints", ".submitit", "__pycache__", ".git"}
 _SEED_KEYS = ("seed", "+seed", "++seed")
 
 
@@ -343,12 +343,26 @@ def _mean_std(g: Group, attr: str) -> str:
     return _pct(mean) if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}%"
 
 
+def common_overrides(runs: Sequence[Run]) -> list[str]:
+    """The overrides every run has (with two runs or more), in the first run's order."""
+    if len(runs) < 2:
+        return []
+    shared = set(runs[0].overrides).intersection(*(r.overrides for r in runs[1:]))
+    return [o for o in runs[0].overrides if o in shared]
+
+
 def runs_table(report: Report) -> str:
-    """The per-run Markdown table (also what the callback prints)."""
+    """The per-run Markdown table (also what the callback prints).
+
+    The overrides column leaves out those that every run shares (the sweep's fixed
+    settings), which ``render_markdown`` states once above the table.
+    """
+    common = set(common_overrides(report.runs))
     header = ["#", "model", "dataset", "overrides", "params", "MACs", "best val acc", "test acc",
               "best epoch", "epochs", "train s", "images/s", "status", "fit"]
     rows = [
-        [i, r.model or "", r.dataset or "", " ".join(r.overrides), _si(r.params), _si(r.macs),
+        [i, r.model or "", r.dataset or "", " ".join(o for o in r.overrides if o not in common),
+         _si(r.params), _si(r.macs),
          _pct(r.best_val_acc), _pct(r.test_acc), r.best_epoch or "", "" if r.epochs is None else r.epochs,
          _num_str(r.train_seconds, ".1f"), _num_str(r.images_per_second, ".0f"), r.status, r.fit or ""]
         for i, r in enumerate(report.runs, 1)
@@ -358,14 +372,16 @@ def runs_table(report: Report) -> str:
 
 def groups_table(report: Report) -> str:
     """Mean ± sample std over the seeds of each repeated configuration."""
+    common = set(common_overrides(report.runs))
     header = ["model", "dataset", "overrides (without seed)", "runs", "seeds", "params",
               "best val acc", "test acc", "train s"]
     rows = []
     for g in report.groups:
-        seeds = ",".join(str(r.seed) for r in g.runs if r.seed is not None)
+        seeds = ",".join(str(s) for s in sorted(r.seed for r in g.runs if r.seed is not None))
         n_ok = sum(r.ok for r in g.runs)
         mean_s = g.stat("train_seconds")[0]
-        rows.append([g.model, g.dataset, g.overrides, f"{n_ok}/{len(g.runs)} completed", seeds,
+        rest = " ".join(o for o in g.overrides.split(" ") if o and o not in common)
+        rows.append([g.model, g.dataset, rest, f"{n_ok}/{len(g.runs)} completed", seeds,
                      _si(g.stat("params")[0]), _mean_std(g, "best_val_acc"), _mean_std(g, "test_acc"),
                      _num_str(mean_s, ".1f")])
     return _md_table(header, rows)
@@ -379,7 +395,11 @@ def render_markdown(report: Report, title: str = "Comparison") -> str:
     parts = [f"# {title}", "",
              f"{len(report.runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
              "Sorted by test accuracy (the best checkpoint on the test split); runs that did "
-             "not complete come last.", "", runs_table(report), ""]
+             "not complete come last."]
+    common = common_overrides(report.runs)
+    if common:
+        parts.append(f"Overrides shared by every run: `{' '.join(common)}`.")
+    parts += ["", runs_table(report), ""]
     if report.groups:
         parts += ["## Repeated seeds (mean ± std)", "", groups_table(report), ""]
     if report.failed:
@@ -387,6 +407,16 @@ def render_markdown(report: Report, title: str = "Comparison") -> str:
         for r in report.failed:
             parts.append(f"- `{r.run_dir}`: **{r.status}**" + (f": {_cell(r.error)}" if r.error else ""))
         parts.append("")
+    return "\n".join(parts)
+
+
+def console_text(report: Report) -> str:
+    """What the CLI and the multirun callback print: the tables, without the error list."""
+    common = common_overrides(report.runs)
+    parts = [f"Overrides shared by every run: {' '.join(common)}\n"] if common else []
+    parts.append(runs_table(report))
+    if report.groups:
+        parts.append("\nRepeated seeds (mean ± std):\n" + groups_table(report))
     return "\n".join(parts)
 
 
@@ -399,6 +429,17 @@ def write_csv(report: Report, path: Path) -> None:
             w.writerow({k: ("" if v is None else v) for k, v in r.row(base).items()})
 
 
+def _short_override(o: str) -> str:
+    """``optimizer.lr=0.008096384026619585`` -> ``lr=0.0081``: a legend label, not a record."""
+    k, _, v = o.partition("=")
+    try:
+        f = float(v)
+        v = v if len(v) <= 6 or f.is_integer() else f"{f:.2g}"
+    except ValueError:
+        pass
+    return f"{k.rsplit('.', 1)[-1]}={v}"
+
+
 def _labels(runs: list[Run]) -> dict[int, str]:
     """A short legend label per run: the model plus the overrides that vary across runs."""
     maps = [dict(o.partition("=")[::2] for o in r.overrides) for r in runs]
@@ -407,9 +448,26 @@ def _labels(runs: list[Run]) -> dict[int, str]:
     varying = {k for k in keys if len({m.get(k) for m in maps}) > 1} - {"model", *_SEED_KEYS}
     out = {}
     for r in runs:
-        extra = [o for o in r.overrides if o.partition("=")[0] in varying]
+        extra = [_short_override(o) for o in r.overrides if o.partition("=")[0] in varying]
         out[id(r)] = " ".join([r.model or r.run_dir.name, *extra])
     return out
+
+
+def _tick(v: float) -> str:
+    """A short count for an axis tick: 500k, 2.5M, 10M."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def _acc_ylim(ax: Any, values: list[float]) -> None:
+    """An accuracy axis around the data, at least 0.1 tall, inside [0, 1]."""
+    if not values:
+        return
+    lo, hi = min(values), max(values)
+    pad = max(0.05, (0.1 - (hi - lo)) / 2)
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
 
 
 def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
@@ -421,6 +479,7 @@ def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
     # GUI backend on a desktop), no display needed, no global figure state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     labels = _labels(report.runs)
     # Series: one per seed group (key) or per single run.
@@ -436,7 +495,9 @@ def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
     # Fixed margins: tight_layout would measure every text extent (seconds for 200 runs).
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.11, top=0.92, wspace=0.18)
     n_lines = 0
-    for rs in series.values():
+    # One colour per series, the same in both panels.
+    colors = [f"C{i % 10}" for i in range(len(series))]
+    for i, rs in enumerate(series.values()):
         curves = [dict(r.curve) for r in rs if r.curve]
         if not curves:
             continue
@@ -448,38 +509,60 @@ def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
             means.append(m)
             stds.append(s or 0.0)
         (line,) = ax_c.plot(epochs, means, marker="o" if len(epochs) < 30 else None, ms=3, label=label,
-                            ls="-" if rs[0].ok else "--")
+                            ls="-" if rs[0].ok else "--", color=colors[i])
         if len(curves) > 1:
             lo = [m - s for m, s in zip(means, stds, strict=True)]
             hi = [m + s for m, s in zip(means, stds, strict=True)]
             ax_c.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2)
         n_lines += 1
     ax_c.set(xlabel="epoch", ylabel="val accuracy", title="Validation accuracy per epoch")
+    ax_c.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs_seen = [e for r in report.runs for e, _ in r.curve]
+    if epochs_seen and max(epochs_seen) - min(epochs_seen) < 2:
+        ax_c.set_xlim(min(epochs_seen) - 0.5, max(epochs_seen) + 0.5)
+        ax_c.set_xticks(range(min(epochs_seen), max(epochs_seen) + 1))  # no 0.975-style ticks
+    _acc_ylim(ax_c, [a for r in report.runs for _, a in r.curve])
     ax_c.grid(alpha=0.3)
     if 0 < n_lines <= max_legend:
         ax_c.legend(fontsize=7)
 
-    n_points = 0
-    for rs in series.values():
+    # One scatter call for all points: per-point artists are what makes matplotlib
+    # slow, and the report should add little to a sweep.
+    xs, ys, errs, cols = [], [], [], []
+    for i, rs in enumerate(series.values()):
         done = [r for r in rs if r.test_acc is not None and r.params]
         if not done:
             continue
         x = mean_std([r.params for r in done])[0]
         y, yerr = mean_std([r.test_acc for r in done])
-        ax_p.errorbar([x], [y], yerr=[yerr or 0.0], fmt="o", capsize=3)
+        xs.append(x)
+        ys.append(y)
+        errs.append(yerr or 0.0)
+        cols.append(colors[i])
         if len(series) <= 30:
             ax_p.annotate(labels[id(rs[0])], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        n_points += 1
+    n_points = len(xs)
+    if n_points:
+        ax_p.scatter(xs, ys, c=cols, zorder=3)
+        for x, y, e, col in zip(xs, ys, errs, cols, strict=True):
+            if e:  # seed groups only: few, so one errorbar call each is cheap
+                ax_p.errorbar([x], [y], yerr=[e], fmt="none", ecolor=col, capsize=3)
     ax_p.set(xlabel="parameters", ylabel="test accuracy", title="Test accuracy vs parameters")
     if n_points:
         ax_p.set_xscale("log")
+        ax_p.margins(x=0.15)  # room for the labels of the end points
+        # "5.4M" ticks: readable, and plain text (log-axis mathtext labels are slow to draw).
+        ax_p.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _tick(v)))
+        ax_p.xaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _pos: _tick(v) if ax_p.get_xlim()[1] / ax_p.get_xlim()[0] < 10 else ""))
+    _acc_ylim(ax_p, [r.test_acc for r in report.runs if r.test_acc is not None and r.params])
     ax_p.grid(alpha=0.3)
     n_missing = sum(r.test_acc is None for r in report.runs)
     if n_missing:
         ax_p.text(0.01, 0.01, f"{n_missing} run(s) without a test accuracy not shown",
                   transform=ax_p.transAxes, fontsize=7, color="gray")
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=100, pil_kwargs={"compress_level": 3})  # zlib's default 6: slower, ~same size
     os.replace(tmp, path)  # a reader never sees half a PNG
 
 
@@ -529,9 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = out.parent
     files = write_report(report, out, plot=not args.no_plot)
     if not args.quiet:
-        print(runs_table(report))
-        if report.groups:
-            print("\nRepeated seeds (mean ± std):\n" + groups_table(report))
+        print(console_text(report))
         print("\nwrote " + ", ".join(str(f) for f in files))
     return 1 if (args.strict and report.failed) else 0
 

@@ -22,6 +22,9 @@ STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; the summary gets the usual mode
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2, default=_jsonable)
         f.write("\n")
@@ -44,7 +47,10 @@ def _clean(v: Any) -> Any:
 class RunTracker:
     """Writes one run folder. ``enabled=False`` (DDP ranks > 0) makes every call a no-op."""
 
-    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True,
+                 purge_step: int | None = None) -> None:
+        """``purge_step``: on resume, the first epoch to redo; TensorBoard then hides the
+        events a killed run wrote at that step and later, so curves do not double back."""
         self.dir = Path(run_dir)
         self.enabled = enabled
         self.summary: dict[str, Any] = {}
@@ -57,7 +63,7 @@ class RunTracker:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(self.dir / "tb"))
+            self.tb = SummaryWriter(log_dir=str(self.dir / "tb"), purge_step=purge_step)
 
     # -- metrics.csv ---------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, str]]:
@@ -110,13 +116,15 @@ class RunTracker:
         if self.tb is not None:
             self.tb.add_text(tag, text, step)
 
-    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, Any]) -> None:
+    def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
         """Record the run's hyperparameters and final metrics for TensorBoard's HParams tab.
 
         ``hparams``: str/bool/int/float/None values (others are written as text), e.g.
-        model, dataset, optimizer, lr, batch_size. ``metrics``: numbers; None/NaN ones
-        (a diverged run has no test accuracy) are left out. Each metric is also written
-        as the scalar ``hparam/<name>``, which is where the HParams tab reads it.
+        model, dataset, optimizer, lr, batch_size. ``metrics``: numbers, by default the
+        summary's best_val_acc, test_acc and params; None/NaN ones (a diverged run has
+        no test accuracy) are left out. Each metric is also written as the scalar
+        ``hparam/<name>``, which is where the HParams tab reads it. Call it once, at
+        the end of the run.
 
         Unlike ``SummaryWriter.add_hparams``, which opens a second writer in a
         timestamped subfolder (a second "run" per job in TensorBoard), this writes into
@@ -126,6 +134,11 @@ class RunTracker:
         if self.tb is None:
             return
         from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        if metrics is None:
+            best = self.summary.get("best_val_acc")
+            metrics = {"best_val_acc": best if best is not None and best >= 0 else None,
+                       "test_acc": self.summary.get("test_acc"), "params": self.summary.get("params")}
 
         hp = {k: (v if v is None or isinstance(v, (str, bool, int, float)) else str(v))
               for k, v in hparams.items()}

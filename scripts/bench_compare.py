@@ -5,8 +5,9 @@
 Writes N fake run folders into a temp dir, laid out like a real sweep (job folders
 with .hydra/, summary.json, metrics.csv, tb/, checkpoints/), with a mix of statuses,
 repeated seeds and a few half-written folders, then times ``python -m
-cnnlab.compare`` on them as a fresh process (what a user waits for), and the
-in-process report without and with the plot.
+cnnlab.compare`` on them as a fresh process (what a user waits for), the
+in-process report without and with the plot, and what the multirun callback adds
+to a 10-job sweep.
 """
 
 from __future__ import annotations
@@ -138,6 +139,21 @@ def main() -> None:
     write_report(report, tmp / "plot", plot=True)
     plot_s = time.perf_counter() - t0
 
+    # What the multirun callback adds to a sweep: a fresh process that has already
+    # imported torch (as a sweep has), then on_multirun_end over a 10-job sweep folder.
+    small = tmp / "multirun" / "small"
+    make_runs(small, 10, args.epochs, random.Random(1))
+    code = ("import time, contextlib, io, torch\n"
+            "from omegaconf import OmegaConf\n"
+            "from cnnlab.callbacks import ComparisonReport\n"
+            f"cfg = OmegaConf.create({{'hydra': {{'sweep': {{'dir': {str(small)!r}}}}}}})\n"
+            "t, c = time.perf_counter(), time.process_time()\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "    ComparisonReport().on_multirun_end(cfg)\n"
+            "print(f'{time.perf_counter() - t:.2f} {time.process_time() - c:.2f}')\n")
+    cb = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    cb_wall, cb_cpu = (float(x) for x in cb.stdout.split()) if cb.returncode == 0 else (-1.0, -1.0)
+
     statuses: dict[str, int] = {}
     for r in report.runs:
         statuses[r.status] = statuses.get(r.status, 0) + 1
@@ -148,6 +164,8 @@ def main() -> None:
           f"on {os.cpu_count()} cores)")
     print(f"  in process: read {read_s:.3f} s, csv+md {table_s:.3f} s, csv+md+png {plot_s:.2f} s "
           f"(matplotlib already imported)")
+    print(f"report callback at the end of a 10-job sweep: {cb_wall:.2f} s wall, {cb_cpu:.2f} s CPU "
+          f"(target <= 2 s)" + ("" if cb.returncode == 0 else f" FAILED: {cb.stderr[-500:]}"))
     if args.keep:
         print(f"kept: {tmp}")
     else:
