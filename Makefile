@@ -49,6 +49,10 @@ bench: $(STAMP) ## Loader, loop and ceiling benchmarks -> docs/benchmarks.{json,
 soak: $(STAMP) ## 20 x (kill -9 a tiny run at a random moment, auto-resume): must end bit-identical (~15 min CPU; SOAK_ARGS="--trials 5")
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
 
+# torchrun, 2 processes x 1 thread, gloo: one DDP run, one run folder (docs/distributed.md).
+ddp-smoke: $(STAMP) ## Train the default experiment with DDP on 2 CPU processes (torchrun, gloo); NPROC=4 for more
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m torch.distributed.run --standalone --nproc_per_node=$(or $(NPROC),2) -m cnnlab.run device=cpu trainer.progress=log $(ARGS)
+
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(BIN)/tensorboard --logdir outputs --bind_all=false --host 127.0.0.1
 

@@ -4,13 +4,21 @@ Writes go to a temp file in the same folder, are flushed and fsynced, then renam
 over the target with ``os.replace`` (atomic on POSIX): a crash mid-write leaves the
 previous checkpoint whole. Loads use ``torch.load(weights_only=True)``, which
 refuses any pickle that would run code; everything we save is tensors, numbers,
-strings, lists and dicts, so nothing else needs allow-listing.
+strings, lists and dicts (the resolved config as a plain container, the RNG states
+as tensors and lists), so no safe globals need registering.
+
+What a training checkpoint holds (``cnnlab.train.checkpoint_state``): model,
+optimizer, scheduler and GradScaler state dicts, the epoch, the best metric and the
+early-stopping counters, the RNG states (python, numpy, torch, cuda and the loader's
+data-order generator), the resolved config and the model's name.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,37 +34,99 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual mode
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(path.parent)  # make the rename itself durable
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        # A full disk surfaces as OSError or as torch's "PytorchStreamWriter failed".
+        if isinstance(e, (OSError, RuntimeError)):
+            why = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+            raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({why}); the previous "
+                                  "checkpoint there is intact: free space, then resume") from None
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete temp files a killed save left behind (``.last.pt.*.tmp``); return how many."""
+    n = 0
+    for p in Path(folder).glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (e.g. some network filesystems)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely; raise CheckpointError naming what is wrong."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before refusing a file; the error says it all.
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise CheckpointError(
-                f"{str(path)!r} is not a plain-weights checkpoint: it needs code to load "
-                f"(refused with weights_only=True): {msg[:120]}"
-            ) from None
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint (truncated or not a torch file): {msg[:120]}") from None
+        raise CheckpointError(_describe_load_error(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint or state dict")
     return obj
+
+
+def _describe_load_error(path: Path, e: Exception) -> str:
+    """One line saying why ``torch.load(path, weights_only=True)`` failed."""
+    import pickle
+
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in text.lower():
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            what = f"loading it would import {found.group(1)}"
+        else:
+            unsupported = re.search(r"(Unsupported [^\n.]*)", text)
+            what = f"it is not plain data ({unsupported.group(1) if unsupported else 'unknown content'})"
+        return (f"{str(path)!r} was refused: {what}; a checkpoint may hold only tensors and plain data "
+                "(torch.load weights_only=True), so a file from elsewhere cannot run code here")
+    size = path.stat().st_size
+    if size == 0:
+        return f"{str(path)!r} is empty (0 bytes), not a checkpoint"
+    with open(path, "rb") as f:
+        zip_magic = f.read(4) == b"PK\x03\x04"
+    first = (text.splitlines()[0].split(". ")[0] if text else type(e).__name__)[:100]
+    if zip_magic:
+        return f"{str(path)!r} is truncated or corrupt ({size} bytes; torch says: {first})"
+    return f"{str(path)!r} is not a torch checkpoint (neither a zip archive nor a pickle torch can read)"
 
 
 def extract_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
+from conftest import CONF, compose
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from cnnlab.config import validate
 from cnnlab.errors import ConfigError
-from conftest import CONF, compose
 
 GROUPS = ["model", "dataset", "optimizer", "scheduler", "device"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]

@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
-
 from conftest import compose
+from hydra.utils import instantiate
 
 
 def _lrs(name: str, steps: int = 20, per_epoch: int = 5, **extra):
@@ -27,7 +26,7 @@ def test_cosine_decays_from_lr_to_min():
     lrs = _lrs("cosine")
     assert lrs[0] == pytest.approx(0.1)
     assert lrs[10] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 10 / 20)))
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs[:-1], lrs[1:], strict=True))
 
 
 def test_cosine_warmup_rises_linearly():

@@ -58,7 +58,7 @@ def seeded_split(x: torch.Tensor, y: torch.Tensor, fractions: list[float], seed:
     bounds = [0, first]
     for s in sizes:
         bounds.append(bounds[-1] + s)
-    return [Split(x[perm[a:b]], y[perm[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [Split(x[perm[a:b]], y[perm[a:b]]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ def _open(name: str, root: str, train: bool, download: bool) -> Any:
     kwargs: dict[str, Any] = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
     try:
         return cls(root=root, download=download, **kwargs)
-    except RuntimeError as e:
+    except RuntimeError:
         # torchvision raises RuntimeError("Dataset not found ...") when files are missing.
         where = os.path.normpath(os.path.join(root, folder))
         raise DataError(

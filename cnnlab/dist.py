@@ -1,0 +1,398 @@
+"""Data-parallel training under torchrun: one model, N processes, one run folder.
+
+    torchrun --standalone --nproc_per_node=2 -m cnnlab.run device=cpu
+
+torchrun starts N copies of ``python -m cnnlab.run`` with ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in their environment. Without
+them (a plain ``python -m cnnlab.run``) every call here is a no-op and the run is the
+single-process one, unchanged. Under torchrun:
+
+- **One run folder.** Each rank composes its own Hydra config, and
+  ``hydra.run.dir`` holds ``${now:...}``, so each would create its own folder (the
+  known Hydra + DDP pitfall). :func:`rank_overrides` gives ranks > 0 a throwaway
+  ``hydra.run.dir`` in the temp dir and ``hydra.output_subdir=null``, so they never
+  touch ``outputs/``; once the process group is up, :meth:`Dist.share_path` hands
+  every rank the folder rank 0 composed. Only rank 0 writes metrics, summary,
+  checkpoints and TensorBoard (``RunTracker(enabled=dist.is_main)``).
+- **Batches.** ``trainer.batch_size`` is the *global* batch: each rank takes
+  ``batch_size / world_size`` samples per step from its shard of the same shuffled
+  order, and DDP averages the gradients, so a step sees the same samples and the same
+  mean gradient as a single-process step with that batch. The lr therefore means the
+  same for any number of processes (docs/distributed.md: the linear scaling rule
+  for when you change the global batch). ``trainer.eval_batch_size`` is per process
+  (it only bounds memory).
+- **Metrics.** Training and evaluation sums are all-reduced before dividing, so every
+  rank gets (and rank 0 logs) the metrics of the whole split.
+- **Stopping.** A SIGINT/SIGTERM reaches ranks at different steps; a rank that left
+  the loop alone would leave the others waiting in their gradient all-reduce. The
+  ranks agree on the flag (:class:`AgreedStop`) every :data:`STOP_EVERY` steps and at
+  each epoch's end, and all stop at the same step.
+- **Failure.** A rank that dies is noticed by torchrun, which stops the others; a rank
+  that hangs makes the others' next collective time out after ``CNNLAB_DDP_TIMEOUT``
+  seconds (default 1800) and fail with an error naming it.
+
+Only the standard library is imported at module level: ``cnnlab.run`` calls
+:func:`rank_overrides` at start-up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnlab.errors import CnnlabError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("cnnlab")
+
+TIMEOUT_ENV = "CNNLAB_DDP_TIMEOUT"  # seconds a collective may wait for the other ranks
+STOP_EVERY_ENV = "CNNLAB_DDP_STOP_EVERY"
+STOP_EVERY = 10  # steps between two agreements on the stop flag (a tiny CPU all-reduce)
+
+
+class DistError(CnnlabError):
+    """The process group could not start, or another rank failed or timed out."""
+
+
+def env_ranks() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) outside it."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def rank_overrides(argv: list[str]) -> list[str]:
+    """Hydra overrides to append to a torchrun worker's command line.
+
+    Rank 0 and single processes get none. A rank > 0 gets a throwaway run dir in the
+    temp dir (removed at exit) and no ``.hydra/`` files: it adopts rank 0's folder
+    later, in :meth:`Dist.share_path`. Appended last, they win over a user's
+    ``hydra.run.dir=...`` (Hydra keeps the last value of a key).
+    """
+    rank, world, _ = env_ranks()
+    if world <= 1:
+        return []
+    if any(a in ("-m", "--multirun") or a.lower() == "hydra.mode=multirun" for a in argv):
+        raise ConfigError("-m/--multirun under torchrun is not supported: torchrun trains one config; "
+                          "run one torchrun per config, or sweep with hydra/launcher=submitit_slurm "
+                          "(docs/distributed.md)")
+    if rank == 0:
+        return []
+    scratch = tempfile.mkdtemp(prefix=f"cnnlab-rank{rank}-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+
+
+def _timeout_seconds() -> float:
+    raw = os.environ.get(TIMEOUT_ENV, "1800")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: give a number of seconds, e.g. 600") from None
+    if seconds <= 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be > 0")
+    return seconds
+
+
+@dataclass
+class Dist:
+    """This process's place in the job; ``world_size == 1``: every method is a no-op."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # gloo (CPU) or nccl (CUDA); None when single-process
+    cpu_group: Any = None  # a gloo group for host-side flags (the default group under gloo)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that writes the run folder."""
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where this backend's collectives want their tensors: the rank's GPU for nccl."""
+        import torch
+
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+    # ---- start-up ------------------------------------------------------------------------
+    def share_path(self, path: Path) -> Path:
+        """Rank 0's ``path`` on every rank (the run folder: ranks > 0 composed a throwaway one)."""
+        if not self.enabled:
+            return path
+        import torch.distributed as dist
+
+        box = [str(path) if self.is_main else None]
+        self._guard(dist.broadcast_object_list, box, src=0)
+        return Path(box[0])
+
+    def barrier(self) -> None:
+        """Wait for every rank (on the CPU group: no device work)."""
+        if self.enabled:
+            import torch.distributed as dist
+
+            self._guard(dist.barrier, group=self.cpu_group)
+
+    def local_batch(self, global_batch: int) -> int:
+        """This rank's share of ``trainer.batch_size`` (the global batch)."""
+        if global_batch % self.world_size:
+            lo = global_batch // self.world_size * self.world_size
+            raise ConfigError(
+                f"trainer.batch_size={global_batch} is the global batch and must split evenly over "
+                f"{self.world_size} processes: use {lo or self.world_size} or {lo + self.world_size}")
+        return global_batch // self.world_size
+
+    # ---- the model -------------------------------------------------------------------------
+    def convert_sync_bn(self, model: torch.nn.Module, sync_bn: bool, device_type: str) -> torch.nn.Module:
+        """``model.sync_bn=true``: BatchNorm layers become SyncBatchNorm (batch statistics over
+        the global batch, not each rank's share). Call before the optimizer is built."""
+        if not sync_bn or not self.enabled:
+            return model
+        if device_type != "cuda":
+            # torch's SyncBatchNorm raises on CPU tensors in training mode.
+            raise ConfigError(f"model.sync_bn=true needs CUDA (torch's SyncBatchNorm has no {device_type} "
+                              "kernel): use model.sync_bn=false on this device")
+        import torch
+
+        log.info("model.sync_bn: BatchNorm -> SyncBatchNorm over %d processes", self.world_size)
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    def wrap(self, model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
+        """The training-step module: DDP around ``model`` (then ``torch.compile`` if asked).
+
+        Evaluation should use the bare model instead: DDP's forward broadcasts buffers,
+        a collective, and ranks' eval shards can differ by one batch.
+        """
+        import torch
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ddp = DDP(model, device_ids=[self.local_rank] if self.backend == "nccl" else None,
+                  gradient_as_bucket_view=True)  # grads live in the all-reduce buckets: no copy
+        return torch.compile(ddp) if compile else ddp
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running stats), e.g. before evaluating.
+
+        DDP broadcasts them before each training forward, but each rank's last step then
+        updates its own copy from its own share of the batch.
+        """
+        if self.enabled:
+            self._broadcast(list(model.buffers()))
+
+    def broadcast_module(self, model: torch.nn.Module) -> None:
+        """Give every rank rank 0's parameters and buffers (e.g. the best checkpoint it loaded)."""
+        if self.enabled:
+            self._broadcast([p.data for p in model.parameters()] + list(model.buffers()))
+
+    def _broadcast(self, tensors: list[torch.Tensor]) -> None:
+        import torch.distributed as dist
+
+        for t in tensors:
+            self._guard(dist.broadcast, t, src=0)
+
+    # ---- metrics ---------------------------------------------------------------------------
+    def reduce_train(self, acc: dict[str, Any]) -> dict[str, Any]:
+        """``train_one_epoch``'s sums over every rank (one SUM and one MIN all-reduce an epoch).
+
+        ``first_bad_step`` becomes the earliest non-finite step on any rank (-1: none).
+        """
+        if not self.enabled:
+            return acc
+        import torch
+        import torch.distributed as dist
+
+        loss_sum, correct = acc["loss_sum"], acc["correct"]
+        sums = torch.stack([loss_sum.double(), correct.double(),
+                            torch.tensor(float(acc["seen"]), dtype=torch.float64, device=loss_sum.device)])
+        self._guard(dist.all_reduce, sums)
+        bad = acc["first_bad_step"].clone()
+        big = torch.iinfo(bad.dtype).max
+        bad = torch.where(bad < 0, torch.full_like(bad, big), bad)  # -1 (none) must not win the MIN
+        self._guard(dist.all_reduce, bad, op=dist.ReduceOp.MIN)
+        return {**acc, "loss_sum": sums[0].float(), "correct": sums[1].round().long(),
+                "seen": int(sums[2].item()), "first_bad_step": torch.where(bad == big, -1, bad)}
+
+    # ---- stopping and teardown -------------------------------------------------------------
+    def agreed_stop(self, stop: Any) -> AgreedStop:
+        """Wrap a :class:`cnnlab.signals.GracefulStop` so all ranks read the same flag."""
+        every = int(os.environ.get(STOP_EVERY_ENV, STOP_EVERY))
+        return AgreedStop(stop, self, max(1, every))
+
+    def close(self) -> None:
+        """Destroy the process group (idempotent)."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception as e:  # noqa: BLE001 - a peer already gone must not hide the real outcome
+                log.debug("destroy_process_group: %s", e)
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Around a training pass: DDP's gradient all-reduce failing (a peer died or timed out)
+        becomes a DistError that says so, instead of gloo's or NCCL's RuntimeError."""
+        try:
+            yield
+        except RuntimeError as e:
+            if self.enabled and _is_collective_error(e):
+                raise lost_peer(self, e) from e
+            raise
+
+    def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a collective; a peer that died or timed out becomes a DistError naming the cause."""
+        import torch.distributed as dist
+
+        try:
+            return fn(*args, **kwargs)
+        except (dist.DistError, RuntimeError) as e:
+            raise lost_peer(self, e) from e
+
+
+def _is_collective_error(e: BaseException) -> bool:
+    """A c10d error, or a RuntimeError raised by gloo or NCCL (they do not always subclass DistError)."""
+    import torch.distributed as dist
+
+    text = str(e)
+    return isinstance(e, dist.DistError) or any(m in text for m in ("gloo", "NCCL", "c10d", "ProcessGroup"))
+
+
+def lost_peer(d: Dist, e: BaseException) -> DistError:
+    """The error a rank raises when a collective fails: another rank died, hung or diverged."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return DistError(
+        f"rank {d.rank}/{d.world_size}: a collective with the other ranks failed ({type(e).__name__}: "
+        f"{first[:300]}); another rank probably died or hung (its own log says why; "
+        f"{TIMEOUT_ENV} sets how long to wait)")
+
+
+class AgreedStop:
+    """A GracefulStop whose ``requested`` is the same on every rank, at the same step.
+
+    ``poll()`` is called after every training step: every ``every``-th call (and on
+    :meth:`sync`, at each epoch's end) the ranks all-reduce (MAX) the signal number
+    each received, on the CPU: no device sync. ``requested`` and ``signum`` read the
+    last agreed value, so every rank takes the same branches. Single-process: the
+    local flag, read live, as GracefulStop.
+    """
+
+    def __init__(self, stop: Any, d: Dist, every: int = STOP_EVERY) -> None:
+        self._stop, self._dist, self.every = stop, d, every
+        self._calls = 0
+        self._agreed: int | None = None  # the agreed signal number, or None
+
+    @property
+    def requested(self) -> bool:
+        return self._stop.requested if not self._dist.enabled else self._agreed is not None
+
+    @property
+    def signum(self) -> int | None:
+        return self._stop.signum if not self._dist.enabled else self._agreed
+
+    def poll(self) -> bool:
+        """After a training step: agree every ``every`` calls, else the last agreed flag."""
+        if self._dist.enabled:
+            self._calls += 1
+            if self._calls % self.every == 0:
+                self.sync()
+        return self.requested
+
+    def sync(self) -> bool:
+        """Agree now (a collective: every rank must call it at the same point)."""
+        if self._dist.enabled:
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([self._stop.signum or 0], dtype=torch.int64)
+            self._dist._guard(dist.all_reduce, flag, op=dist.ReduceOp.MAX, group=self._dist.cpu_group)
+            self._agreed = int(flag.item()) or None
+        return self.requested
+
+    def request(self, signum: int | None = None) -> None:
+        self._stop.request(*(() if signum is None else (signum,)))
+
+    def install(self) -> AgreedStop:
+        self._stop.install()
+        return self
+
+    def restore(self) -> None:
+        self._stop.restore()
+
+
+def reduce_sums(loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``evaluate``'s sums over every rank (each evaluated its shard), or unchanged.
+
+    Harmless on an unsharded split too: both sums and the count grow by world_size.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return loss_sum, correct, n
+    sums = torch.stack([loss_sum.double(), correct.double(),
+                        torch.tensor(float(n), dtype=torch.float64, device=loss_sum.device)])
+    try:
+        dist.all_reduce(sums)
+    except (dist.DistError, RuntimeError) as e:
+        raise lost_peer(Dist(dist.get_rank(), dist.get_world_size()), e) from e
+    return sums[0].float(), sums[1].round().long(), int(sums[2].item())
+
+
+def _backend(device_name: str) -> str:
+    """nccl when the run will be on CUDA (device=cuda, or auto with a GPU), else gloo."""
+    import torch
+
+    if device_name == "mps" or (device_name == "auto" and not torch.cuda.is_available()
+                                and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("torchrun with device=mps is not supported (no collective backend): "
+                          "use device=cpu")
+    cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    return "nccl" if cuda else "gloo"
+
+
+def setup(device_name: str) -> Dist:
+    """Join the process group torchrun's environment describes; a no-op single-process.
+
+    Ranks > 0 log warnings and errors only (the epoch lines would repeat rank 0's).
+    """
+    rank, world, local_rank = env_ranks()
+    if world <= 1:
+        return Dist()
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    backend = _backend(device_name)
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)  # before init: NCCL binds this rank to its GPU
+    timeout = datetime.timedelta(seconds=_timeout_seconds())
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        except (dist.DistError, RuntimeError, ValueError) as e:
+            raise DistError(f"rank {rank}/{world}: cannot join the process group ({backend}, "
+                            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}): {e}") from e
+    # Host-side flags (the stop flag) travel on the CPU: under nccl, a gloo group of
+    # their own, so reading them never waits for the GPU.
+    cpu_group = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else None
+    if rank > 0:
+        log.setLevel(logging.WARNING)
+    log.info("distributed: %d processes, backend %s, timeout %ss", world, backend, int(timeout.total_seconds()))
+    return Dist(rank, world, local_rank, backend, cpu_group)

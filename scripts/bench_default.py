@@ -1,0 +1,88 @@
+"""Measure [core]'s targets: the default run's wall time and test accuracy, and CLI start-up.
+
+    .venv/bin/python scripts/bench_default.py [--repeats 3] [--write docs/default_run.md]
+
+Each measurement runs the real command in a fresh process, as `make run` does, so the
+wall time includes Python start-up, imports, data loading and the test evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _timed(args: list[str], cwd: str) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "cnnlab.run", *args], cwd=cwd, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return time.perf_counter() - t0, res
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--write", default=None, help="write a Markdown report here")
+    a = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cli = {}
+        for name, args in (("--help", ["--help"]), ("--cfg job", ["--cfg", "job"])):
+            times = [_timed(args, tmp)[0] for _ in range(a.repeats)]
+            cli[name] = min(times)
+        runs = []
+        for i in range(a.repeats):
+            wall, res = _timed([f"hydra.run.dir={tmp}/run{i}", "trainer.progress=log"], tmp)
+            if res.returncode != 0:
+                sys.exit(f"default run failed:\n{res.stderr[-2000:]}")
+            s = json.loads((Path(tmp) / f"run{i}" / "summary.json").read_text())
+            runs.append({"wall_s": wall, "test_acc": s["test_acc"], "train_s": s["train_seconds"]})
+            print(f"run {i}: wall {wall:.1f}s, train {s['train_seconds']:.1f}s, test_acc {s['test_acc']:.4f}")
+    walls = [r["wall_s"] for r in runs]
+    accs = [r["test_acc"] for r in runs]
+    import torch
+
+    machine = f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    lines = [
+        "# The default run and CLI start-up",
+        "",
+        f"Machine: {machine}. Measured {time.strftime('%Y-%m-%d')} with "
+        f"`.venv/bin/python scripts/bench_default.py --repeats {a.repeats}`.",
+        "",
+        "| measurement | target | measured |",
+        "|---|---|---|",
+        f"| default run wall time (AlexNet on digits, incl. start-up), median of {a.repeats} | <= 60 s | "
+        f"{statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f}) |",
+        f"| default run test accuracy | >= 0.97 | {statistics.median(accs):.4f} (min {min(accs):.4f}) |",
+        f"| `python -m cnnlab.run --help` | <= 1.5 s | {cli['--help']:.2f} s (best of {a.repeats}) |",
+        f"| `python -m cnnlab.run --cfg job` | <= 1.5 s | {cli['--cfg job']:.2f} s (best of {a.repeats}) |",
+        "",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if a.write:
+        Path(a.write).write_text(report)
+
+
+if __name__ == "__main__":
+    main()
