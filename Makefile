@@ -46,7 +46,7 @@ sweep: $(STAMP) ## Compare alexnet/resnet18/googlenet/mobilenet_v3/moganet_xtiny
 bench: $(STAMP) ## Loader, loop and ceiling benchmarks -> docs/benchmarks.{json,md} (BENCH_ARGS="--quick", "--device cuda ...")
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
-soak: $(STAMP) ## 20 x (kill -9 a tiny run at a random moment, auto-resume): must end bit-identical (~15 min CPU; SOAK_ARGS="--trials 5")
+soak: $(STAMP) ## 20 x (kill -9 a tiny run at a random moment, auto-resume): must end bit-identical (~10 min CPU; SOAK_ARGS="--trials 5")
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
 
 # torchrun, 2 processes x 1 thread, gloo: one DDP run, one run folder (docs/distributed.md).

@@ -149,7 +149,7 @@ def main() -> int:
             while proc.poll() is None and _rows_written(run) < e:
                 time.sleep(0.01)
             time.sleep(frac * training / args.epochs)
-            at = f"in epoch {e + 1} ({frac:4.0%} of an epoch in)"
+            at = f"{frac:4.0%} of an epoch after epoch {e}'s metrics row"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         finished_before_kill = proc.returncode == 0
@@ -189,6 +189,7 @@ def main() -> int:
         "final_metrics_equal": sum(r["same_metrics"] for r in rows),
         "final_weights_equal": sum(r["same_weights"] for r in rows),
         "killed_mid_training": sum(r["epoch_on_disk"] is not None and not r["finished_before_kill"] for r in rows),
+        "killed_during_a_checkpoint_write": sum(r["temp_files_left"] > 0 for r in rows),
         "killed_before_first_checkpoint": sum(r["epoch_on_disk"] is None and not r["finished_before_kill"]
                                               for r in rows),
         "finished_before_kill": sum(r["finished_before_kill"] for r in rows),
@@ -196,14 +197,15 @@ def main() -> int:
     }
     (work / "soak.json").write_text(json.dumps({"figures": figures, "trials": rows}, indent=2) + "\n")
     print("\n" + "\n".join(f"{k:32s} {v}" for k, v in figures.items()))
-    print(f"details: {work / 'soak.json'}")
     ok = (figures["completed_resumes"] == n and figures["corrupt_checkpoints"] == 0
           and figures["final_metrics_equal"] == n and figures["final_weights_equal"] == n)
-    print("PASS" if ok else "FAIL")
     if args.keep is None and ok:
         import shutil
 
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)  # a failure's folder is kept to look at
+    else:
+        print(f"details: {work / 'soak.json'}")
+    print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
 
