@@ -188,6 +188,7 @@ def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
                  root, n_files, need_mb, memory_budget_mb)
         return _file_splits(root, found, classes, pre_split, in_chans, image_size,
                             val_split, test_split, split_seed)
+    if pre_split:
         train = _decode(found["train"][1], in_chans, image_size)
         val = _decode(found["val"][1], in_chans, image_size)
         test = _decode(found["test"][1], in_chans, image_size) if "test" in found else val
