@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.units import human
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 USAGE = """\
@@ -265,13 +267,6 @@ def inspect_model(cfg: Any) -> Report:
 
 
 # --------------------------------------------------------------------------- output
-def _num(n: int) -> str:
-    """1,234,567 -> '1.23M': three significant digits are enough to compare layers."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            v = n / scale
-            return f"{v:.2f}{unit}" if v < 10 else f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}"
-    return str(n)
 
 
 def _shape(s: tuple[int, ...]) -> str:
@@ -309,12 +304,12 @@ def format_report(report: Report, depth: int | None = None) -> str:
     c, h, w = report.input_shape
     rows = group_rows(report.rows, depth, report.module_shapes) if depth else report.rows
     head = ["#", "layer", "kind", "output", "params", "MACs", ""]
-    table = [[str(i), r.name, r.kind, _shape(r.out_shape), _num(r.params), _num(r.macs), r.note]
+    table = [[str(i), r.name, r.kind, _shape(r.out_shape), human(r.params), human(r.macs), r.note]
              for i, r in enumerate(rows, 1)]
     if report.failed_at is not None:
         f = report.failed_at
         where = f"input {f.in_hw[0]}x{f.in_hw[1]}" if f.in_hw else "its input"
-        table.append([str(len(rows) + 1), f.name, f.kind, "fails", _num(f.params), "-",
+        table.append([str(len(rows) + 1), f.name, f.kind, "fails", human(f.params), "-",
                       f"<- {where} is smaller than its window"])
     widths = [max(len(x[i]) for x in [head, *table]) for i in range(len(head))]
     right = {0, 4, 5}
@@ -329,8 +324,8 @@ def format_report(report: Report, depth: int | None = None) -> str:
 
     total_macs = sum(r.macs for r in report.rows)
     in_rows = sum(r.params for r in report.rows)
-    out += ["", f"total: {report.total_params:,} params ({_num(report.total_params)}), "
-                f"{total_macs:,} MACs ({_num(total_macs)}) per image"
+    out += ["", f"total: {report.total_params:,} params ({human(report.total_params)}), "
+                f"{total_macs:,} MACs ({human(total_macs)}) per image"
                 + (" up to the failing layer" if report.failed_at is not None else "")]
     if in_rows != report.total_params and report.failed_at is None:
         out.append(f"  {report.total_params - in_rows:,} params are in no row: held by container "

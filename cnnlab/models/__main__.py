@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnlab.units import human
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GENERIC = ("timm", "torchvision")  # take any architecture by name: nothing to tabulate
 BEGIN, END = "<!-- model-table:begin -->", "<!-- model-table:end -->"
@@ -102,13 +104,6 @@ def _map_or_error(model: object, shape: tuple[int, int, int]) -> str:
         return "too small"
 
 
-def _num(n: int) -> str:
-    """5.40M / 12.3M / 555M / 1.82G: three significant digits are enough to compare models."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            v = n / scale
-            return f"{v:.2f}{unit}" if v < 10 else f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}"
-    return str(n)
 
 
 def _map(shape: tuple[int, ...]) -> str:
@@ -120,7 +115,7 @@ HEADER = ["model", "source", "arch", "params", "MACs 32x32 (small_input)", "MACs
 
 
 def _cells(r: Row) -> list[str]:
-    return [r.name, r.source, r.arch, _num(r.params), _num(r.macs_32), _num(r.macs_224),
+    return [r.name, r.source, r.arch, human(r.params), human(r.macs_32), human(r.macs_224),
             r.map_small, r.map_plain]
 
 
