@@ -238,6 +238,20 @@ def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, float]:
     return proc.returncode, out, time.monotonic() - t0
 
 
+def _signal_rank1(proc: subprocess.Popen, run: Path, sig: int, after_epochs: int,
+                  timeout: float) -> tuple[int, str, float]:
+    """After ``after_epochs`` epochs, send ``sig`` to rank 1 and wait for torchrun to end."""
+    try:
+        _wait_for_epochs(run, after_epochs, proc)
+        victim = _worker_pid(proc.pid, 1)
+        assert victim is not None, "rank 1's process not found"
+        os.kill(victim, sig)
+        return _finish(proc, timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 # Long enough to be killed mid-run: 64 images at 16x16, about a second an epoch.
 LONG = [*TINY, "dataset.image_size=16", "trainer.epochs=200", "hydra.run.dir=run"]
 
@@ -245,15 +259,7 @@ LONG = [*TINY, "dataset.image_size=16", "trainer.epochs=200", "hydra.run.dir=run
 def test_dead_rank_stops_the_others(tmp_path):
     """kill -9 of rank 1 mid-run: rank 0 exits with an error within seconds, no hang."""
     proc = _start(LONG, tmp_path)
-    try:
-        _wait_for_epochs(tmp_path / "run", 1, proc)
-        victim = _worker_pid(proc.pid, 1)
-        assert victim is not None, "rank 1's process not found"
-        os.kill(victim, signal.SIGKILL)
-        status, out, waited = _finish(proc, timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    status, out, waited = _signal_rank1(proc, tmp_path / "run", signal.SIGKILL, 1, timeout=60)
     assert status != 0
     assert waited < 45, waited
     assert "exitcode" in out and "-9" in out, out[-3000:]  # torchrun's report names the dead rank
@@ -267,16 +273,7 @@ def test_dead_rank_stops_the_others(tmp_path):
 def test_hung_rank_times_out(tmp_path):
     """SIGSTOP of rank 1 (alive, silent): rank 0's next collective times out with a clear error."""
     proc = _start(LONG, tmp_path, CNNLAB_DDP_TIMEOUT="8")
-    victim = None
-    try:
-        _wait_for_epochs(tmp_path / "run", 1, proc)
-        victim = _worker_pid(proc.pid, 1)
-        assert victim is not None
-        os.kill(victim, signal.SIGSTOP)
-        status, out, waited = _finish(proc, timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    status, out, waited = _signal_rank1(proc, tmp_path / "run", signal.SIGSTOP, 1, timeout=120)
     assert status != 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed", summary
@@ -289,15 +286,7 @@ def test_sigterm_on_one_rank_then_resume(tmp_path):
     args = [*TINY, "dataset.image_size=16", "trainer.epochs=40", "hydra.run.dir=run"]
     run = tmp_path / "run"
     proc = _start(args, tmp_path)
-    try:
-        _wait_for_epochs(run, 2, proc)
-        victim = _worker_pid(proc.pid, 1)
-        assert victim is not None
-        os.kill(victim, signal.SIGTERM)
-        status, out, _ = _finish(proc, timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    status, out, _ = _signal_rank1(proc, run, signal.SIGTERM, 2, timeout=90)
     assert status != 0, out[-3000:]
     assert "exitcode  : 143" in out or "exitcode: 143" in out or "143" in out, out[-3000:]
     summary = json.loads((run / "summary.json").read_text())
