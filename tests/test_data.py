@@ -33,6 +33,23 @@ def test_digits_is_real_and_split_with_a_fixed_seed():
     assert not torch.equal(a.test.y, other.test.y)
 
 
+def test_digits_reads_sklearns_csv_as_load_digits_does(monkeypatch):
+    """The fast CSV path and sklearn's own loader give the same arrays; without the CSV
+    (another sklearn layout) the public API is used."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+
+    from cnnlab.data import digits
+
+    ref = load_digits()
+    images, target = digits.digits_arrays()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    images, target = digits.digits_arrays()
+    assert np.array_equal(images, ref.images) and np.array_equal(target, ref.target)
+
+
 def _write_cifar10(root: Path, n_train: int = 50, n_test: int = 20) -> np.ndarray:
     """CIFAR-10's python format, as torchvision reads it (md5 checks patched in the test)."""
     d = root / "cifar-10-batches-py"
