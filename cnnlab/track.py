@@ -8,6 +8,7 @@ dies without a word still says ``running`` rather than ``completed``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -25,10 +26,18 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; the summary gets the usual mode
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_jsonable)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed dump (or Ctrl-C) leaves the old file as it was, and no .name.* temp file.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _jsonable(v: Any) -> Any:

@@ -430,3 +430,19 @@ def test_a_checkpoint_holds_everything_a_resume_needs(reference):
     assert set(ck["rng"]) == {"python", "numpy", "torch", "cuda", "data"}
     assert isinstance(ck["config"], dict) and ck["config"]["trainer"]["epochs"] == 3  # resolved, plain
     assert "${" not in json.dumps(ck["config"])
+
+
+def test_write_json_atomic_keeps_the_old_file_and_no_temp_file_when_the_dump_fails(tmp_path):
+    from cnnlab.track import write_json_atomic
+
+    path = tmp_path / "summary.json"
+    write_json_atomic(path, {"status": "running"})
+
+    class Boom:
+        def __str__(self) -> str:  # json.dump's default=str hook runs this mid-file
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_json_atomic(path, {"status": "completed", "bad": Boom()})
+    assert json.loads(path.read_text()) == {"status": "running"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
