@@ -25,6 +25,15 @@ with no per-architecture code. The pass is real, on the CPU, with one thread: fo
 Python: 3x slower for a MogaNet-XTiny, no faster for a MogaNet-Large), and threads only
 add sync costs at this size.
 
+The table is cached (:mod:`cnnlab.cache`): computing it takes a fraction of a second,
+but importing torch, torchvision and timm to do so takes about 7 s on a 2-core CPU. The
+entry's name hashes everything the table depends on (the resolved model config, the
+input shape, the class count, the torch/torchvision/timm versions and the bytes of
+cnnlab/models/ and this file), so a cached table is the one a fresh pass would give;
+the tests check that. A cached answer imports no torch and takes about 1 s.
+``cache=false`` recomputes (and refreshes the entry); ``--warm`` fills the cache for
+every conf/model entry on every dataset, with and without ``small_input``.
+
 The config is composed with Hydra's compose API from conf/ at the repository root,
 with the run's schema, and the model is built with ``hydra.utils.instantiate(cfg.model)``
 as ``train`` builds it. Heavy imports (torch, timm) happen after the arguments are
@@ -36,6 +45,7 @@ only ever imported as ``cnnlab.inspect``, never as a top-level module.)
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import sys
 from dataclasses import dataclass, field
@@ -47,7 +57,8 @@ from cnnlab.units import human
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 USAGE = """\
-usage: python -m cnnlab.inspect [model=NAME] [dataset=NAME] [overrides...] [depth=N]
+usage: python -m cnnlab.inspect [model=NAME] [dataset=NAME] [overrides...] [depth=N] [cache=false]
+       python -m cnnlab.inspect --warm
 
 Prints the layer-by-layer table (layer, kind, output shape, params, MACs) of the model
 at the dataset's input size, and flags where the feature map shrinks to 1x1.
@@ -55,6 +66,8 @@ at the dataset's input size, and flags where the feature map shrinks to 1x1.
   model.small_input=false                    the ImageNet stem, to see what it does to 32x32
   dataset.image_size=224                     any input size
   depth=1                                    one row per top-level module
+  cache=false                                recompute the table (it is cached by default)
+  --warm                                     cache every conf/model on every dataset
 Config groups: model, dataset (and any key of the run's config, e.g. model.arch=...)."""
 
 GONE = "<- 1x1: the map is gone"
@@ -87,11 +100,16 @@ class Report:
 
 
 # --------------------------------------------------------------------------- arguments
-def split_args(argv: list[str]) -> tuple[list[str], int | None]:
-    """Separate the inspector's own ``depth=N`` from the Hydra overrides."""
-    overrides, depth = [], None
+def split_args(argv: list[str]) -> tuple[list[str], int | None, bool]:
+    """Separate the inspector's own ``depth=N`` and ``cache=BOOL`` from the Hydra overrides."""
+    overrides, depth, use_cache = [], None, True
     for a in argv:
-        if a.startswith("depth="):
+        if a.startswith("cache="):
+            value = a.split("=", 1)[1].lower()
+            if value not in ("true", "false"):
+                raise SystemExit(f"error: cache must be true or false, got {a!r}")
+            use_cache = value == "true"
+        elif a.startswith("depth="):
             try:
                 depth = int(a.split("=", 1)[1])
             except ValueError:
@@ -100,7 +118,7 @@ def split_args(argv: list[str]) -> tuple[list[str], int | None]:
                 raise SystemExit(f"error: depth must be an integer >= 1, got {a!r}")
         else:
             overrides.append(a)
-    return overrides, depth
+    return overrides, depth, use_cache
 
 
 def check_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
@@ -142,12 +160,18 @@ def build_model(cfg: Any, device: str = "cpu") -> tuple[Any, tuple[int, int, int
 
     import cnnlab.models  # noqa: F401  (registers MogaNet in timm before instantiate)
 
+    num_classes, shape = input_of(cfg)
+    with torch.device(device):
+        model = instantiate(cfg.model, num_classes=num_classes, in_chans=shape[0],
+                            img_size=shape[1], pretrained=False, checkpoint=None)
+    return model, shape
+
+
+def input_of(cfg: Any) -> tuple[int, tuple[int, int, int]]:
+    """(class count, (C, H, W)) the model is inspected at: the dataset's."""
     dc = cfg.dataset
     num_classes = dc.num_classes if dc.num_classes is not None else 10
-    with torch.device(device):
-        model = instantiate(cfg.model, num_classes=num_classes, in_chans=dc.in_chans,
-                            img_size=dc.image_size, pretrained=False, checkpoint=None)
-    return model, (dc.in_chans, dc.image_size, dc.image_size)
+    return int(num_classes), (int(dc.in_chans), int(dc.image_size), int(dc.image_size))
 
 
 def _is_global_pool(kind: str) -> bool:
@@ -266,6 +290,117 @@ def inspect_model(cfg: Any) -> Report:
     return report
 
 
+# --------------------------------------------------------------------------- the cache
+# Keys of cfg.model that do not change the table: weights, labels, the DDP flag.
+_NOT_SHAPE = ("pretrained", "checkpoint", "sync_bn")
+
+
+def cache_path(cfg: Any) -> Path:
+    """Where the table of this config is cached: a hash of everything it depends on."""
+    from omegaconf import OmegaConf
+
+    from cnnlab import cache
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    for k in _NOT_SHAPE:
+        model.pop(k, None)
+    num_classes, shape = input_of(cfg)
+    code = [*sorted((Path(__file__).parent / "models").glob("*.py")), Path(__file__)]
+    key = {"model": model, "num_classes": num_classes, "input": shape,
+           "versions": cache.versions("torch", "torchvision", "timm"),
+           "code": cache.source_digest(*code)}
+    return cache.cache_root() / "inspect" / f"{cfg.model.name}-{cache.digest(key)}.json"
+
+
+def report_to_json(report: Report) -> dict[str, Any]:
+    return dataclasses.asdict(report)
+
+
+def report_from_json(d: dict[str, Any]) -> Report:
+    """The inverse of :func:`report_to_json` (JSON has lists where the report has tuples)."""
+    def row(r: dict[str, Any] | None) -> Row | None:
+        if r is None:
+            return None
+        return Row(r["name"], r["kind"], tuple(r["out_shape"]), r["params"], r["macs"],
+                   tuple(r["in_hw"]) if r["in_hw"] is not None else None, r["note"])
+
+    return Report(d["model"], tuple(d["input_shape"]), d["small_input"], [row(r) for r in d["rows"]],
+                  d["total_params"], row(d["failed_at"]), d["error"], d["gone_at"],
+                  {k: tuple(v) for k, v in d["module_shapes"].items()})
+
+
+def cached_report(cfg: Any, use_cache: bool = True) -> tuple[Report, Path | None]:
+    """The report of ``cfg``, from the cache when it holds one; (report, cache file if read).
+
+    A computed report is stored, unless the cache can't be written (then it is just
+    not cached). So is a model that refuses the input (AlexNet's stride-4 stem on
+    32x32): that raises :class:`ModelError` with the model's own message, cached or not.
+    An unreadable entry counts as missing.
+    """
+    from hydra.errors import InstantiationException
+
+    from cnnlab import cache
+    from cnnlab.errors import CnnlabError, ModelError
+
+    path = cache_path(cfg)
+    if use_cache:
+        stored = cache.read(path)
+        if isinstance(stored, dict) and isinstance(stored.get("refused"), str):
+            raise ModelError(stored["refused"])
+        if stored is not None:
+            try:
+                return report_from_json(stored), path
+            except (KeyError, TypeError, ValueError):
+                pass  # written by another version of this file: recompute below
+    try:
+        report = inspect_model(cfg)
+    except InstantiationException as e:
+        # instantiate wraps the model's own refusal, e.g. AlexNet's "img_size=32 is too
+        # small for AlexNet (map shrinks below 1x1)": keep its first line.
+        if not isinstance(e.__cause__, (CnnlabError, ValueError)):
+            raise
+        text = str(e.__cause__).strip().splitlines()[0] or type(e.__cause__).__name__
+        cache.write(path, {"refused": text})
+        raise ModelError(text) from None
+    cache.write(path, report_to_json(report))
+    return report, None
+
+
+def warm(conf_dir: Path = CONF_DIR, out: Any = sys.stdout) -> int:
+    """Cache the table of every conf/model entry on every dataset, small_input true and false.
+
+    The generic ``timm``/``torchvision`` entries (they need an arch) and ``imagefolder``
+    (it needs a folder) are left out. One process: torch and timm are imported once.
+    Returns how many tables were computed (the others were cached already).
+    """
+    from hydra import compose, initialize_config_dir
+
+    from cnnlab.config import register_schema
+    from cnnlab.errors import CnnlabError
+
+    register_schema()
+    models = sorted(p.stem for p in (conf_dir / "model").glob("*.yaml")
+                    if p.stem not in ("timm", "torchvision"))
+    datasets = sorted(p.stem for p in (conf_dir / "dataset").glob("*.yaml") if p.stem != "imagefolder")
+    computed = 0
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        for m in models:
+            for d in datasets:
+                for small in ("true", "false"):
+                    cfg = compose(config_name="config",
+                                  overrides=[f"model={m}", f"dataset={d}", f"model.small_input={small}"])
+                    if cache_path(cfg).is_file():
+                        continue
+                    try:
+                        cached_report(cfg, use_cache=False)
+                    except CnnlabError as e:  # e.g. AlexNet's stride-4 stem on 32x32
+                        print(f"  {m} {d} small_input={small}: {e}", file=out)
+                        continue
+                    computed += 1
+                    print(f"cached {m} on {d} (small_input={small})", file=out, flush=True)
+    return computed
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -376,8 +511,14 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
+    if argv == ["--warm"]:
+        from cnnlab.cache import cache_root
+
+        n = warm()
+        print(f"{n} tables computed; the cache is {cache_root() / 'inspect'}")
+        return 0
     try:
-        overrides, depth = split_args(argv)
+        overrides, depth, use_cache = split_args(argv)
         check_choices(overrides)
     except SystemExit as e:
         print(e, file=sys.stderr)
@@ -393,10 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         from cnnlab.config import validate
 
         validate(cfg)
-        report = inspect_model(cfg)
+        report, hit = cached_report(cfg, use_cache)
     except (HydraException, OmegaConfBaseException, CnnlabError) as e:
-        # instantiate wraps the model's own errors: show the cause's message, e.g. AlexNet's
-        # "img_size=32 is too small for AlexNet (map shrinks below 1x1)".
+        # instantiate wraps the model's own errors: show the cause's message.
         cause = e.__cause__ if isinstance(e.__cause__, (CnnlabError, ValueError)) else e
         text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         print(f"error: {text}", file=sys.stderr)
@@ -404,7 +544,15 @@ def main(argv: list[str] | None = None) -> int:
             print("  (an ImageNet stem on a small image: try model.small_input=true)", file=sys.stderr)
         return 2
     print(format_report(report, depth))
+    if hit is not None:
+        print(f"\n(read from the cache: {hit}; cache=false recomputes it)")
     return 0
+    if argv == ["--warm"]:
+        from cnnlab.cache import cache_root
+
+        n = warm()
+        print(f"{n} tables computed; the cache is {cache_root() / 'inspect'}")
+        return 0
 
 
 if __name__ == "__main__":

@@ -47,6 +47,12 @@ def run_cli(args: list[str], cwd: str | os.PathLike, timeout: float = 240, modul
                           text=True, timeout=timeout, env=full_env)
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own empty cnnlab cache (the inspector's tables), never ~/.cache."""
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     """A factory: tiny_cfg(*overrides) -> composed cfg writing into tmp_path/run."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import time
 
@@ -115,18 +118,108 @@ def test_depth_groups_rows_with_the_blocks_own_output():
     assert "inception3a" in format_report(report, depth=1)
 
 
-def test_cli_flags_1x1_for_resnet18_without_small_input(tmp_path):
+def test_cli_flags_1x1_for_resnet18_without_small_input_then_answers_from_the_cache(tmp_path):
+    args = ["model=resnet18", "dataset=cifar10", "model.small_input=false"]
     t0 = time.perf_counter()
-    res = run_cli(["model=resnet18", "dataset=cifar10", "model.small_input=false"], cwd=tmp_path,
-                  module="cnnlab.inspect")
+    res = run_cli(args, cwd=tmp_path, module="cnnlab.inspect")
     wall = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr
     line = next(line for line in res.stdout.splitlines() if "<- 1x1: the map is gone" in line)
     assert "layer4.0.conv1" in line and "512x1x1" in line
     assert "total: 11,181,642 params" in res.stdout
     assert "Use model.small_input=true" in res.stdout
+    assert "read from the cache" not in res.stdout
     assert list(tmp_path.iterdir()) == []  # no outputs/ folder, no log file
-    print(f"inspect wall time: {wall:.2f}s", file=sys.stderr)
+
+    # The second call reads the table the first one cached, and imports no torch to do so.
+    code = ("import sys; from cnnlab.inspect import main; rc = main(sys.argv[1:]); "
+            "print('heavy imports:', sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
+    again = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert again.returncode == 0, again.stderr
+    table, _, tail = again.stdout.partition("\n\n(read from the cache: ")
+    assert table + "\n" == res.stdout
+    assert tail.splitlines()[-1] == "heavy imports: []"
+    print(f"inspect wall time: {wall:.2f}s uncached", file=sys.stderr)
+
+
+def test_cache_key_follows_what_the_table_depends_on(monkeypatch):
+    from cnnlab import cache
+    from cnnlab.inspect import cache_path
+
+    base = ["model=resnet18", "dataset=cifar10"]
+    path = cache_path(compose(base))
+    assert path.parent == cache.cache_root() / "inspect" and path.name.startswith("resnet18-")
+    # Same table: weights and the DDP flag do not change shapes; svhn has cifar10's input.
+    assert cache_path(compose([*base, "model.pretrained=true", "model.sync_bn=true"])) == path
+    assert cache_path(compose(["model=resnet18", "dataset=svhn"])) == path
+    # Another table: the stem, the classes, the input size, a library version, our code.
+    for other in (["model.small_input=false"], ["dataset=cifar100"], ["dataset.image_size=64"]):
+        assert cache_path(compose([*base, *other])) != path, other
+    monkeypatch.setattr(cache, "versions", lambda *d: {"timm": "0.0"})
+    assert cache_path(compose(base)) != path
+    monkeypatch.undo()
+    monkeypatch.setattr(cache, "source_digest", lambda *p: "edited")
+    assert cache_path(compose(base)) != path
+
+
+def test_cache_entries_are_read_recomputed_and_refused_models_too(monkeypatch, capsys):
+    import cnnlab.inspect as insp
+
+    calls = []
+    real = insp.inspect_model
+    monkeypatch.setattr(insp, "inspect_model", lambda cfg: calls.append(1) or real(cfg))
+
+    args = ["model=mobilenet_v3_small", "dataset=digits"]
+    assert insp.main(args) == 0 and len(calls) == 1
+    first = capsys.readouterr().out
+    assert insp.main(args) == 0 and len(calls) == 1  # a hit: nothing built
+    assert capsys.readouterr().out.startswith(first.rstrip("\n"))
+    assert insp.main([*args, "cache=false"]) == 0 and len(calls) == 2
+    assert capsys.readouterr().out == first
+
+    entry = insp.cache_path(compose(args))
+    entry.write_text("{not json")  # a torn or foreign entry is recomputed and replaced
+    assert insp.main(args) == 0 and len(calls) == 3
+    assert capsys.readouterr().out == first
+    assert json.loads(entry.read_text())["model"] == "mobilenet_v3_small"
+
+    # A model that refuses the input: the message is cached too.
+    assert insp.main(["model=alexnet", "model.small_input=false"]) == 2 and len(calls) == 4
+    err = capsys.readouterr().err
+    assert "img_size=32 is too small for AlexNet" in err
+    assert insp.main(["model=alexnet", "model.small_input=false"]) == 2 and len(calls) == 4
+    assert capsys.readouterr().err == err
+
+
+def test_an_unwritable_cache_still_answers(tmp_path, monkeypatch, capsys):
+    from cnnlab.inspect import main
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(blocker))
+    assert main(["model=alexnet"]) == 0
+    assert "final feature map before the classifier" in capsys.readouterr().out
+
+
+def test_warm_caches_every_model_and_dataset_once(tmp_path, capsys):
+    import shutil
+
+    from cnnlab.inspect import warm
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    for group, keep in (("model", {"alexnet.yaml", "mobilenet_v3_small.yaml", "timm.yaml"}),
+                        ("dataset", {"digits.yaml", "mnist.yaml", "cifar100.yaml", "imagefolder.yaml"})):
+        for p in (conf / group).glob("*.yaml"):
+            if p.name not in keep:
+                p.unlink()
+    # 2 models x (digits = mnist, cifar100) x small_input true/false, less AlexNet's two
+    # refusals (its stride-4 stem on 32x32), which are cached as messages.
+    assert warm(conf, out=sys.stdout) == 6
+    out = capsys.readouterr().out
+    assert out.count("too small for AlexNet") == 2 and "timm" not in out and "imagefolder" not in out
+    assert warm(conf, out=sys.stdout) == 0
 
 
 @pytest.mark.parametrize("arg,needle", [
