@@ -16,8 +16,8 @@ stem (a 7x7/2 conv and a 3x3/2 max-pool, total stride 32) turns 224x224 into 7x7
 end, but 32x32 into 1x1 halfway through. When the map is gone before the last layer,
 the forward pass fails; the table then stops at the layer that could not run.
 
-How: forward hooks on every leaf module during one forward pass of a single image
-(:func:`cnnlab.models.profile.profile_layers`, shared with the run's MAC count).
+How: forward hooks on every module during one forward pass of a single image
+(:func:`cnnlab.models.profile.trace_layers`, which also gives a run's MAC count).
 torchinfo and fvcore, the usual libraries for this, are not installed here, and hooks
 see exactly what the forward pass does: any timm or torchvision model, and our own,
 with no per-architecture code. The pass is real, on the CPU, with one thread: for one
@@ -187,69 +187,23 @@ def _too_small(err: BaseException) -> bool:
 def trace(model: Any, input_shape: tuple[int, int, int]
           ) -> tuple[list[Row], Row | None, str, dict[str, tuple[int, ...]]]:
     """The table's rows from one forward pass: (rows, failing layer or None, its error,
-    every module's output shape).
+    every container module's output shape).
 
-    ``profile_layers`` gives the rows; hooks of our own, registered first so they run
-    first, add each layer's input size and remember the layer that was running when the
-    forward pass failed, with the rows up to it.
+    A forward pass that fails because the map got smaller than a window ends the table
+    at that layer; any other error is raised.
     """
-    import torch
+    from cnnlab.models.profile import trace_layers
 
-    from cnnlab.models.profile import _layer_macs, profile_layers
-
-    seen: list[Row] = []  # our own record, in call order, same filter as profile_layers
-    running: list[Any] = [None]
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def any_module(name: str):
-        def fn(m: Any, inp: tuple, out: Any) -> None:
-            t = out[0] if isinstance(out, (tuple, list)) else out
-            if isinstance(t, torch.Tensor):
-                shapes[name] = tuple(t.shape[1:])
-        return fn
-
-    def pre(name: str):
-        def fn(m: Any, inp: tuple) -> None:
-            running[0] = (name, m, inp)
-        return fn
-
-    def post(name: str):
-        def fn(m: Any, inp: tuple, out: Any) -> None:
-            t = out[0] if isinstance(out, (tuple, list)) else out
-            if not isinstance(t, torch.Tensor):
-                return
-            x = inp[0] if inp and isinstance(inp[0], torch.Tensor) else None
-            in_hw = tuple(x.shape[-2:]) if x is not None and x.dim() == 4 else None
-            own = sum(p.numel() for p in m.parameters(recurse=False))
-            seen.append(Row(name, type(m).__name__, tuple(t.shape[1:]), own, _layer_macs(m, t), in_hw))
-        return fn
-
-    handles = []
-    for name, m in model.named_modules():
-        if name and not any(True for _ in m.children()):
-            handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
-        elif name:
-            handles.append(m.register_forward_hook(any_module(name)))
-    try:
-        stats = profile_layers(model, input_shape)
-    except RuntimeError as e:
-        if not _too_small(e):
-            raise
-        name, m, inp = running[0]
-        x = inp[0] if inp and isinstance(inp[0], torch.Tensor) else None
-        in_hw = tuple(x.shape[-2:]) if x is not None and x.dim() == 4 else None
-        failed = Row(name, type(m).__name__, (), sum(p.numel() for p in m.parameters(recurse=False)), 0, in_hw)
-        return seen, failed, str(e).strip().splitlines()[0], shapes
-    finally:
-        for h in handles:
-            h.remove()
-    # The two records must agree row for row; if they ever do not, trust profile_layers.
-    if [(s.name, s.out_shape) for s in stats] != [(r.name, r.out_shape) for r in seen]:
-        seen = [Row(s.name, s.kind, s.out_shape, s.params, s.macs) for s in stats]
-    else:
-        for r, s in zip(seen, stats, strict=True):
-            r.params, r.macs = s.params, s.macs
-    return seen, None, "", shapes
+    t = trace_layers(model, input_shape)
+    if t.error is not None and not _too_small(t.error):
+        raise t.error
+    rows = [Row(s.name, s.kind, s.out_shape, s.params, s.macs, s.in_hw) for s in t.layers]
+    failed = None
+    if t.failed is not None:
+        f = t.failed
+        failed = Row(f.name, f.kind, (), f.params, 0, f.in_hw)
+    error = str(t.error).strip().splitlines()[0] if t.error is not None else ""
+    return rows, failed, error, t.shapes
 
 
 def find_gone(rows: list[Row]) -> int | None:

@@ -247,3 +247,23 @@ def test_the_module_name_does_not_shadow_the_standard_library():
 
     assert std_inspect is not cnnlab.inspect and hasattr(std_inspect, "signature")
     assert str(REPO / "cnnlab") not in std_inspect.__file__
+
+
+def test_macs_count_conv_and_linear_only_and_profile_raises_what_the_forward_raised():
+    from torch import nn
+
+    from cnnlab.models.profile import count_macs, profile_layers, trace_layers
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, groups=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.Flatten(),
+                        nn.Linear(8 * 16 * 16, 10))
+    # per output element: in/groups * k * k; Linear: in_features per output
+    assert count_macs(net, (3, 32, 32)) == 8 * 32 * 32 * 27 + 8 * 16 * 16 * 9 + 10 * 8 * 16 * 16
+    assert net.training  # the pass is in eval mode, and the mode is given back
+
+    too_small = nn.Sequential(nn.MaxPool2d(4), nn.MaxPool2d(4))
+    with pytest.raises(RuntimeError):
+        profile_layers(too_small, (1, 8, 8))
+    t = trace_layers(too_small, (1, 8, 8))  # the trace keeps what ran before the failure
+    assert [s.out_shape for s in t.layers] == [(1, 2, 2)] and t.failed.name == "1"
+    assert isinstance(t.error, RuntimeError) and t.failed.in_hw == (2, 2)
