@@ -145,8 +145,11 @@ _CHOICES = {
 }
 
 
-def validate(cfg: Any) -> None:
-    """Range and choice checks the schema's types cannot express; raises ConfigError."""
+def validate(cfg: Any, needs_data: bool = True) -> None:
+    """Range and choice checks the schema's types cannot express; raises ConfigError.
+
+    ``needs_data=False`` (the layer-shape inspector) accepts an image folder with no root.
+    """
     from omegaconf import OmegaConf
 
     def get(key: str) -> Any:
@@ -169,6 +172,10 @@ def validate(cfg: Any) -> None:
         "val_split + test_split must be below 1",
     )
     need(get("dataset.image_size") >= 8, "dataset.image_size", "use an integer >= 8")
+    if needs_data and get("dataset.name") == "imagefolder" and not get("dataset.root"):
+        # The yaml's `???` cannot override the schema's None, so the check is here.
+        raise ConfigError("dataset=imagefolder needs dataset.root=<folder>: one subfolder per class, "
+                          "or train/ and val/ folders that each hold one")
     limit = get("dataset.limit")
     need(limit is None or limit > 0, "dataset.limit", "use null or an integer >= 1")
     clip = get("trainer.grad_clip")

@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_config(overrides)
         from cnnlab.config import validate
 
-        validate(cfg)
+        validate(cfg, needs_data=False)  # the table needs no images: a folder's root may be missing
         report, hit = cached_report(cfg, use_cache)
     except (HydraException, OmegaConfBaseException, CnnlabError) as e:
         # instantiate wraps the model's own errors: show the cause's message.

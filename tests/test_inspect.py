@@ -267,3 +267,10 @@ def test_macs_count_conv_and_linear_only_and_profile_raises_what_the_forward_rai
     t = trace_layers(too_small, (1, 8, 8))  # the trace keeps what ran before the failure
     assert [s.out_shape for s in t.layers] == [(1, 2, 2)] and t.failed.name == "1"
     assert isinstance(t.error, RuntimeError) and t.failed.in_hw == (2, 2)
+
+
+def test_an_image_folder_needs_no_root_to_be_inspected(capsys):
+    from cnnlab.inspect import main
+
+    assert main(["model=alexnet", "dataset=imagefolder"]) == 0
+    assert "alexnet at 3x64x64" in capsys.readouterr().out

@@ -38,7 +38,8 @@ def _scan(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
     try:
         classes, class_to_idx = find_classes(folder)
     except FileNotFoundError:
-        raise DataError(f"dataset.root={folder!r} has no class subfolders: put each class's images in root/<class>/") from None
+        raise DataError(f"dataset.root={os.path.normpath(folder)!r} has no class subfolders: "
+                        "put each class's images in root/<class>/") from None
     try:
         samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     except FileNotFoundError as e:
