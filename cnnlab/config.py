@@ -100,7 +100,9 @@ class TrainerConfig:
 class PathsConfig:
     root_dir: str = "."
     data_dir: str = "data"
-    output_dir: str = "outputs"
+    # The run's folder: ${hydra:runtime.output_dir} in conf/paths. Optional because Hydra
+    # has no run folder yet when it only prints the config (`--cfg job --resolve`).
+    output_dir: Optional[str] = "outputs"
 
 
 @dataclass

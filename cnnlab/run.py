@@ -7,7 +7,8 @@ imported at module level, so ``--help`` and ``--cfg job`` are instant.
 
 Errors reach the user as one line on stderr, ``error: <what is wrong and what is
 allowed>``, with no traceback: ours (CnnlabError), and Hydra's and OmegaConf's own
-composition errors, which :func:`cli` catches and rewrites (see docs/errors.md).
+composition errors, which :func:`cli` catches and :mod:`cnnlab.cli_errors` rewrites
+(see docs/errors.md).
 Exit status: 0 completed, 1 diverged (or a sweep with a job that did not
 complete), 2 a bad input, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
 A bug keeps its traceback; HYDRA_FULL_ERROR=1 shows every error's traceback.
@@ -17,14 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from cnnlab.config import register_schema
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.resume import register_resolvers
 
 log = logging.getLogger("cnnlab")
@@ -46,12 +46,23 @@ def _is_multirun() -> bool:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Train one configuration; return its best val accuracy (NaN if it failed)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cnnlab.cli_errors import describe_error
     from cnnlab.train import train
 
     global _job_started
     _job_started = True
     try:
-        summary = train(cfg)
+        try:
+            summary = train(cfg)
+        except OmegaConfBaseException as e:
+            # A value the config cannot give, found when train reads it (a ${key} naming
+            # no key): one line, like the errors Hydra meets while composing.
+            message = describe_error(e)
+            if message is None:
+                raise
+            raise ConfigError(message) from e
     except CnnlabError as e:
         log.error("%s", e)
         if _is_multirun():
@@ -115,6 +126,7 @@ def cli() -> None:
     themselves gets Hydra's full tracebacks as usual.
     """
     from cnnlab.callbacks import sweep_exit_code
+    from cnnlab.cli_errors import describe_error
     from cnnlab.dist import rank_overrides
     from cnnlab.signals import Interrupted
 
@@ -136,7 +148,7 @@ def cli() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        message = None if user_wants_traceback else describe_error(e, job_started=_job_started)
+        message = None if user_wants_traceback else describe_error(e, job_started=_job_started, argv=sys.argv[1:])
         if message is None:
             raise  # a bug: keep the traceback
         print(f"error: {message}", file=sys.stderr)
@@ -145,86 +157,6 @@ def cli() -> None:
         if not user_wants_traceback:
             os.environ.pop("HYDRA_FULL_ERROR", None)  # not inherited by anything started later
     sys.exit(sweep_exit_code())
-
-
-def describe_error(e: BaseException, job_started: bool = True) -> str | None:
-    """One line for an error the user can fix, or None for a bug (which keeps its traceback)."""
-    from hydra.errors import (
-        ConfigCompositionException,
-        MissingConfigException,
-        OverrideParseException,
-    )
-    from omegaconf.errors import (
-        ConfigAttributeError,
-        ConfigKeyError,
-        MissingMandatoryValue,
-        ValidationError,
-    )
-
-    def first_line(x: BaseException) -> str:
-        text = str(x).strip()
-        return text.splitlines()[0] if text else type(x).__name__
-
-    chain, c = [], e
-    while c is not None and c not in chain:
-        chain.append(c)
-        c = c.__cause__ or c.__context__
-    # Ours, also when Hydra or OmegaConf wrapped it (a resolver's, an instantiate's).
-    for c in chain:
-        if isinstance(c, CnnlabError):
-            return str(c)
-    for c in chain:  # a `???` value, e.g. model=timm without model.arch
-        if isinstance(c, MissingMandatoryValue):
-            found = re.search(r"Missing mandatory value: ?([\w.]+)", str(c))
-            key = found.group(1) if found else c.full_key
-            return f"{key} has no value: set it on the command line, e.g. {key}=<value>"
-    if isinstance(e, MissingConfigException) and e.missing_cfg_file:
-        group, _, name = e.missing_cfg_file.rpartition("/")
-        allowed = f"choose one of {', '.join(e.options)}" if e.options else f"conf/{group}/ has no options"
-        return f"{group}={name} is not an option of {group}: {allowed}"
-    if isinstance(e, OverrideParseException):
-        return (f"an override cannot be parsed ({first_line(e)}): write key=value, e.g. trainer.epochs=5 "
-                "(grammar: https://hydra.cc/docs/advanced/override_grammar/basic/)")
-    if isinstance(e, ConfigCompositionException):
-        cause = e.__cause__
-        if isinstance(cause, ValidationError) and cause.full_key:
-            return f"{cause.full_key}={cause.value}: wrong type: {first_line(cause)}"
-        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
-            return f"{cause.full_key} is not a config key{_suggest_key(str(cause.full_key))}"
-        return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-    for c in chain:
-        if isinstance(c, OSError) and c.filename:
-            where = ("cannot create the run folder or its run.log: choose a writable hydra.run.dir"
-                     if not job_started else "a file or folder the run needs cannot be written or read")
-            return f"{where} ({c.strerror or first_line(c)}: {c.filename!r})"
-    return None
-
-
-def _suggest_key(full_key: str) -> str:
-    """'; did you mean trainer.epochs?' for a near miss of a schema key, else a pointer."""
-    import dataclasses
-    import difflib
-
-    from cnnlab.config import Config
-
-    node: object = Config
-    *parents, leaf = full_key.split(".")
-    for part in parents:
-        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
-        if part not in fields:
-            node = None
-            break
-        f = fields[part]
-        node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        node = type(node)
-    keys = [f.name for f in dataclasses.fields(node)] if node and dataclasses.is_dataclass(node) else []
-    close = difflib.get_close_matches(leaf, keys, n=1)
-    prefix = ".".join(parents + [""])
-    if close:
-        return f"; did you mean {prefix}{close[0]}?"
-    if keys:
-        return f"; keys under {prefix.rstrip('.') or 'the root'}: {', '.join(keys)}"
-    return "; `python -m cnnlab.run --cfg job` lists every key"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import TINY, run_cli
 
 from cnnlab.track import METRIC_COLUMNS
@@ -50,3 +51,15 @@ def test_help_does_not_import_torch(tmp_path):
     probe = "import sys, runpy; sys.argv=['x','--help']\ntry:\n runpy.run_module('cnnlab.run', run_name='__main__')\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("part", ["job", "all"])
+def test_cfg_resolve_prints_the_resolved_config(part, tmp_path):
+    """Nothing runs, so there is no run folder yet: paths.output_dir prints as null."""
+    res = run_cli(["--cfg", part, "--resolve", "model=resnet18"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "${" not in res.stdout and "name: resnet18" in res.stdout
+    assert "output_dir: null" in res.stdout
+    if part == "all":
+        assert "_resnet18_digits" in res.stdout  # hydra.run.dir, resolved
+    assert list(tmp_path.iterdir()) == []

@@ -48,6 +48,10 @@ CASES: dict[str, Case] = {
     "wrong type (bool)": Case(["model.pretrained=maybe"], ["model.pretrained=maybe", "bool"]),
     "unknown key": Case(["trainer.epoch=3"], ["trainer.epoch", "not a config key", "trainer.epochs"]),
     "unparsable override": Case(["trainer.epochs=["], ["cannot be parsed", "key=value"]),
+    # ({{ }} is one brace after the {tmp} formatting)
+    "interpolation naming no key": Case(["trainer.epochs=${{trainer.epoch}}"],
+                                        ["an interpolation in trainer.epochs names no key", "trainer.epoch"]),
+    "--cfg hydra --resolve": Case(["--cfg", "hydra", "--resolve"], ["use `--cfg all --resolve`"]),
     # -- range and choice checks (cnnlab.config.validate), before torch is imported
     "zero epochs": Case(["trainer.epochs=0"], ["trainer.epochs=0", ">= 1"]),
     "negative batch size": Case(["trainer.batch_size=-1"], ["trainer.batch_size=-1", ">= 1"]),
