@@ -7,9 +7,9 @@ refuses any pickle that would run code; everything we save is tensors, numbers,
 strings, lists and dicts (the resolved config as a plain container, the RNG states
 as tensors and lists), so no safe globals need registering.
 
-What a training checkpoint holds (``cnnlab.train.checkpoint_state``): model,
-optimizer, scheduler and GradScaler state dicts, the epoch, the best metric and the
-early-stopping counters, the RNG states (python, numpy, torch, cuda and the loader's
+What a training checkpoint holds (``checkpoint_state`` in ``cnnlab.train``): model,
+optimizer, scheduler and GradScaler state dicts, the epoch, the loop's counters
+(``cnnlab.state.LoopState``: the best metric, time, early stopping), the RNG states (python, numpy, torch, cuda and the loader's
 data-order generator), the resolved config and the model's name.
 """
 

@@ -15,7 +15,6 @@ module that reads the DictConfig; everything it calls takes plain arguments.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from contextlib import nullcontext
@@ -28,6 +27,14 @@ from cnnlab.config import validate
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, DeviceError
 from cnnlab.resume import resume_config
 from cnnlab.signals import GracefulStop, Interrupted, signal_name
+from cnnlab.state import (
+    LoopState,
+    check_resume_fits,
+    load_resume,
+    read_summary,
+    restore_training,
+    rng_state,
+)
 
 log = logging.getLogger("cnnlab")
 
@@ -137,36 +144,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def rng_state(loader) -> dict[str, Any]:
-    """Every RNG a resumed run needs to continue bit for bit."""
-    import numpy as np
-    import torch
-
-    np_state = np.random.get_state()
-    return {
-        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].copy()), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "data": loader.generator.get_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any], loader) -> None:
-    import numpy as np
-    import torch
-
-    py = state["python"]
-    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy(), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    loader.generator.set_state(state["data"])
-
-
 def _make_optimizer(opt_cfg: DictConfig, model, policy):
     """Instantiate the partial optimizer; use the fused CUDA kernel where torch has one."""
     import inspect
@@ -178,105 +155,6 @@ def _make_optimizer(opt_cfg: DictConfig, model, policy):
     if policy.device.type == "cuda" and "fused" in inspect.signature(make.func).parameters:
         kwargs["fused"] = True
     return make(model.parameters(), **kwargs)
-
-
-_TRAINING_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng")
-
-
-def _load_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint to continue from, loaded on the CPU, or None for a fresh start.
-
-    ``resume=<file>`` loads that file. ``resume=<run folder>``, and auto_resume when
-    the run folder holds checkpoints, try last.pt, then best.pt with a warning if
-    last.pt does not load: best.pt is a full checkpoint of an earlier epoch, and
-    the run continues exactly from there.
-    """
-    from cnnlab.checkpoint import load_checkpoint, remove_stale_temps
-
-    def load(path: Path) -> dict[str, Any]:
-        ck = load_checkpoint(path)  # map_location cpu: RNG states must stay CPU tensors
-        if not all(k in ck for k in _TRAINING_KEYS):
-            raise CheckpointError(
-                f"{str(path)!r} holds weights only (no optimizer, schedule or epoch), so it cannot be "
-                f"resumed: start a new run from its weights with model.checkpoint={str(path)!r}")
-        return ck
-
-    if cfg.resume:
-        target = Path(cfg.resume)
-        if not target.exists():
-            raise CheckpointError(f"resume={cfg.resume!r}: no such run folder or checkpoint file")
-        if target.is_file():
-            return target, load(target)
-        folder, asked = target / "checkpoints", f"resume={cfg.resume!r}"
-    elif cfg.trainer.auto_resume:
-        folder, asked = run_dir / "checkpoints", "trainer.auto_resume"
-    else:
-        return None
-    names = [n for n in ("last.pt", "best.pt") if (folder / n).is_file()]
-    if not names:
-        if cfg.resume:
-            raise CheckpointError(f"{asked}: {str(folder.parent)!r} holds no checkpoints/last.pt to resume from")
-        return None  # auto_resume in a new (or checkpoint-less) folder: a fresh start
-    remove_stale_temps(folder)  # a save killed mid-write leaves its temp file behind
-    problems = []
-    for name in names:
-        try:
-            ck = load(folder / name)
-        except CheckpointError as e:
-            problems.append(str(e))
-            log.warning("%s: cannot use %s: %s", asked, name, e)
-            continue
-        if problems:
-            log.warning("%s: resuming from %s (epoch %d) instead; the epochs after it are redone",
-                        asked, name, ck["epoch"])
-        return folder / name, ck
-    raise CheckpointError(f"{asked}: no checkpoint in {str(folder)!r} loads: {problems[0]}")
-
-
-def _check_resume_fits(cfg: DictConfig, path: Path, ck: dict[str, Any]) -> None:
-    """Fail before touching the run folder if the checkpoint is of another model or data."""
-    saved = ck.get("config") or {}
-    pairs = [("model.name", ck.get("model_name")), ("model.arch", saved.get("model", {}).get("arch")),
-             ("dataset.name", saved.get("dataset", {}).get("name")),
-             ("dataset.in_chans", saved.get("dataset", {}).get("in_chans")),
-             ("dataset.image_size", saved.get("dataset", {}).get("image_size"))]
-    for key, was in pairs:
-        now = OmegaConf.select(cfg, key)
-        if was is not None and now is not None and was != now:
-            fix = f"{key.split('.')[0]}={was}" if key.endswith(".name") else f"{key}={was}"
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} belongs to another run: it was trained with {key}={was}, "
-                f"this run has {key}={now}; resume with {fix}, or start a new run")
-    changed = _changed_settings(saved, OmegaConf.to_container(cfg, resolve=True))
-    if changed:
-        log.warning("resuming with changed settings: %s", "; ".join(changed))
-
-
-def _changed_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every leaf that differs (bookkeeping keys left out)."""
-    skip = {"resume", "paths", "trainer.auto_resume", "trainer.progress"}
-    out = []
-    for k in sorted(set(old) | set(new)):
-        key = f"{prefix}{k}"
-        if key in skip:
-            continue
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_settings(a, b, key + ".")
-        elif a != b:
-            out.append(f"{key}: {a} -> {b}")
-    return out
-
-
-def _read_summary(run_dir: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}  # present but unreadable: still a used folder
 
 
 def _preflight(cfg: DictConfig) -> None:
@@ -357,8 +235,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tc, dc = cfg.trainer, cfg.dataset
     # Everything about a resume is checked before the run folder is touched, so a
     # mistyped command cannot mark a finished run failed.
-    resumed = _load_resume(cfg, run_dir)  # (path, checkpoint on the CPU) or None
-    previous = _read_summary(run_dir)
+    resumed = load_resume(cfg, run_dir)  # (path, checkpoint on the CPU) or None
+    previous = read_summary(run_dir)
     if resumed is None and previous is not None:
         if not (tc.auto_resume and previous.get("status") != "completed"):
             raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; use resume={str(run_dir)!r} "
@@ -366,7 +244,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("auto_resume: %s holds no checkpoint yet (the run died before its first one): "
                     "starting it over", run_dir)
     if resumed is not None:
-        _check_resume_fits(cfg, *resumed)
+        check_resume_fits(cfg, *resumed)
     resume_epoch = resumed[1]["epoch"] if resumed else 0
     # TensorBoard: hide what a killed run logged after the epoch we resume from.
     purge = None if previous is None else resume_epoch + 1 if resumed else 0
@@ -428,34 +306,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         train_model = ddp.wrap(model, compile=policy.compile) if ddp.enabled else step_model
 
         # ---- resume --------------------------------------------------------------------
-        start_epoch, best_val_acc, best_epoch, train_seconds, images_seen = 1, -1.0, 0, 0.0, 0
-        epochs_since_best, best_val_loss = 0, math.inf  # early stopping's state
+        # The loop's counters (best epoch, time, early stopping), saved with every checkpoint.
+        state, start_epoch = LoopState(), 1
         if resumed is not None:
-            from cnnlab.checkpoint import check_compatible
-
             resume_from, ck = resumed
-            check_compatible(model, ck["model"], f"checkpoint {str(resume_from)!r}")
-            model.load_state_dict(ck["model"])
-            try:
-                optimizer.load_state_dict(ck["optimizer"])
-                scheduler.load_state_dict(ck["scheduler"])
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f"checkpoint {str(resume_from)!r}: its optimizer state does not fit "
-                                      f"optimizer={cfg.optimizer._target_.rsplit('.', 1)[-1]} ({e}); "
-                                      "resume with the run's own optimizer") from None
-            if scaler is not None and ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            set_rng_state(ck["rng"], train_loader)
+            state = restore_training(ck, resume_from, model, optimizer, scheduler, scaler, train_loader,
+                                     optimizer_name=cfg.optimizer._target_.rsplit(".", 1)[-1])
             start_epoch = ck["epoch"] + 1
-            best_val_acc, best_epoch = ck["best_val_acc"], ck["best_epoch"]
-            train_seconds, images_seen = ck.get("train_seconds", 0.0), ck.get("images_seen", 0)
-            early = ck.get("early_stop") or {}
-            epochs_since_best = early.get("epochs_since_best", 0)
-            best_val_loss = early.get("best_val_loss", math.inf)
             tracker.truncate_metrics(ck["epoch"])
             resume_checked = True
-            tracker.update_summary(epochs_completed=ck["epoch"], best_val_acc=best_val_acc,
-                                   best_epoch=best_epoch, train_seconds=train_seconds)
+            tracker.update_summary(epochs_completed=ck["epoch"], best_val_acc=state.best_val_acc,
+                                   best_epoch=state.best_epoch, train_seconds=state.train_seconds)
             log.info("resumed from %s at epoch %d", resume_from, ck["epoch"])
             if tc.save_checkpoints and ddp.is_main and ck["best_epoch"] == ck["epoch"] and resume_from.name != "best.pt":
                 # This checkpoint is the best epoch's: make sure best.pt holds it too (a kill
@@ -469,11 +330,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             return {
                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "epoch": epoch, "best_val_acc": best_val_acc, "best_epoch": best_epoch,
-                "train_seconds": train_seconds, "images_seen": images_seen,
-                "early_stop": {"epochs_since_best": epochs_since_best, "best_val_loss": best_val_loss},
-                "rng": rng_state(train_loader), "model_name": cfg.model.name,
-                "config": OmegaConf.to_container(cfg, resolve=True),
+                "epoch": epoch, **state.to_checkpoint(), "rng": rng_state(train_loader),
+                "model_name": cfg.model.name, "config": OmegaConf.to_container(cfg, resolve=True),
             }
 
         # ---- the epoch loop ------------------------------------------------------------
@@ -518,8 +376,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             train_loss = (acc["loss_sum"] / max(acc["seen"], 1)).item()
             train_acc = acc["correct"].item() / max(acc["seen"], 1)
             train_time = time.perf_counter() - t0
-            train_seconds += train_time
-            images_seen += acc["seen"]
+            state.train_seconds += train_time
+            state.images_seen += acc["seen"]
             bad_step = int(acc["first_bad_step"].item())
             if bad_step >= 0 or not _all_finite(model):
                 # Stop before anything is saved: last.pt and best.pt keep the last good epoch.
@@ -544,33 +402,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
                      epoch, tc.epochs, train_loss, train_acc, val_loss, val_acc, row["epoch_seconds"])
 
-            improved = val_acc > best_val_acc
+            improved = val_acc > state.best_val_acc
             if improved:
-                best_val_acc, best_epoch = val_acc, epoch
+                state.best_val_acc, state.best_epoch = val_acc, epoch
             # Early stopping's counters are updated before the checkpoint, which holds them.
             early_stop = False
             if tc.early_stop_patience:
-                better = (val_loss < best_val_loss) if tc.early_stop_metric == "val_loss" else improved
-                best_val_loss = min(best_val_loss, val_loss)
-                epochs_since_best = 0 if better else epochs_since_best + 1
-                early_stop = epochs_since_best >= tc.early_stop_patience
+                better = (val_loss < state.best_val_loss) if tc.early_stop_metric == "val_loss" else improved
+                state.best_val_loss = min(state.best_val_loss, val_loss)
+                state.epochs_since_best = 0 if better else state.epochs_since_best + 1
+                early_stop = state.epochs_since_best >= tc.early_stop_patience
             if tc.save_checkpoints:
                 if ddp.is_main:  # the ranks hold the same weights: one writer
-                    state = checkpoint_state(epoch)
+                    ck = checkpoint_state(epoch)
                     # best.pt first: a kill between the two writes then leaves last.pt an
                     # epoch behind (redone on resume), never a best.pt older than last.pt says.
                     if improved:
-                        save_checkpoint(state, ckpt_dir / "best.pt")
-                    save_checkpoint(state, ckpt_dir / "last.pt")
+                        save_checkpoint(ck, ckpt_dir / "best.pt")
+                    save_checkpoint(ck, ckpt_dir / "last.pt")
                 last_saved = epoch
-            tracker.update_summary(epochs_completed=epoch, best_val_acc=best_val_acc,
-                                   best_epoch=best_epoch, train_seconds=train_seconds,
-                                   images_per_second=images_seen / max(train_seconds, 1e-9))
+            tracker.update_summary(epochs_completed=epoch, best_val_acc=state.best_val_acc,
+                                   best_epoch=state.best_epoch, train_seconds=state.train_seconds,
+                                   images_per_second=state.images_seen / max(state.train_seconds, 1e-9))
 
             completed = epoch
             if early_stop:
                 log.info("early stop: no %s improvement for %d epochs", tc.early_stop_metric,
-                         epochs_since_best)
+                         state.epochs_since_best)
                 break
 
         if stop.requested:
@@ -597,7 +455,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             phase = "evaluation"
             test_loss, test_acc = evaluate(step_model, test_loader, policy)
             tracker.update_summary(status="completed", test_acc=test_acc, test_loss=test_loss)
-            log.info("test (best epoch %d): loss %.4f acc %.4f", best_epoch, test_loss, test_acc)
+            log.info("test (best epoch %d): loss %.4f acc %.4f", state.best_epoch, test_loss, test_acc)
 
         # ---- the fit diagnosis: under/overfitting from the metric curves -----------------
         from cnnlab.fit import diagnose, fit_text
