@@ -465,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
+    if "--warm" in argv and argv != ["--warm"]:
+        print("error: --warm takes no other arguments (it caches every conf/model on every dataset)",
+              file=sys.stderr)
+        return 2
     if argv == ["--warm"]:
         from cnnlab.cache import cache_root
 
@@ -501,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     if hit is not None:
         print(f"\n(read from the cache: {hit}; cache=false recomputes it)")
     return 0
+    if "--warm" in argv and argv != ["--warm"]:
+        print("error: --warm takes no other arguments (it caches every conf/model on every dataset)",
+              file=sys.stderr)
+        return 2
     if argv == ["--warm"]:
         from cnnlab.cache import cache_root
 

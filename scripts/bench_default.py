@@ -39,6 +39,31 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _feature_map_seconds() -> float:
+    """Wall time of the two ``log_feature_maps`` calls a default run makes (start and end).
+
+    Measured in a fresh process, as in a run: AlexNet on digits, 8 images; the first
+    call pays the lazy imports (the image encoder), as a run's first call does.
+    """
+    import torch
+
+    from cnnlab.featuremaps import log_feature_maps
+    from cnnlab.models import build_model
+    from cnnlab.track import RunTracker
+
+    model = build_model("alexnet", "cnnlab", "alexnet", num_classes=10, in_chans=1, img_size=32,
+                        small_input=True)
+    images = torch.rand(8, 1, 32, 32)
+    with tempfile.TemporaryDirectory() as d:
+        tracker = RunTracker(d)
+        t0 = time.perf_counter()
+        for step in (0, 5):
+            log_feature_maps(model, images, tracker, step, mean=[0.5], std=[0.5])
+        took = time.perf_counter() - t0
+        tracker.close()
+    return took
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -59,6 +84,12 @@ def main() -> None:
             runs.append({"wall_s": wall, "test_acc": s["test_acc"], "train_s": s["train_seconds"]})
             print(f"run {i}: wall {wall:.1f}s, train {s['train_seconds']:.1f}s, test_acc {s['test_acc']:.4f}")
     walls = [r["wall_s"] for r in runs]
+    fm = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, 'scripts'); "
+                         "import bench_default as b; print(b._feature_map_seconds())"],
+                        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if fm.returncode != 0:
+        sys.exit(f"feature-map timing failed:\n{fm.stderr[-2000:]}")
+    fm_s = float(fm.stdout.strip().splitlines()[-1])
     accs = [r["test_acc"] for r in runs]
     import torch
 
@@ -74,6 +105,8 @@ def main() -> None:
         f"| default run wall time (AlexNet on digits, incl. start-up), median of {a.repeats} | <= 60 s | "
         f"{statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f}) |",
         f"| default run test accuracy | >= 0.97 | {statistics.median(accs):.4f} (min {min(accs):.4f}) |",
+        f"| feature-map logging (`trainer.log_feature_maps=true`, on by default): its two calls, "
+        f"share of the median run | <= 3% | {fm_s:.2f} s = {100 * fm_s / statistics.median(walls):.1f}% |",
         f"| `python -m cnnlab.run --help` | <= 1.5 s | {cli['--help']:.2f} s (best of {a.repeats}) |",
         f"| `python -m cnnlab.run --cfg job` | <= 1.5 s | {cli['--cfg job']:.2f} s (best of {a.repeats}) |",
         "",

@@ -221,11 +221,17 @@ def test_warm_caches_every_model_and_dataset_once(tmp_path, capsys):
     assert out.count("too small for AlexNet") == 2 and "timm" not in out and "imagefolder" not in out
     assert warm(conf, out=sys.stdout) == 0
 
+    from cnnlab.inspect import main
+
+    assert main(["--warm", "model=alexnet"]) == 2
+    assert "--warm takes no other arguments" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("arg,needle", [
     ("model=resnet19", "model='resnet19' is not an option (closest: resnet18"),
     ("dataset=cifar11", "choose one of: cifar10, cifar100, digits"),
     ("depth=x", "depth must be an integer"),
+    ("cache=maybe", "cache must be true or false"),
 ])
 def test_cli_bad_names_are_one_line(arg, needle, tmp_path):
     res = run_cli([arg], cwd=tmp_path, module="cnnlab.inspect")
