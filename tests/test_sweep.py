@@ -212,7 +212,7 @@ def test_optuna_runs_two_trials(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- configs
 def test_sweep_zoo_preset_is_sized_and_scales_up() -> None:
     cfg = compose(["experiment=sweep_zoo"])
-    assert cfg.trainer.epochs == 3 and cfg.dataset.limit == 256 and cfg.dataset.name == "digits"
+    assert cfg.trainer.epochs == 5 and cfg.dataset.limit == 512 and cfg.dataset.name == "digits"
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
