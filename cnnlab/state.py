@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from cnnlab.errors import CheckpointError
 
 log = logging.getLogger("cnnlab")
@@ -105,7 +103,7 @@ def set_rng_state(state: dict[str, Any], loader) -> None:
 _TRAINING_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng")
 
 
-def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+def load_resume(resume: str | None, auto_resume: bool, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The checkpoint to continue from, loaded on the CPU, or None for a fresh start.
 
     ``resume=<file>`` loads that file. ``resume=<run folder>``, and auto_resume when
@@ -123,20 +121,20 @@ def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict[str, Any]] |
                 f"resumed: start a new run from its weights with model.checkpoint={str(path)!r}")
         return ck
 
-    if cfg.resume:
-        target = Path(cfg.resume)
+    if resume:
+        target = Path(resume)
         if not target.exists():
-            raise CheckpointError(f"resume={cfg.resume!r}: no such run folder or checkpoint file")
+            raise CheckpointError(f"resume={resume!r}: no such run folder or checkpoint file")
         if target.is_file():
             return target, load(target)
-        folder, asked = target / "checkpoints", f"resume={cfg.resume!r}"
-    elif cfg.trainer.auto_resume:
+        folder, asked = target / "checkpoints", f"resume={resume!r}"
+    elif auto_resume:
         folder, asked = run_dir / "checkpoints", "trainer.auto_resume"
     else:
         return None
     names = [n for n in ("last.pt", "best.pt") if (folder / n).is_file()]
     if not names:
-        if cfg.resume:
+        if resume:
             raise CheckpointError(f"{asked}: {str(folder.parent)!r} holds no checkpoints/last.pt to resume from")
         return None  # auto_resume in a new (or checkpoint-less) folder: a fresh start
     remove_stale_temps(folder)  # a save killed mid-write leaves its temp file behind
@@ -155,21 +153,33 @@ def load_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict[str, Any]] |
     raise CheckpointError(f"{asked}: no checkpoint in {str(folder)!r} loads: {problems[0]}")
 
 
-def check_resume_fits(cfg: DictConfig, path: Path, ck: dict[str, Any]) -> None:
-    """Fail before touching the run folder if the checkpoint is of another model or data."""
+def _select(d: dict[str, Any], dotted: str) -> Any:
+    """``d["a"]["b"]`` for ``"a.b"``; None where a key is missing."""
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def check_resume_fits(config: dict[str, Any], path: Path, ck: dict[str, Any]) -> None:
+    """Fail before touching the run folder if the checkpoint is of another model or data.
+
+    ``config``: this run's resolved config as a plain dict; changed settings are logged.
+    """
     saved = ck.get("config") or {}
     pairs = [("model.name", ck.get("model_name")), ("model.arch", saved.get("model", {}).get("arch")),
              ("dataset.name", saved.get("dataset", {}).get("name")),
              ("dataset.in_chans", saved.get("dataset", {}).get("in_chans")),
              ("dataset.image_size", saved.get("dataset", {}).get("image_size"))]
     for key, was in pairs:
-        now = OmegaConf.select(cfg, key)
+        now = _select(config, key)
         if was is not None and now is not None and was != now:
             fix = f"{key.split('.')[0]}={was}" if key.endswith(".name") else f"{key}={was}"
             raise CheckpointError(
                 f"checkpoint {str(path)!r} belongs to another run: it was trained with {key}={was}, "
                 f"this run has {key}={now}; resume with {fix}, or start a new run")
-    changed = _changed_settings(saved, OmegaConf.to_container(cfg, resolve=True))
+    changed = _changed_settings(saved, config)
     if changed:
         log.warning("resuming with changed settings: %s", "; ".join(changed))
 

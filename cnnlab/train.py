@@ -235,7 +235,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     tc, dc = cfg.trainer, cfg.dataset
     # Everything about a resume is checked before the run folder is touched, so a
     # mistyped command cannot mark a finished run failed.
-    resumed = load_resume(cfg, run_dir)  # (path, checkpoint on the CPU) or None
+    resumed = load_resume(cfg.resume, tc.auto_resume, run_dir)  # (path, checkpoint on the CPU) or None
     previous = read_summary(run_dir)
     if resumed is None and previous is not None:
         if not (tc.auto_resume and previous.get("status") != "completed"):
@@ -244,7 +244,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("auto_resume: %s holds no checkpoint yet (the run died before its first one): "
                     "starting it over", run_dir)
     if resumed is not None:
-        check_resume_fits(cfg, *resumed)
+        check_resume_fits(OmegaConf.to_container(cfg, resolve=True), *resumed)
     resume_epoch = resumed[1]["epoch"] if resumed else 0
     # TensorBoard: hide what a killed run logged after the epoch we resume from.
     purge = None if previous is None else resume_epoch + 1 if resumed else 0
