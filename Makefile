@@ -32,7 +32,7 @@ run: $(STAMP) ## Train the default experiment (AlexNet on the embedded digits, C
 test: $(STAMP) ## Run the test suite (without the slow marks; what CI runs)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-all: $(STAMP) ## Run every test, the slow ones included (~30 min on 2 cores)
+test-all: $(STAMP) ## Run every test, the slow ones included (~15 min on 2 cores)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff
