@@ -505,16 +505,6 @@ def main(argv: list[str] | None = None) -> int:
     if hit is not None:
         print(f"\n(read from the cache: {hit}; cache=false recomputes it)")
     return 0
-    if "--warm" in argv and argv != ["--warm"]:
-        print("error: --warm takes no other arguments (it caches every conf/model on every dataset)",
-              file=sys.stderr)
-        return 2
-    if argv == ["--warm"]:
-        from cnnlab.cache import cache_root
-
-        n = warm()
-        print(f"{n} tables computed; the cache is {cache_root() / 'inspect'}")
-        return 0
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _report import cpu_name
 from torchvision.datasets import CIFAR10
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,14 +68,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 # --------------------------------------------------------------------------- machine
 def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem_gb = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

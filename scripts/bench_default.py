@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import cpu_name, emit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,16 +29,6 @@ def _timed(args: list[str], cwd: str) -> tuple[float, subprocess.CompletedProces
     res = subprocess.run([sys.executable, "-m", "cnnlab.run", *args], cwd=cwd, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     return time.perf_counter() - t0, res
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _feature_map_seconds() -> float:
@@ -93,7 +85,7 @@ def main() -> None:
     accs = [r["test_acc"] for r in runs]
     import torch
 
-    machine = f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
     lines = [
         "# The default run and CLI start-up",
         "",
@@ -111,10 +103,7 @@ def main() -> None:
         f"| `python -m cnnlab.run --cfg job` | <= 1.5 s | {cli['--cfg job']:.2f} s (best of {a.repeats}) |",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if a.write:
-        Path(a.write).write_text(report)
+    emit(lines, a.write)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import cpu_name, emit
+
 REPO = Path(__file__).resolve().parents[1]
 GENERIC = {"timm", "torchvision"}  # need model.arch=...: not a model of their own
 
@@ -51,13 +53,10 @@ def main() -> None:
             print(f"{m:20s} uncached {cold:5.2f} s   cached {cached:5.2f} s", flush=True)
 
     colds, hits = [r[1] for r in rows], [r[2] for r in rows]
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
     lines = [
         "# Layer-shape inspector: time to answer",
         "",
-        f"Machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}. Measured "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}. Measured "
         f"{time.strftime('%Y-%m-%d')} with `.venv/bin/python scripts/bench_inspect.py`.",
         "Each call is a fresh `python -m cnnlab.inspect model=<m> dataset="
         f"{a.dataset}` process with an empty cache of its own. *Uncached* computes the table "
@@ -70,10 +69,7 @@ def main() -> None:
         f"| max | {max(colds):.2f} s | {max(hits):.2f} s |",
         "",
     ]
-    report = "\n".join(lines)
-    print(report)
-    if a.write:
-        Path(a.write).write_text(report)
+    emit(lines, a.write)
 
 
 if __name__ == "__main__":

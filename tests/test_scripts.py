@@ -1,0 +1,38 @@
+"""The benchmark scripts still run and write what the docs quote (their sizes shrunk; no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _script(name: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bench_quick_writes_the_loader_and_loop_numbers(tmp_path):
+    res = _script("bench.py", "--quick", "--out-dir", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    runs = json.loads((tmp_path / "benchmarks.json").read_text())["runs"]
+    (run,) = runs.values()
+    assert run["machine"]["cores"] >= 1 and run["settings"]["quick"] is True
+    loader = run["loader"]
+    assert loader["cnnlab_tensor"] > 0 and loader["torchvision_dataloader"] > 0
+    assert loader["ratio_tensor_vs_torchvision"] == loader["cnnlab_tensor"] / loader["torchvision_dataloader"]
+    (alexnet,) = [m for m in run["models"] if m["model"] == "alexnet"]
+    assert alexnet["loop_ratio"] == alexnet["cnnlab_loop_ips"] / alexnet["bare_ips"]
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "alexnet" in md and "loader" in md
+
+
+def test_bench_compare_times_the_report_over_generated_runs(tmp_path):
+    res = _script("bench_compare.py", "--runs", "5", "--epochs", "3", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "python -m cnnlab.compare (fresh process, csv+md+png)" in res.stdout
+    assert "report callback at the end of a 10-job sweep" in res.stdout
