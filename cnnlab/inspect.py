@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +264,8 @@ def cache_path(cfg: Any) -> Path:
     key = {"model": model, "num_classes": num_classes, "input": shape,
            "versions": cache.versions("torch", "torchvision", "timm"),
            "code": cache.source_digest(*code)}
-    return cache.cache_root() / "inspect" / f"{cfg.model.name}-{cache.digest(key)}.json"
+    label = re.sub(r"[^\w.-]", "_", str(cfg.model.name))  # e.g. a hub name's "/" and ":"
+    return cache.cache_root() / "inspect" / f"{label}-{cache.digest(key)}.json"
 
 
 def report_to_json(report: Report) -> dict[str, Any]:

@@ -156,6 +156,8 @@ def test_cache_key_follows_what_the_table_depends_on(monkeypatch):
     # Another table: the stem, the classes, the input size, a library version, our code.
     for other in (["model.small_input=false"], ["dataset=cifar100"], ["dataset.image_size=64"]):
         assert cache_path(compose([*base, *other])) != path, other
+    hub = cache_path(compose(["model=timm", "model.arch=hf-hub:timm/resnet18.a1_in1k", "dataset=cifar10"]))
+    assert hub.parent == path.parent and hub.name.startswith("hf-hub_timm_resnet18.a1_in1k-")
     monkeypatch.setattr(cache, "versions", lambda *d: {"timm": "0.0"})
     assert cache_path(compose(base)) != path
     monkeypatch.undo()
