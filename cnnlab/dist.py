@@ -21,8 +21,9 @@ single-process one, unchanged. Under torchrun:
   same for any number of processes (docs/distributed.md: the linear scaling rule
   for when you change the global batch). ``trainer.eval_batch_size`` is per process
   (it only bounds memory).
-- **Metrics.** Training and evaluation sums are all-reduced before dividing, so every
-  rank gets (and rank 0 logs) the metrics of the whole split.
+- **Metrics.** Each rank trains and evaluates its shard of every split; the training
+  and evaluation sums are all-reduced before dividing, so every rank gets (and rank 0
+  logs) the metrics of the whole split.
 - **Stopping.** A SIGINT/SIGTERM reaches ranks at different steps; a rank that left
   the loop alone would leave the others waiting in their gradient all-reduce. The
   ranks agree on the flag (:class:`AgreedStop`) every :data:`STOP_EVERY` steps and at

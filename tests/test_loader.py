@@ -225,16 +225,26 @@ def test_dataloader_rank_sharding():
 
 
 def test_make_loaders_kinds_and_errors():
-    splits = ImageSplits(Split(_images(30), torch.arange(30) % 3), Split(_images(10), torch.arange(10) % 3),
-                         Split(_images(10), torch.arange(10) % 3), ["a", "b", "c"])
-    common = dict(batch_size=8, eval_batch_size=16, mean=MEAN, std=STD,
+    # val labels 0..10 and test labels 100..110 name each sample, to check the shards.
+    splits = ImageSplits(Split(_images(30), torch.arange(30) % 3), Split(_images(11), torch.arange(11)),
+                         Split(_images(11), torch.arange(100, 111)), ["a", "b", "c"])
+    common = dict(batch_size=8, eval_batch_size=4, mean=MEAN, std=STD,
                   augment={"crop_padding": 2, "pad_mode": "zero", "flip": True, "cutout": 0},
-                  device="cpu", num_workers=0, rank=1, world_size=2)
-    tr, va, te = make_loaders(splits, "tensor", **common)
+                  device="cpu", num_workers=0, world_size=2)
+    tr, va, te = make_loaders(splits, "tensor", rank=1, **common)
     assert isinstance(tr, TensorLoader) and tr.world_size == 2 and len(tr) == 15 // 8
-    assert va.num_samples == 10 and te.num_samples == 10  # eval is not sharded
-    tr2, va2, _ = make_loaders(splits, "dataloader", **common)
-    assert len(tr2) == len(tr) and va2.num_samples == 10
+    assert va.num_samples == 5 and te.num_samples == 5  # samples 1, 3, 5, 7, 9 of 11
+    tr2, va2, _ = make_loaders(splits, "dataloader", rank=1, **common)
+    assert len(tr2) == len(tr) and va2.num_samples == 5
+    # Eval shards: every sample exactly once across the two ranks, for both kinds.
+    for kind in ("tensor", "dataloader"):
+        seen = {"val": [], "test": []}
+        for rank in (0, 1):
+            _, v, t = make_loaders(splits, kind, rank=rank, **common)
+            seen["val"] += [int(y) for _, ys in v for y in ys]
+            seen["test"] += [int(y) for _, ys in t for y in ys]
+        assert sorted(seen["val"]) == list(range(11)), kind
+        assert sorted(seen["test"]) == list(range(100, 111)), kind
     assert tr2.preview(4).shape == (4, 3, 12, 12) and tr.preview(4).dtype == torch.uint8
     with pytest.raises(DataError, match="dataset.loader"):
         make_loaders(splits, "fast", **common)

@@ -183,9 +183,10 @@ def make_loaders(
     """The (train, val, test) loaders of ``splits`` (an ImageSplits), of kind tensor or dataloader.
 
     The train loader shuffles with ``seed``, augments and drops the last partial batch,
-    and is sharded by ``rank``/``world_size``. val and test keep order and every sample,
-    and are *not* sharded: every rank evaluates the whole split (``evaluate`` does no
-    all-reduce). ``num_workers`` only matters for the dataloader kind.
+    and is sharded by ``rank``/``world_size``. val and test keep order and are sharded
+    too, rank r taking samples r, r+W, ...: every sample is evaluated once across the
+    ranks, and ``evaluate`` all-reduces the sums. ``num_workers`` only matters for the
+    dataloader kind.
     """
     if loader_kind not in LOADER_KINDS:
         raise DataError(f"dataset.loader={loader_kind!r}: choose one of {', '.join(LOADER_KINDS)}")
@@ -214,5 +215,5 @@ def make_loaders(
                                 channels_last=channels_last, rank=r, world_size=ws)
 
     return (make(splits.train, batch_size, True, rank, world_size),
-            make(splits.val, eval_batch_size, False, 0, 1),
-            make(splits.test, eval_batch_size, False, 0, 1))
+            make(splits.val, eval_batch_size, False, rank, world_size),
+            make(splits.test, eval_batch_size, False, rank, world_size))
