@@ -282,3 +282,30 @@ def test_an_image_folder_needs_no_root_to_be_inspected(capsys):
 
     assert main(["model=alexnet", "dataset=imagefolder"]) == 0
     assert "alexnet at 3x64x64" in capsys.readouterr().out
+
+
+def test_uninitialised_weights_give_the_same_table_or_fall_back_to_a_real_build(monkeypatch):
+    import cnnlab.inspect as insp
+
+    cfg = compose(["model=resnet18", "dataset=cifar10"])
+    ref = insp.inspect_model(cfg)
+    calls = []
+    real_trace, real_build = insp.trace, insp.build_model
+
+    def trace_once_wrong(model, shape):  # as if a buffer of garbage values broke the forward
+        calls.append(1)
+        if len(calls) == 1:
+            raise IndexError("index 1073741824 is out of bounds")
+        return real_trace(model, shape)
+
+    monkeypatch.setattr(insp, "trace", trace_once_wrong)
+    assert insp.inspect_model(cfg) == ref and len(calls) == 2
+    monkeypatch.setattr(insp, "trace", real_trace)
+
+    def no_meta(cfg, device="cpu"):  # as if construction read a tensor's value
+        if device == "meta":
+            raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+        return real_build(cfg, device)
+
+    monkeypatch.setattr(insp, "build_model", no_meta)
+    assert insp.inspect_model(cfg) == ref
