@@ -200,11 +200,9 @@ def trace(model: Any, input_shape: tuple[int, int, int]
     t = trace_layers(model, input_shape)
     if t.error is not None and not _too_small(t.error):
         raise t.error
-    rows = [Row(s.name, s.kind, s.out_shape, s.params, s.macs, s.in_hw) for s in t.layers]
-    failed = None
-    if t.failed is not None:
-        f = t.failed
-        failed = Row(f.name, f.kind, (), f.params, 0, f.in_hw)
+    # A Row is a LayerStat (same fields) plus the table's note.
+    rows = [Row(**vars(s)) for s in t.layers]
+    failed = Row(**vars(t.failed)) if t.failed is not None else None
     error = str(t.error).strip().splitlines()[0] if t.error is not None else ""
     return rows, failed, error, t.shapes
 
