@@ -229,7 +229,7 @@ class Dist:
 
     # ---- stopping and teardown -------------------------------------------------------------
     def agreed_stop(self, stop: Any) -> AgreedStop:
-        """Wrap a :class:`cnnlab.signals.GracefulStop` so all ranks read the same flag."""
+        """Wrap a :class:`cnnlab.lifecycle.signals.GracefulStop` so all ranks read the same flag."""
         every = int(os.environ.get(STOP_EVERY_ENV, STOP_EVERY))
         return AgreedStop(stop, self, max(1, every))
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+from cnnlab.compose import CONF_DIR, compose
+
 # Groups that are not the user's experiment knobs.
 _HIDDEN = {"hydra", "demo"}
 
 
-def group_options(conf: Path = CONF) -> dict[str, list[str]]:
+def group_options(conf: Path = CONF_DIR) -> dict[str, list[str]]:
     """{group: [option, ...]} for every folder of conf/ that holds YAML files."""
     groups: dict[str, list[str]] = {}
     for d in sorted(p for p in conf.rglob("*") if p.is_dir()):
@@ -32,14 +33,9 @@ def group_options(conf: Path = CONF) -> dict[str, list[str]]:
 
 def help_text(overrides: list[str]) -> str:
     """The groups and options, then the config the overrides compose to (unresolved)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from cnnlab.config import register_schema
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose(overrides)
     lines = [
         "cnnlab: train and compare image-classification CNNs.",
         "",

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from cnnlab.config import register_schema
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.resume import register_resolvers
+from cnnlab.lifecycle.resume import register_resolvers
 
 log = logging.getLogger("cnnlab")
 register_schema()
@@ -107,7 +107,7 @@ def _record_failure(cfg: DictConfig, error: str) -> None:
     """Leave a failed summary.json when the job died before train() wrote one."""
     from omegaconf import OmegaConf
 
-    from cnnlab.track import record_failure
+    from cnnlab.reporting.track import record_failure
 
     try:
         record_failure(OmegaConf.select(cfg, "paths.output_dir"), error,
@@ -125,10 +125,10 @@ def cli() -> None:
     the call and :func:`describe_error` makes each one line; a user who set it
     themselves gets Hydra's full tracebacks as usual.
     """
-    from cnnlab.callbacks import sweep_exit_code
     from cnnlab.cli_errors import describe_error
     from cnnlab.dist import rank_overrides
-    from cnnlab.signals import Interrupted
+    from cnnlab.lifecycle.signals import Interrupted
+    from cnnlab.reporting.callbacks import sweep_exit_code
 
     user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"

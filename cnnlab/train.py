@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import validate
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, DeviceError
-from cnnlab.resume import resume_config
-from cnnlab.signals import GracefulStop, Interrupted, signal_name
-from cnnlab.state import (
+from cnnlab.lifecycle.resume import resume_config
+from cnnlab.lifecycle.signals import GracefulStop, Interrupted, signal_name
+from cnnlab.lifecycle.state import (
     LoopState,
     check_resume_fits,
     load_resume,
@@ -206,7 +206,7 @@ def _all_finite(model) -> bool:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured model; write the run folder; return the summary dict.
 
-    Raises :class:`cnnlab.signals.Interrupted` after a SIGINT/SIGTERM (the run folder
+    Raises :class:`cnnlab.lifecycle.signals.Interrupted` after a SIGINT/SIGTERM (the run folder
     then says ``interrupted`` and last.pt holds the last completed epoch), and a
     CnnlabError for a user error (``failed``). A NaN/inf loss returns the summary
     with status ``diverged``.
@@ -220,12 +220,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import torch
     from hydra.utils import instantiate
 
-    from cnnlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import make_loaders
     from cnnlab.device import resolve_device
     from cnnlab.dist import setup as setup_distributed
-    from cnnlab.track import RunTracker
+    from cnnlab.lifecycle.checkpoint import load_checkpoint, save_checkpoint, unwrap
+    from cnnlab.reporting.track import RunTracker
 
     # Under torchrun: join the process group; every rank takes rank 0's run folder
     # (ranks > 0 composed a throwaway one). Single-process: a no-op. cnnlab/dist.py.
@@ -341,7 +341,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Feature maps (the course's conv/pool images) at the start and the end of training.
         fm_images = _preview(train_loader, 8) if tc.log_feature_maps and tracker.enabled else None
         if fm_images is not None:
-            from cnnlab.featuremaps import log_feature_maps
+            from cnnlab.lessons.featuremaps import log_feature_maps
 
             log_feature_maps(unwrap(model), fm_images, tracker, start_epoch - 1, mean=list(dc.mean),
                              std=list(dc.std))
@@ -458,7 +458,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.info("test (best epoch %d): loss %.4f acc %.4f", state.best_epoch, test_loss, test_acc)
 
         # ---- the fit diagnosis: under/overfitting from the metric curves -----------------
-        from cnnlab.fit import diagnose, fit_text
+        from cnnlab.reporting.fit import diagnose, fit_text
 
         fit = diagnose(tracker.read_metrics(), status=tracker.summary["status"],
                        **OmegaConf.to_container(cfg.fit))

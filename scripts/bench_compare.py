@@ -1,11 +1,11 @@
-"""Benchmark ``cnnlab.compare`` on generated run folders (target: 200 runs in <= 3 s).
+"""Benchmark ``cnnlab.reporting.compare`` on generated run folders (target: 200 runs in <= 3 s).
 
     .venv/bin/python scripts/bench_compare.py [--runs 200] [--epochs 30] [--keep]
 
 Writes N fake run folders into a temp dir, laid out like a real sweep (job folders
 with .hydra/, summary.json, metrics.csv, tb/, checkpoints/), with a mix of statuses,
 repeated seeds and a few half-written folders, then times ``python -m
-cnnlab.compare`` on them as a fresh process (what a user waits for), the
+cnnlab.reporting.compare`` on them as a fresh process (what a user waits for), the
 in-process report without and with the plot, and what the multirun callback adds
 to a 10-job sweep.
 """
@@ -127,7 +127,7 @@ def main() -> None:
     if proc.returncode != 0:
         sys.exit(f"compare failed ({proc.returncode}): {proc.stderr}")
 
-    from cnnlab.compare import build_report, write_report
+    from cnnlab.reporting.compare import build_report, write_report
 
     t0 = time.perf_counter()
     report = build_report([sweep])
@@ -145,7 +145,7 @@ def main() -> None:
     make_runs(small, 10, args.epochs, random.Random(1))
     code = ("import time, contextlib, io, torch\n"
             "from omegaconf import OmegaConf\n"
-            "from cnnlab.callbacks import ComparisonReport\n"
+            "from cnnlab.reporting.callbacks import ComparisonReport\n"
             f"cfg = OmegaConf.create({{'hydra': {{'sweep': {{'dir': {str(small)!r}}}}}}})\n"
             "t, c = time.perf_counter(), time.process_time()\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"

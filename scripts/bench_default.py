@@ -39,9 +39,9 @@ def _feature_map_seconds() -> float:
     """
     import torch
 
-    from cnnlab.featuremaps import log_feature_maps
+    from cnnlab.lessons.featuremaps import log_feature_maps
     from cnnlab.models import build_model
-    from cnnlab.track import RunTracker
+    from cnnlab.reporting.track import RunTracker
 
     model = build_model("alexnet", "cnnlab", "alexnet", num_classes=10, in_chans=1, img_size=32,
                         small_input=True)

@@ -69,15 +69,15 @@ def _result(run_dir: Path) -> dict:
 def _same_weights(a: Path, b: Path) -> bool:
     import torch
 
-    from cnnlab.checkpoint import load_checkpoint
+    from cnnlab.lifecycle.checkpoint import load_checkpoint
 
     wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def _loads(path: Path) -> bool:
-    from cnnlab.checkpoint import load_checkpoint
     from cnnlab.errors import CheckpointError
+    from cnnlab.lifecycle.checkpoint import load_checkpoint
 
     try:
         load_checkpoint(path)
@@ -160,7 +160,7 @@ def main() -> int:
         if had_ckpt:
             corrupt = not _loads(last)
             if not corrupt:
-                from cnnlab.checkpoint import load_checkpoint
+                from cnnlab.lifecycle.checkpoint import load_checkpoint
 
                 killed_at_epoch = load_checkpoint(last)["epoch"]
         temps = len(list((run / "checkpoints").glob(".*.tmp"))) if had_ckpt else 0

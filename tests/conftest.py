@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "conf"  # == cnnlab.compose.CONF_DIR
 
 # A training run that takes a few seconds on 2 CPU cores: 64 images per split.
 TINY = [
@@ -25,17 +25,12 @@ TINY = [
 
 def compose(overrides: list[str] | None = None, output_dir: str | os.PathLike | None = None):
     """The config `python -m cnnlab.run <overrides>` would get, without running Hydra's app."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from cnnlab.compose import compose as compose_conf
 
-    from cnnlab.config import register_schema
-
-    register_schema()
     overrides = list(overrides or [])
     if output_dir is not None:
         overrides.append(f"paths.output_dir={output_dir}")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+    return compose_conf(overrides)
 
 
 def run_cli(args: list[str], cwd: str | os.PathLike, timeout: float = 240, module: str = "cnnlab.run",

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import TINY, run_cli
 
-from cnnlab.track import METRIC_COLUMNS
+from cnnlab.reporting.track import METRIC_COLUMNS
 
 
 def test_run_writes_every_contract_file(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for the sweep report (cnnlab.compare): generated run folders, no training.
+"""Tests for the sweep report (cnnlab.reporting.compare): generated run folders, no training.
 
 Every kind of folder a sweep can leave is here: completed runs (two of them seeds of
 one configuration), failed, diverged, interrupted and still-running runs, a folder
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import compare
-from cnnlab.compare import COLUMNS, build_report, find_run_dirs, read_run, write_report
+from cnnlab.reporting import compare
+from cnnlab.reporting.compare import COLUMNS, build_report, find_run_dirs, read_run, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ def test_cli(sweep: Path, tmp_path: Path) -> None:
 
 
 def test_compare_never_imports_torch(sweep: Path) -> None:
-    code = ("import sys; from cnnlab.compare import build_report, write_report; "
+    code = ("import sys; from cnnlab.reporting.compare import build_report, write_report; "
             f"write_report(build_report([{str(sweep)!r}]), {str(sweep)!r}); "
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")

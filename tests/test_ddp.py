@@ -72,7 +72,7 @@ WORKER = textwrap.dedent("""
 
     from cnnlab.dist import reduce_sums, setup
     from cnnlab.errors import ConfigError
-    from cnnlab.signals import GracefulStop
+    from cnnlab.lifecycle.signals import GracefulStop
 
     d = setup("cpu")
     r = d.rank

@@ -109,7 +109,7 @@ def _make_inputs(tmp: Path) -> None:
     """The bad inputs the cases point at (all tiny)."""
     from PIL import Image
 
-    from cnnlab.checkpoint import save_checkpoint
+    from cnnlab.lifecycle.checkpoint import save_checkpoint
 
     (tmp / "empty").mkdir()
     for c in range(1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import compose
 
-from cnnlab.demo import main as demo_main
+from cnnlab.lessons.demo import main as demo_main
 
 
 def _images(logdir):
@@ -30,8 +30,8 @@ def _model(name, *overrides, dataset="cifar10"):
 def test_images_are_in_the_events_file(tmp_path):
     import torch
 
-    from cnnlab.featuremaps import log_feature_maps
-    from cnnlab.track import RunTracker
+    from cnnlab.lessons.featuremaps import log_feature_maps
+    from cnnlab.reporting.track import RunTracker
 
     model, cfg = _model("alexnet")
     model.train()
@@ -65,7 +65,7 @@ def test_images_are_in_the_events_file(tmp_path):
 def test_each_channel_is_its_own_normalised_tile():
     import torch
 
-    from cnnlab.featuremaps import _norm_tiles
+    from cnnlab.lessons.featuremaps import _norm_tiles
 
     x = torch.stack([torch.arange(4.0).view(1, 2, 2), 10 + 100 * torch.arange(4.0).view(1, 2, 2),
                      torch.full((1, 2, 2), 7.0)])
@@ -86,7 +86,7 @@ def test_stages_are_found_generically(name, overrides, sizes, tmp_path):
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from cnnlab.featuremaps import log_feature_maps
+    from cnnlab.lessons.featuremaps import log_feature_maps
 
     model, cfg = _model(name, *overrides)
     s = cfg.dataset.image_size
@@ -101,7 +101,7 @@ def test_grayscale_kernels_for_one_input_channel(tmp_path):
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
-    from cnnlab.featuremaps import log_feature_maps
+    from cnnlab.lessons.featuremaps import log_feature_maps
 
     model, _ = _model("alexnet", dataset="digits")
     with SummaryWriter(tmp_path) as w:
@@ -113,8 +113,8 @@ def test_grayscale_kernels_for_one_input_channel(tmp_path):
 def test_no_tensorboard_writes_nothing(tmp_path):
     import torch
 
-    from cnnlab.featuremaps import log_feature_maps
-    from cnnlab.track import RunTracker
+    from cnnlab.lessons.featuremaps import log_feature_maps
+    from cnnlab.reporting.track import RunTracker
 
     model, _ = _model("alexnet")
     tracker = RunTracker(tmp_path / "run", tensorboard=False)
@@ -125,7 +125,7 @@ def test_no_tensorboard_writes_nothing(tmp_path):
 @pytest.fixture
 def checkpoint(tmp_path):
     """A run folder with checkpoints/best.pt of a digits AlexNet, as cnnlab.train saves it."""
-    from cnnlab.checkpoint import save_checkpoint
+    from cnnlab.lifecycle.checkpoint import save_checkpoint
 
     model, _ = _model("alexnet", dataset="digits")
     path = tmp_path / "run" / "checkpoints" / "best.pt"

@@ -9,7 +9,7 @@ import pytest
 
 from cnnlab.config import FitConfig
 from cnnlab.errors import ConfigError
-from cnnlab.fit import VERDICTS, diagnose, fit_text
+from cnnlab.reporting.fit import VERDICTS, diagnose, fit_text
 
 
 def curves(train_acc, val_acc, train_loss=None, val_loss=None):

@@ -55,7 +55,7 @@ def _real_forward(model, shape):
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS])
 def test_table_equals_a_real_forward(name):
-    from cnnlab.inspect import build_model, inspect_model
+    from cnnlab.lessons.inspect import build_model, inspect_model
     from cnnlab.models.profile import count_params
 
     cfg = compose(_overrides(name))
@@ -69,7 +69,7 @@ def test_table_equals_a_real_forward(name):
 
 
 def test_resnet18_imagenet_stem_flags_1x1():
-    from cnnlab.inspect import GONE, format_report, inspect_model
+    from cnnlab.lessons.inspect import GONE, format_report, inspect_model
 
     report = inspect_model(compose(["model=resnet18", "dataset=cifar10", "model.small_input=false"]))
     gone = report.rows[report.gone_at]
@@ -82,7 +82,7 @@ def test_resnet18_imagenet_stem_flags_1x1():
 def test_a_forward_that_fails_stops_the_table_at_that_layer():
     from torch import nn
 
-    from cnnlab.inspect import Report, find_gone, format_report, trace
+    from cnnlab.lessons.inspect import Report, find_gone, format_report, trace
 
     # 8x8 -> conv 8x8 -> pool 3x3 -> pool 1x1 (the map is gone) -> pool: fails
     toy = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(3, 2), nn.MaxPool2d(3, 2),
@@ -99,7 +99,7 @@ def test_a_forward_that_fails_stops_the_table_at_that_layer():
 
 def test_global_pools_and_se_branches_are_not_flagged():
     # MobileNetV3 has squeeze-excitation 1x1 convs and a global pool: neither is "the map gone".
-    from cnnlab.inspect import inspect_model
+    from cnnlab.lessons.inspect import inspect_model
 
     report = inspect_model(compose(["model=mobilenet_v3_small", "dataset=cifar10"]))
     assert any(r.out_shape[1:] == (1, 1) for r in report.rows if len(r.out_shape) == 3)
@@ -107,7 +107,7 @@ def test_global_pools_and_se_branches_are_not_flagged():
 
 
 def test_depth_groups_rows_with_the_blocks_own_output():
-    from cnnlab.inspect import format_report, group_rows, inspect_model
+    from cnnlab.lessons.inspect import format_report, group_rows, inspect_model
 
     report = inspect_model(compose(["model=googlenet", "dataset=cifar10"]))
     groups = {g.name: g for g in group_rows(report.rows, 1, report.module_shapes)}
@@ -132,7 +132,7 @@ def test_cli_flags_1x1_for_resnet18_without_small_input_then_answers_from_the_ca
     assert list(tmp_path.iterdir()) == []  # no outputs/ folder, no log file
 
     # The second call reads the table the first one cached, and imports no torch to do so.
-    code = ("import sys; from cnnlab.inspect import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from cnnlab.lessons.inspect import main; rc = main(sys.argv[1:]); "
             "print('heavy imports:', sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
     again = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True,
                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -145,7 +145,7 @@ def test_cli_flags_1x1_for_resnet18_without_small_input_then_answers_from_the_ca
 
 def test_cache_key_follows_what_the_table_depends_on(monkeypatch):
     from cnnlab import cache
-    from cnnlab.inspect import cache_path
+    from cnnlab.lessons.inspect import cache_path
 
     base = ["model=resnet18", "dataset=cifar10"]
     path = cache_path(compose(base))
@@ -166,7 +166,7 @@ def test_cache_key_follows_what_the_table_depends_on(monkeypatch):
 
 
 def test_cache_entries_are_read_recomputed_and_refused_models_too(monkeypatch, capsys):
-    import cnnlab.inspect as insp
+    import cnnlab.lessons.inspect as insp
 
     calls = []
     real = insp.inspect_model
@@ -195,7 +195,7 @@ def test_cache_entries_are_read_recomputed_and_refused_models_too(monkeypatch, c
 
 
 def test_an_unwritable_cache_still_answers(tmp_path, monkeypatch, capsys):
-    from cnnlab.inspect import main
+    from cnnlab.lessons.inspect import main
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -207,7 +207,7 @@ def test_an_unwritable_cache_still_answers(tmp_path, monkeypatch, capsys):
 def test_warm_caches_every_model_and_dataset_once(tmp_path, capsys):
     import shutil
 
-    from cnnlab.inspect import warm
+    from cnnlab.lessons.inspect import warm
 
     conf = tmp_path / "conf"
     shutil.copytree(CONF, conf)
@@ -223,7 +223,7 @@ def test_warm_caches_every_model_and_dataset_once(tmp_path, capsys):
     assert out.count("too small for AlexNet") == 2 and "timm" not in out and "imagefolder" not in out
     assert warm(conf, out=sys.stdout) == 0
 
-    from cnnlab.inspect import main
+    from cnnlab.lessons.inspect import main
 
     assert main(["--warm", "model=alexnet"]) == 2
     assert "--warm takes no other arguments" in capsys.readouterr().err
@@ -243,7 +243,7 @@ def test_cli_bad_names_are_one_line(arg, needle, tmp_path):
 
 
 def test_alexnet_imagenet_stem_on_32x32_is_an_error_with_the_fix(tmp_path):
-    from cnnlab.inspect import main
+    from cnnlab.lessons.inspect import main
 
     assert main(["model=alexnet", "model.small_input=false"]) == 2
 
@@ -251,9 +251,9 @@ def test_alexnet_imagenet_stem_on_32x32_is_an_error_with_the_fix(tmp_path):
 def test_the_module_name_does_not_shadow_the_standard_library():
     import inspect as std_inspect
 
-    import cnnlab.inspect
+    import cnnlab.lessons.inspect
 
-    assert std_inspect is not cnnlab.inspect and hasattr(std_inspect, "signature")
+    assert std_inspect is not cnnlab.lessons.inspect and hasattr(std_inspect, "signature")
     assert str(REPO / "cnnlab") not in std_inspect.__file__
 
 
@@ -278,14 +278,14 @@ def test_macs_count_conv_and_linear_only_and_profile_raises_what_the_forward_rai
 
 
 def test_an_image_folder_needs_no_root_to_be_inspected(capsys):
-    from cnnlab.inspect import main
+    from cnnlab.lessons.inspect import main
 
     assert main(["model=alexnet", "dataset=imagefolder"]) == 0
     assert "alexnet at 3x64x64" in capsys.readouterr().out
 
 
 def test_uninitialised_weights_give_the_same_table_or_fall_back_to_a_real_build(monkeypatch):
-    import cnnlab.inspect as insp
+    import cnnlab.lessons.inspect as insp
 
     cfg = compose(["model=resnet18", "dataset=cifar10"])
     ref = insp.inspect_model(cfg)

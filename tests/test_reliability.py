@@ -25,9 +25,9 @@ import torch
 from conftest import REPO, TINY, compose
 
 import cnnlab.train as train_mod
-from cnnlab.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from cnnlab.errors import CheckpointError, DeviceError
-from cnnlab.signals import GracefulStop, Interrupted
+from cnnlab.lifecycle.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from cnnlab.lifecycle.signals import GracefulStop, Interrupted
 from cnnlab.train import train
 
 # Three tiny deterministic epochs: 64 images at 16x16, four steps an epoch.
@@ -398,7 +398,7 @@ def test_kill_9_at_a_random_step_then_auto_resume_matches(reference, tmp_path):
 
 
 def test_resume_keeps_the_runs_overrides_and_its_hydra_files(tmp_path):
-    from cnnlab.resume import _hydra_subdir, _run_dir, merge_overrides
+    from cnnlab.lifecycle.resume import _hydra_subdir, _run_dir, merge_overrides
 
     assert merge_overrides(["model=resnet18", "trainer.epochs=10", "+x=1"], ["trainer.epochs=20", "resume=r"]) == \
         ["model=resnet18", "+x=1", "trainer.epochs=20", "resume=r"]
@@ -433,7 +433,7 @@ def test_a_checkpoint_holds_everything_a_resume_needs(reference):
 
 
 def test_write_json_atomic_keeps_the_old_file_and_no_temp_file_when_the_dump_fails(tmp_path):
-    from cnnlab.track import write_json_atomic
+    from cnnlab.reporting.track import write_json_atomic
 
     path = tmp_path / "summary.json"
     write_json_atomic(path, {"status": "running"})

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, compose, run_cli
 
-from cnnlab.callbacks import parallel_jobs, pick_gpu
 from cnnlab.config import register_schema
+from cnnlab.reporting.callbacks import parallel_jobs, pick_gpu
 
 # One epoch on 32 images: the cheapest run that still goes through every step.
 SMALL = ["trainer.epochs=1", "trainer.batch_size=16", "trainer.eval_batch_size=64", "dataset.limit=32",
@@ -249,7 +249,7 @@ def test_hydra_config_has_the_callbacks() -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         hc = hydra_compose(config_name="config", return_hydra_config=True)
     targets = {c._target_ for c in hc.hydra.callbacks.values()}
-    assert targets == {"cnnlab.callbacks.ComparisonReport", "cnnlab.callbacks.JobResources"}
+    assert targets == {"cnnlab.reporting.callbacks.ComparisonReport", "cnnlab.reporting.callbacks.JobResources"}
 
 
 def test_optuna_preset_composes() -> None:

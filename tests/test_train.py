@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cnnlab.errors import ConfigError
-from cnnlab.track import METRIC_COLUMNS
+from cnnlab.reporting.track import METRIC_COLUMNS
 from cnnlab.train import train
 
 

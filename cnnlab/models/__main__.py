@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnlab.compose import CONF_DIR, compose
 from cnnlab.units import human
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 GENERIC = ("timm", "torchvision")  # take any architecture by name: nothing to tabulate
 BEGIN, END = "<!-- model-table:begin -->", "<!-- model-table:end -->"
 COMMAND = "python -m cnnlab.models --update docs/models.md"
@@ -62,17 +62,13 @@ def _source_label(source: str, arch: str) -> str:
 def describe(name: str, conf_dir: Path = CONF_DIR) -> Row:
     """Compose ``model=<name>``, build it with and without small_input, and measure it."""
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     import cnnlab.models  # noqa: F401  (registers MogaNet in timm before instantiate)
-    from cnnlab.config import register_schema
     from cnnlab.models.adapt import final_feature_map
     from cnnlab.models.profile import count_macs, count_params
 
-    register_schema()
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        mcfg = compose("config", overrides=[f"model={name}"]).model
+    mcfg = compose([f"model={name}"], conf_dir=conf_dir).model
     built = {}
     for small in (True, False):
         # On the meta device tensors have shapes but no storage and ops do no arithmetic:

@@ -206,7 +206,7 @@ def build_model(
     if aux_logits and hasattr(model, "aux_weight"):
         model.aux_weight = aux_weight
     if checkpoint:
-        from cnnlab.checkpoint import load_weights
+        from cnnlab.lifecycle.checkpoint import load_weights
 
         load_weights(model, checkpoint)
     return model

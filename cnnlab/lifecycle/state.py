@@ -54,7 +54,7 @@ def restore_training(ck: dict[str, Any], source: Path, model: Any, optimizer: An
 
     ``source`` names the checkpoint in messages; ``optimizer_name`` the configured one.
     """
-    from cnnlab.checkpoint import check_compatible
+    from cnnlab.lifecycle.checkpoint import check_compatible
 
     check_compatible(model, ck["model"], f"checkpoint {str(source)!r}")
     model.load_state_dict(ck["model"])
@@ -111,7 +111,7 @@ def load_resume(resume: str | None, auto_resume: bool, run_dir: Path) -> tuple[P
     last.pt does not load: best.pt is a full checkpoint of an earlier epoch, and
     the run continues exactly from there.
     """
-    from cnnlab.checkpoint import load_checkpoint, remove_stale_temps
+    from cnnlab.lifecycle.checkpoint import load_checkpoint, remove_stale_temps
 
     def load(path: Path) -> dict[str, Any]:
         ck = load_checkpoint(path)  # map_location cpu: RNG states must stay CPU tensors

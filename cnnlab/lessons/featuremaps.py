@@ -152,7 +152,7 @@ def log_feature_maps(
     import torch
     import torch.nn.functional as F
 
-    from cnnlab.checkpoint import unwrap
+    from cnnlab.lifecycle.checkpoint import unwrap
 
     writer = _writer(writer_or_tracker)
     if writer is None:

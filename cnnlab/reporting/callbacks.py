@@ -49,7 +49,7 @@ class ComparisonReport(Callback):
         _last_sweep.update(ended=False, failed=[], report_error=None)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from cnnlab.compare import build_report, console_text, write_report
+        from cnnlab.reporting.compare import build_report, console_text, write_report
 
         # hydra.sweep.dir holds ${now:...}; Hydra caches that resolver on the config,
         # so this is the folder the launcher created, not a new timestamp.

@@ -9,7 +9,7 @@ as tensors and lists), so no safe globals need registering.
 
 What a training checkpoint holds (``checkpoint_state`` in ``cnnlab.train``): model,
 optimizer, scheduler and GradScaler state dicts, the epoch, the loop's counters
-(``cnnlab.state.LoopState``: the best metric, time, early stopping), the RNG states (python, numpy, torch, cuda and the loader's
+(``cnnlab.lifecycle.state.LoopState``: the best metric, time, early stopping), the RNG states (python, numpy, torch, cuda and the loader's
 data-order generator), the resolved config and the model's name.
 """
 

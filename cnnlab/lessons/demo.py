@@ -1,0 +1,414 @@
+"""Course explorers for convolution and pooling, as Hydra apps.
+
+Usage::
+
+    python -m cnnlab.demo conv [hydra overrides]    # e.g. kernel='[[1]]' cases.0.stride=2
+    python -m cnnlab.demo pool [hydra overrides]    # e.g. cases.0.kernel=2 modes='[max]'
+    python -m cnnlab.demo conv --help               # Hydra's help: config and examples
+    python -m cnnlab.demo feature_maps model=alexnet dataset=digits checkpoint=<run>/checkpoints/best.pt
+
+The first argument picks the sub-demo from ``DEMOS``; everything after it goes to Hydra,
+which composes ``conf/demo/<name>.yaml`` with the overrides. ``feature_maps`` instead
+composes the run's own config (conf/config.yaml) with its overrides, so ``model=`` and
+``dataset=`` mean what they mean to ``cnnlab.run``, plus its own ``checkpoint=`` key.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cnnlab.compose import CONF_DIR
+from cnnlab.lessons.conv_explain import (
+    LessonInputError,
+    as_matrix,
+    check_conv_args,
+    check_int,
+    check_pool_args,
+    conv2d_by_hand,
+    format_matrix,
+    formula_text,
+    integer_pool_check,
+    max_abs_diff,
+    pool2d_by_hand,
+    torch_conv2d,
+    torch_pool2d,
+    window_products_text,
+)
+
+# Absolute path, so Hydra finds the configs whether this runs as ``python -m cnnlab.demo``
+# or is imported (a relative "../conf/demo" only resolves in the first case).
+DEMO_CONF_DIR = CONF_DIR / "demo"
+
+# Hand and torch results must agree to float64 round-off (inputs are small).
+TOLERANCE = 1e-9
+
+
+def _plain(cfg: Any) -> Any:
+    """OmegaConf node -> plain Python containers (lists, dicts, numbers)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def _cases(raw: Any, defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Validate the ``cases`` list: dicts with known keys; missing keys get ``defaults``."""
+    if not isinstance(raw, list) or not raw:
+        raise LessonInputError(f"cases must be a non-empty list of mappings, got {raw!r}")
+    cases = []
+    for n, case in enumerate(raw):
+        if not isinstance(case, dict):
+            raise LessonInputError(
+                f"cases[{n}] must be a mapping like {dict(defaults)}, got {case!r}"
+            )
+        unknown = sorted(set(case) - set(defaults))
+        if unknown:
+            raise LessonInputError(
+                f"cases[{n}] has unknown key {unknown[0]!r}; known keys: {', '.join(defaults)}"
+            )
+        cases.append({**defaults, **case})
+    return cases
+
+
+def _shape_text(m: list[list[float]]) -> str:
+    return f"{len(m)}x{len(m[0])}"
+
+
+def _agreement(name: str, hand: list[list[float]], ref: list[list[float]]) -> bool:
+    """Print whether the hand-computed matrix matches PyTorch's; return True if it does."""
+    diff = max_abs_diff(hand, ref)
+    if diff <= TOLERANCE:
+        print(f"  {name} agrees with the loops: yes (max |difference| = {diff:g})")
+        return True
+    print(f"  {name} agrees with the loops: NO (max |difference| = {diff:g}); torch gives:")
+    print(format_matrix(ref, indent="    "))
+    return False
+
+
+# --------------------------------------------------------------------------- conv
+
+
+def run_conv(cfg: Any) -> int:
+    """Print input, kernel and, per case, the size formula and the output (hand vs torch)."""
+    x = as_matrix(_plain(cfg.input), "input")
+    k = as_matrix(_plain(cfg.kernel), "kernel")
+    cases = _cases(_plain(cfg.cases), {"stride": 1, "padding": 0, "dilation": 1})
+    # Validate every case before printing anything, so a bad value gives one clean error.
+    for n, c in enumerate(cases):
+        try:
+            check_conv_args(x, k, c["stride"], c["padding"], c["dilation"])
+        except LessonInputError as err:
+            raise LessonInputError(f"cases[{n}]: {err}") from None
+
+    (h, w), (kh, kw) = (len(x), len(x[0])), (len(k), len(k[0]))
+    print("2-D convolution by hand: slide the kernel over the input; each output value is")
+    print("the sum of elementwise products of the kernel and the window under it.")
+    print("(PyTorch's conv2d does not flip the kernel: strictly, it is cross-correlation.)\n")
+    print(f"input ({h}x{w}):")
+    print(format_matrix(x))
+    print(f"kernel ({kh}x{kw}):")
+    print(format_matrix(k))
+
+    all_agree = True
+    for n, c in enumerate(cases, start=1):
+        s, p, d = c["stride"], c["padding"], c["dilation"]
+        print(f"\n--- case {n}: stride={s}, padding={p}, dilation={d} ---")
+        print("output size: floor((H + 2p - d(k-1) - 1)/s) + 1")
+        print("  " + formula_text(h, kh, s, p, d, axis="H"))
+        print("  " + formula_text(w, kw, s, p, d, axis="W"))
+        out = conv2d_by_hand(x, k, s, p, d)
+        print(f"output by hand ({_shape_text(out)}):")
+        print(format_matrix(out))
+        print("  e.g. " + window_products_text(x, k, 0, 0, s, p, d))
+        all_agree &= _agreement("torch.nn.functional.conv2d", out, torch_conv2d(x, k, s, p, d))
+    return 0 if all_agree else 1
+
+
+# --------------------------------------------------------------------------- pool
+
+
+def _explain_integer_pitfall(x: list[list[float]], kernel: int, ceil_mode: bool) -> None:
+    """Re-run the course's mistake (pooling a torch.long tensor), explain it, give the fix."""
+    report = integer_pool_check(x, kernel, ceil_mode)
+    print("\n--- the integer-tensor pitfall ---")
+    first_row = "[" + ", ".join(str(int(v)) for v in x[0]) + "]"
+    print(f"The course built its input with torch.tensor([{first_row}, ...]): Python ints,")
+    print(f"so the tensor's dtype is {report['dtype']} ('Long'). Then it max-pooled it:")
+    if any(v != int(v) for row in x for v in row):
+        print("  (this input has fractions; they are truncated to ints for this experiment)")
+    print(f"  F.max_pool2d(x, kernel_size={kernel}, ceil_mode={ceil_mode})")
+    if report["max_error"] is not None:
+        print(f"  -> RuntimeError: {report['max_error']}")
+    else:
+        # Integer max pooling was added in later PyTorch releases; say so instead of
+        # pretending the error still happens, and show an op that still refuses Long.
+        print(f"  -> no error on torch {report['torch_version']}: newer releases implement")
+        print("     max_pool2d for integer tensors; older ones (like the course's) raised")
+        print("     RuntimeError: \"max_pool2d\" not implemented for 'Long'")
+        if report["adaptive_error"] is not None:
+            print("  F.adaptive_max_pool2d(x, 1) on this version still does:")
+            print(f"  -> RuntimeError: {report['adaptive_error']}")
+    print("Why: PyTorch compiles each kernel for a list of dtypes, and pooling was written")
+    print("for floating-point tensors (an average needs fractions); networks work in float32.")
+    if report["avg_error"] is not None:
+        print(f"  F.avg_pool2d on the same tensor -> RuntimeError: {report['avg_error']}")
+    elif max_abs_diff(report["avg_long"], report["avg_float"]) > TOLERANCE:
+        print("And where integer pooling runs, F.avg_pool2d on Long truncates the means:")
+        print(format_matrix(report["avg_long"], indent="    "))
+        print("  instead of (float32):")
+        print(format_matrix(report["avg_float"], indent="    "))
+    print("Fix: create the tensor as float: torch.tensor(data, dtype=torch.float32)")
+    print("     (or convert an existing one with x.float()).")
+
+
+def run_pool(cfg: Any) -> int:
+    """Print input and, per case and mode, the floor/ceil size formula and the pooled output."""
+    x = as_matrix(_plain(cfg.input), "input")
+    modes = _plain(cfg.modes)
+    if not isinstance(modes, list) or not modes or any(m not in ("max", "avg") for m in modes):
+        raise LessonInputError(f"modes must be a non-empty list of 'max'/'avg', got {modes!r}")
+    cases = _cases(
+        _plain(cfg.cases), {"kernel": 3, "stride": None, "padding": 0, "ceil_mode": False}
+    )
+    for n, c in enumerate(cases):
+        try:
+            check_int(c["kernel"], "kernel", 1)
+            if c["stride"] is None:  # PyTorch's default: stride = kernel size
+                c["stride"] = c["kernel"]
+            check_pool_args(x, c["kernel"], c["stride"], c["padding"], c["ceil_mode"])
+        except LessonInputError as err:
+            raise LessonInputError(f"cases[{n}]: {err}") from None
+
+    h, w = len(x), len(x[0])
+    print("2-D pooling by hand: slide a window over the input; max pooling keeps the largest")
+    print("value in each window, average pooling its mean. The stride defaults to the kernel")
+    print("size (as in nn.MaxPool2d), so windows do not overlap.\n")
+    print(f"input ({h}x{w}):")
+    print(format_matrix(x))
+
+    all_agree = True
+    for n, c in enumerate(cases, start=1):
+        k, s, p, ceil = c["kernel"], c["stride"], c["padding"], c["ceil_mode"]
+        print(f"\n--- case {n}: kernel={k}, stride={s}, padding={p}, ceil_mode={ceil} ---")
+        if ceil:
+            print("output size: ceil((H + 2p - d(k-1) - 1)/s) + 1 with d = 1 (a partial window")
+            print("is kept), but PyTorch also requires the last window to start inside the input")
+            print("or the left padding")
+        else:
+            print("output size: floor((H + 2p - d(k-1) - 1)/s) + 1 with d = 1")
+            print("(a partial window at the edge is dropped)")
+        print(_indent(formula_text(h, k, s, p, 1, ceil, axis="H")))
+        print(_indent(formula_text(w, k, s, p, 1, ceil, axis="W")))
+        for mode in modes:
+            out = pool2d_by_hand(x, k, s, p, ceil, mode)
+            title = "max pooling" if mode == "max" else "average pooling"
+            print(f"{title} by hand ({_shape_text(out)}):")
+            print(format_matrix(out))
+            ref_name = "F.max_pool2d" if mode == "max" else "F.avg_pool2d"
+            all_agree &= _agreement(ref_name, out, torch_pool2d(x, k, s, p, ceil, mode))
+
+    if cfg.integer_pitfall:
+        first = cases[0]
+        _explain_integer_pitfall(x, first["kernel"], first["ceil_mode"])
+    return 0 if all_agree else 1
+
+
+def _indent(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+# --------------------------------------------------------------------------- feature maps
+
+FEATURE_MAPS_USAGE = """\
+usage: python -m cnnlab.demo feature_maps checkpoint=FILE_OR_RUN [out=DIR] [images=N]
+                                          [split=val|train|test] [run overrides...]
+
+Writes what a trained model sees into TensorBoard: the input images, their max-pooled
+versions, the first conv layer's and each downsampling stage's output channels (one
+grayscale tile per channel), and the first layer's kernels.
+
+  checkpoint=FILE_OR_RUN  a weights file (checkpoints/best.pt), or a run folder (its best.pt)
+  out=DIR                 the TensorBoard folder (default: <run>/tb_feature_maps, or
+                          <file>_feature_maps next to a file outside a run folder)
+  images=N                how many images of the split to show (default 8; maps: the first)
+  split=val               which split the images come from (train, val or test)
+Every other key=value is an override of the run's config, as given to cnnlab.run when
+the checkpoint was trained: the model and the input must match, e.g.
+  python -m cnnlab.demo feature_maps model=alexnet dataset=digits checkpoint=outputs/.../checkpoints/best.pt"""
+
+# The demo's own keys (not config keys) and their defaults.
+FEATURE_MAPS_KEYS = {"checkpoint": None, "out": None, "images": "8", "split": "val"}
+
+
+def _feature_maps_args(args: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    """Split ``key=value`` arguments into the demo's own keys and the config overrides."""
+    own: dict[str, str | None] = dict(FEATURE_MAPS_KEYS)
+    overrides = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if sep and key in FEATURE_MAPS_KEYS:
+            own[key] = value
+        else:
+            overrides.append(a)
+    if not own["checkpoint"]:
+        raise LessonInputError("checkpoint= is required: a weights file or a run folder")
+    check_int(int(own["images"]) if str(own["images"]).isdigit() else own["images"], "images", 1)
+    if own["split"] not in ("train", "val", "test"):
+        raise LessonInputError(f"split must be train, val or test, got {own['split']!r}")
+    return own, overrides
+
+
+def _checkpoint_and_out(checkpoint: str, out: str | None) -> tuple[Path, Path]:
+    """The weights file (a run folder -> its best.pt, else last.pt) and the TensorBoard folder."""
+    p = Path(checkpoint)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / "checkpoints" / name).is_file():
+                p = p / "checkpoints" / name
+                break
+        else:
+            raise LessonInputError(f"checkpoint={checkpoint!r}: no checkpoints/best.pt or last.pt in it")
+    if out:
+        return p, Path(out)
+    if p.parent.name == "checkpoints":  # <run>/checkpoints/best.pt -> <run>/tb_feature_maps
+        return p, p.parent.parent / "tb_feature_maps"
+    return p, p.with_name(f"{p.stem}_feature_maps")
+
+
+def run_feature_maps(args: list[str]) -> int:
+    """Compose the run's config from ``args``, load the checkpoint, log its feature maps."""
+    if any(a in ("-h", "--help") for a in args):
+        print(FEATURE_MAPS_USAGE)
+        return 0
+    own, overrides = _feature_maps_args(args)
+    ckpt, out = _checkpoint_and_out(own["checkpoint"], own["out"])
+
+    from cnnlab.lessons.inspect import check_choices, compose_config
+
+    try:
+        check_choices(overrides)
+    except SystemExit as e:  # a config-group typo: the message lists the choices
+        raise LessonInputError(str(e).removeprefix("error: ")) from None
+    cfg = compose_config(overrides)
+
+    from hydra.utils import instantiate
+    from torch.utils.tensorboard import SummaryWriter
+
+    from cnnlab.config import validate
+    from cnnlab.data import load_dataset
+    from cnnlab.errors import CheckpointError
+    from cnnlab.lessons.featuremaps import log_feature_maps
+    from cnnlab.lifecycle.checkpoint import load_checkpoint, load_weights
+
+    validate(cfg)
+    ck = load_checkpoint(ckpt)  # first: a wrong path fails before the dataset is decoded
+    dc = cfg.dataset
+    n = int(own["images"])
+    # limit=n keeps n images per split: all the demo shows.
+    data = load_dataset(dc.name, dc.root, dc.download, dc.image_size, dc.in_chans, dc.val_split,
+                        dc.test_split, dc.split_seed, dc.memory_budget_mb, limit=n)
+    split = getattr(data, own["split"])
+    if len(split) == 0:
+        raise LessonInputError(f"the {own['split']} split of {dc.name} is empty; pick another split=")
+    images = split.x[:n].float() / 255.0  # (n, C, H, W) uint8 -> [0, 1]
+
+    model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                        img_size=data.image_size, pretrained=False, checkpoint=None)
+    try:
+        load_weights(model, ckpt)
+    except CheckpointError as e:
+        # Name what the checkpoint was trained as, when it says so (cnnlab.train saves its config).
+        trained = ck.get("config") if isinstance(ck.get("config"), dict) else {}
+        m, d = trained.get("model", {}), trained.get("dataset", {})
+        if m and d:
+            raise CheckpointError(
+                f"{e} (it was trained as model.name={m.get('name')} dataset={d.get('name')} "
+                f"model.small_input={str(m.get('small_input')).lower()}: pass the same overrides)"
+            ) from None
+        raise
+    step = int(ck.get("epoch", 0)) if isinstance(ck.get("epoch", 0), int) else 0
+
+    writer = SummaryWriter(log_dir=str(out))
+    try:
+        tags = log_feature_maps(model, images, writer, step, mean=list(dc.mean), std=list(dc.std))
+    finally:
+        writer.close()
+    print(f"feature maps of {ckpt} ({cfg.model.name} on {dc.name} {own['split']}, epoch {step}):")
+    for tag in tags:
+        print(f"  {tag}")
+    print(f"written to {out}\nview them with: tensorboard --logdir {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- dispatch
+
+# Sub-demo name -> (config name in conf/demo, function taking the composed config and
+# returning an exit code). To add a demo: write ``run_<name>(cfg) -> int`` (raise
+# LessonInputError for bad values), add conf/demo/<name>.yaml (copy the hydra: block and
+# defaults of conv.yaml), then add an entry here. A config name of None means the demo
+# takes the run's own config (conf/config.yaml, composed with its overrides by the demo
+# itself, through Hydra's compose API): its function gets the argument list instead.
+DEMOS: dict[str, tuple[str | None, Callable[[Any], int]]] = {
+    "conv": ("conv", run_conv),
+    "pool": ("pool", run_pool),
+    "feature_maps": (None, run_feature_maps),
+}
+
+
+def _usage() -> str:
+    names = " | ".join(DEMOS)
+    return (
+        f"usage: python -m cnnlab.demo <{names}> [hydra overrides]\n"
+        f"       python -m cnnlab.demo <{names}> --help   (config and examples)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Pick the sub-demo from argv[1], hand the rest of argv to Hydra; return the exit code."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help"):
+        helping = len(argv) >= 2
+        print(_usage(), file=sys.stdout if helping else sys.stderr)
+        return 0 if helping else 2
+    name = argv[1]
+    if name not in DEMOS:
+        print(f"error: unknown demo {name!r}; choose from: {', '.join(DEMOS)}", file=sys.stderr)
+        return 2
+
+    config_name, run = DEMOS[name]
+    if config_name is None:
+        from cnnlab.errors import CnnlabError
+
+        try:
+            return run(argv[2:])
+        except (LessonInputError, CnnlabError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    import hydra  # imported here so the usage and unknown-demo paths stay instant
+
+    exit_code = 0
+
+    def task(cfg: Any) -> None:
+        nonlocal exit_code
+        try:
+            exit_code = run(cfg)
+        except LessonInputError as err:
+            # A learner's typo deserves one readable line, not a traceback.
+            print(f"error: {err}", file=sys.stderr)
+            exit_code = 2
+
+    # @hydra.main parses sys.argv itself, so drop the sub-demo name before calling it.
+    saved = sys.argv
+    sys.argv = [argv[0], *argv[2:]]
+    try:
+        hydra.main(config_path=str(DEMO_CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+    finally:
+        sys.argv = saved
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,621 @@
+"""The sweep report: one row per run, grouped seeds, and two plots.
+
+``python -m cnnlab.compare PATH...`` finds every run folder under the given paths
+(a folder holding ``summary.json`` or ``.hydra/``), reads only the per-run files
+(summary.json, metrics.csv, .hydra/overrides.yaml, .hydra/config.yaml when the
+summary lacks a field) and writes ``comparison.csv``, ``comparison.md`` and
+``comparison.png``. The multirun callback (cnnlab/callbacks.py) calls the same
+code on the sweep folder when a sweep ends.
+
+A report is most needed when something went wrong, so nothing here raises on a
+bad run folder: a failed, diverged, interrupted or still-running run keeps the
+status its summary says, and a run whose summary.json is missing or garbled (it
+died before writing one, or is being written) is shown as ``incomplete``.
+
+This module never imports torch (it only reads files), and matplotlib only when
+a plot is drawn, so a report over 200 runs takes well under a second plus the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The columns of comparison.csv, in order. Accuracies are fractions in [0, 1].
+COLUMNS = [
+    "model", "dataset", "overrides", "params", "macs", "best_val_acc", "test_acc", "best_epoch",
+    "epochs", "train_seconds", "images_per_second", "status", "fit", "error", "run_dir",
+]
+# Statuses that count as "the job did not finish well" (the multirun exits non-zero).
+OK_STATUS = "completed"
+INCOMPLETE = "incomplete"
+REPORT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
+# Folders inside a run folder that never hold another run: skipping them keeps the
+# walk over outputs/ fast (tb/ and checkpoints/ can hold many files).
+_SKIP_DIRS = {".hydra", "tb", "checkpoints", ".submitit", "__pycache__", ".git"}
+_SEED_KEYS = ("seed", "+seed", "++seed")
+
+
+@dataclass
+class Run:
+    """One run folder, read and normalised; fields absent from disk are None."""
+
+    run_dir: Path
+    model: str | None = None
+    dataset: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    params: int | None = None
+    macs: int | None = None
+    best_val_acc: float | None = None
+    test_acc: float | None = None
+    best_epoch: int | None = None
+    epochs: int | None = None
+    train_seconds: float | None = None
+    images_per_second: float | None = None
+    status: str = INCOMPLETE
+    fit: str | None = None
+    error: str | None = None
+    seed: int | None = None
+    # (epoch, val_acc) pairs from metrics.csv, in file order.
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK_STATUS
+
+    @property
+    def group_key(self) -> tuple[str, str, str]:
+        """Runs that differ only in their seed share this key."""
+        rest = [o for o in self.overrides if o.split("=", 1)[0] not in _SEED_KEYS]
+        return (self.model or "?", self.dataset or "?", " ".join(rest))
+
+    def row(self, base: Path | None = None) -> dict[str, Any]:
+        """This run as one comparison.csv row (run_dir relative to ``base`` when inside it)."""
+        run_dir = str(self.run_dir)
+        if base is not None:
+            try:
+                run_dir = str(self.run_dir.resolve().relative_to(base.resolve())) or "."
+            except ValueError:
+                pass
+        return {
+            "model": self.model, "dataset": self.dataset, "overrides": " ".join(self.overrides),
+            "params": self.params, "macs": self.macs, "best_val_acc": self.best_val_acc,
+            "test_acc": self.test_acc, "best_epoch": self.best_epoch, "epochs": self.epochs,
+            "train_seconds": self.train_seconds, "images_per_second": self.images_per_second,
+            "status": self.status, "fit": self.fit, "error": self.error, "run_dir": run_dir,
+        }
+
+
+@dataclass
+class Group:
+    """Runs with the same configuration except the seed, aggregated."""
+
+    model: str
+    dataset: str
+    overrides: str
+    runs: list[Run]
+
+    def stat(self, attr: str) -> tuple[float | None, float | None, int]:
+        """(mean, sample std or None, n) of a numeric field over the runs that have it."""
+        vals = [getattr(r, attr) for r in self.runs if _finite(getattr(r, attr))]
+        if not vals:
+            return None, None, 0
+        mean, std = mean_std(vals)
+        return mean, std, len(vals)
+
+
+@dataclass
+class Report:
+    """Every run found, best first, and the seed groups of two or more runs."""
+
+    runs: list[Run]
+    groups: list[Group]
+
+    @property
+    def failed(self) -> list[Run]:
+        """Runs that did not complete: failed, diverged, interrupted, running or incomplete."""
+        return [r for r in self.runs if not r.ok]
+
+
+# --------------------------------------------------------------------------- reading
+def mean_std(vals: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample std (None for one value); plain floats, not statistics' exact fractions."""
+    n = len(vals)
+    m = sum(vals) / n
+    if n < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _num(v: Any, kind: type = float) -> Any:
+    """``v`` as an int/float, or None for null, NaN, text and other junk."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(x):
+        return None
+    return int(x) if kind is int else x
+
+
+def _load_yaml(path: Path) -> Any:
+    """Parse a small YAML file with libyaml when present (10x faster), else pure Python."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path) as f:
+        return yaml.load(f, Loader=loader)  # noqa: S506 - a safe loader
+
+
+def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every run folder at or under ``paths`` (one with summary.json or .hydra/), sorted.
+
+    A missing path raises FileNotFoundError; the walk does not descend into a run
+    folder's own tb/, checkpoints/ or .hydra/.
+    """
+    found: dict[Path, None] = {}  # ordered set: the same folder given twice is one run
+    for p in paths:
+        root = Path(p)
+        if not root.exists():
+            raise FileNotFoundError(f"{str(root)!r}: no such file or folder")
+        if root.is_file():  # e.g. a summary.json named directly
+            root = root.parent
+        for dirpath, dirnames, filenames in os.walk(root):
+            if "summary.json" in filenames or ".hydra" in dirnames:
+                found[Path(dirpath)] = None
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+    return sorted(found)
+
+
+def read_metrics(path: Path) -> tuple[list[tuple[int, float]], bool]:
+    """(epoch, val_acc) pairs from metrics.csv, and whether every row parsed.
+
+    A half-written last row (the run is writing it, or died writing it) is skipped,
+    not fatal.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return [], False
+    curve: list[tuple[int, float]] = []
+    clean = True
+    for row in csv.DictReader(io.StringIO(text)):
+        epoch, acc = _num(row.get("epoch"), int), _num(row.get("val_acc"))
+        if epoch is None or acc is None:
+            clean = False
+            continue
+        curve.append((epoch, acc))
+    return curve, clean
+
+
+def read_run(run_dir: str | os.PathLike) -> Run:
+    """Read one run folder into a Run; never raises for a bad or partial folder."""
+    d = Path(run_dir)
+    run = Run(run_dir=d)
+    notes: list[str] = []
+
+    summary: dict[str, Any] = {}
+    summary_path = d / "summary.json"
+    if summary_path.exists():
+        try:
+            loaded = json.loads(summary_path.read_text())
+            if not isinstance(loaded, dict):
+                raise ValueError("not a JSON object")
+            summary = loaded
+        except (OSError, ValueError) as e:
+            notes.append(f"summary.json unreadable ({type(e).__name__})")
+    else:
+        notes.append("no summary.json (the job never started training, or is starting)")
+
+    try:
+        ov = _load_yaml(d / ".hydra" / "overrides.yaml") if (d / ".hydra" / "overrides.yaml").exists() else []
+        run.overrides = [str(o) for o in ov] if isinstance(ov, list) else []
+    except Exception:  # noqa: BLE001 - any YAML error: show the run without overrides
+        notes.append("overrides.yaml unreadable")
+
+    run.model = summary.get("model") if isinstance(summary.get("model"), str) else None
+    run.dataset = summary.get("dataset") if isinstance(summary.get("dataset"), str) else None
+    run.params = _num(summary.get("params"), int)
+    run.macs = _num(summary.get("macs"), int)
+    run.best_val_acc = _num(summary.get("best_val_acc"))
+    if run.best_val_acc is not None and run.best_val_acc < 0:
+        run.best_val_acc = None  # the loop's "no epoch yet" sentinel
+    run.test_acc = _num(summary.get("test_acc"))
+    run.best_epoch = _num(summary.get("best_epoch"), int) or None
+    run.epochs = _num(summary.get("epochs_completed"), int)
+    run.train_seconds = _num(summary.get("train_seconds"))
+    run.images_per_second = _num(summary.get("images_per_second"))
+    run.error = summary.get("error") if isinstance(summary.get("error"), str) else None
+    fit = summary.get("fit")
+    if isinstance(fit, dict):
+        fit = fit.get("verdict")
+    run.fit = str(fit) if fit not in (None, "") else None
+    status = summary.get("status")
+    run.status = status if isinstance(status, str) and status else INCOMPLETE
+
+    # Only .hydra/config.yaml knows the seed, and the model/dataset when there's no summary.
+    cfg_path = d / ".hydra" / "config.yaml"
+    seed_ov = [o.split("=", 1)[1] for o in run.overrides if o.split("=", 1)[0] in _SEED_KEYS]
+    if seed_ov:
+        run.seed = _num(seed_ov[-1], int)
+    if (run.model is None or run.dataset is None or run.seed is None) and cfg_path.exists():
+        try:
+            cfg = _load_yaml(cfg_path) or {}
+            run.model = run.model or (cfg.get("model") or {}).get("name")
+            run.dataset = run.dataset or (cfg.get("dataset") or {}).get("name")
+            if run.seed is None:
+                run.seed = _num(cfg.get("seed"), int)
+        except Exception:  # noqa: BLE001
+            notes.append("config.yaml unreadable")
+
+    metrics_path = d / "metrics.csv"
+    if metrics_path.exists():
+        run.curve, clean = read_metrics(metrics_path)
+        if not clean:
+            notes.append("metrics.csv has unreadable rows")
+            if run.status == OK_STATUS:
+                run.status = INCOMPLETE  # a finished run whose history is damaged
+    elif run.status == OK_STATUS and (run.epochs or 0) > 0:
+        notes.append("metrics.csv missing")
+        run.status = INCOMPLETE
+    if run.epochs is None and run.curve:
+        run.epochs = len(run.curve)
+    if run.best_val_acc is None and run.curve:
+        run.best_epoch, run.best_val_acc = max(run.curve, key=lambda ea: ea[1])
+
+    if notes:
+        run.error = "; ".join(([run.error] if run.error else []) + notes)
+    return run
+
+
+def _sort_key(r: Run) -> tuple:
+    # Best test accuracy first; runs without one after, by val accuracy; then the
+    # runs that did not complete (their test accuracy, if any, is not comparable).
+    return (
+        not r.ok,
+        r.test_acc is None,
+        -(r.test_acc or 0.0),
+        -(r.best_val_acc or 0.0),
+        str(r.run_dir),
+    )
+
+
+def build_report(paths: Iterable[str | os.PathLike]) -> Report:
+    """Find and read every run under ``paths``; sort them; group repeated seeds."""
+    runs = sorted((read_run(d) for d in find_run_dirs(paths)), key=_sort_key)
+    by_key: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        by_key.setdefault(r.group_key, []).append(r)
+    groups = [Group(k[0], k[1], k[2], rs) for k, rs in by_key.items() if len(rs) > 1]
+    groups.sort(key=lambda g: -(g.stat("test_acc")[0] or -1.0))
+    return Report(runs=runs, groups=groups)
+
+
+# --------------------------------------------------------------------------- writing
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.2f}%"
+
+
+def _si(v: float | None) -> str:
+    """2.47M, 35.1k: counts short enough for a table cell."""
+    if v is None:
+        return ""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+def _num_str(v: float | None, fmt: str) -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def _cell(s: Any) -> str:
+    # A pipe or newline inside a cell would break the Markdown table.
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _mean_std(g: Group, attr: str) -> str:
+    mean, std, n = g.stat(attr)
+    if mean is None:
+        return ""
+    return _pct(mean) if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}%"
+
+
+def common_overrides(runs: Sequence[Run]) -> list[str]:
+    """The overrides every run has (with two runs or more), in the first run's order."""
+    if len(runs) < 2:
+        return []
+    shared = set(runs[0].overrides).intersection(*(r.overrides for r in runs[1:]))
+    return [o for o in runs[0].overrides if o in shared]
+
+
+def runs_table(report: Report) -> str:
+    """The per-run Markdown table (also what the callback prints).
+
+    The overrides column leaves out those that every run shares (the sweep's fixed
+    settings), which ``render_markdown`` states once above the table.
+    """
+    common = set(common_overrides(report.runs))
+    header = ["#", "model", "dataset", "overrides", "params", "MACs", "best val acc", "test acc",
+              "best epoch", "epochs", "train s", "images/s", "status", "fit"]
+    rows = [
+        [i, r.model or "", r.dataset or "", " ".join(o for o in r.overrides if o not in common),
+         _si(r.params), _si(r.macs),
+         _pct(r.best_val_acc), _pct(r.test_acc), r.best_epoch or "", "" if r.epochs is None else r.epochs,
+         _num_str(r.train_seconds, ".1f"), _num_str(r.images_per_second, ".0f"), r.status, r.fit or ""]
+        for i, r in enumerate(report.runs, 1)
+    ]
+    return _md_table(header, rows)
+
+
+def groups_table(report: Report) -> str:
+    """Mean ± sample std over the seeds of each repeated configuration."""
+    common = set(common_overrides(report.runs))
+    header = ["model", "dataset", "overrides (without seed)", "runs", "seeds", "params",
+              "best val acc", "test acc", "train s"]
+    rows = []
+    for g in report.groups:
+        seeds = ",".join(str(s) for s in sorted(r.seed for r in g.runs if r.seed is not None))
+        n_ok = sum(r.ok for r in g.runs)
+        mean_s = g.stat("train_seconds")[0]
+        rest = " ".join(o for o in g.overrides.split(" ") if o and o not in common)
+        rows.append([g.model, g.dataset, rest, f"{n_ok}/{len(g.runs)} completed", seeds,
+                     _si(g.stat("params")[0]), _mean_std(g, "best_val_acc"), _mean_std(g, "test_acc"),
+                     _num_str(mean_s, ".1f")])
+    return _md_table(header, rows)
+
+
+def render_markdown(report: Report, title: str = "Comparison") -> str:
+    """comparison.md: counts by status, the runs table, the seed groups, the errors."""
+    counts: dict[str, int] = {}
+    for r in report.runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    parts = [f"# {title}", "",
+             f"{len(report.runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
+             "Sorted by test accuracy (the best checkpoint on the test split); runs that did "
+             "not complete come last."]
+    common = common_overrides(report.runs)
+    if common:
+        parts.append(f"Overrides shared by every run: `{' '.join(common)}`.")
+    parts += ["", runs_table(report), ""]
+    if report.groups:
+        parts += ["## Repeated seeds (mean ± std)", "", groups_table(report), ""]
+    if report.failed:
+        parts += ["## Runs that did not complete", ""]
+        for r in report.failed:
+            parts.append(f"- `{r.run_dir}`: **{r.status}**" + (f": {_cell(r.error)}" if r.error else ""))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def console_text(report: Report) -> str:
+    """What the CLI and the multirun callback print: the tables, without the error list."""
+    common = common_overrides(report.runs)
+    parts = [f"Overrides shared by every run: {' '.join(common)}\n"] if common else []
+    parts.append(runs_table(report))
+    if report.groups:
+        parts.append("\nRepeated seeds (mean ± std):\n" + groups_table(report))
+    return "\n".join(parts)
+
+
+def write_csv(report: Report, path: Path) -> None:
+    base = path.parent
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in report.runs:
+            w.writerow({k: ("" if v is None else v) for k, v in r.row(base).items()})
+
+
+def _short_override(o: str) -> str:
+    """``optimizer.lr=0.008096384026619585`` -> ``lr=0.0081``: a legend label, not a record."""
+    k, _, v = o.partition("=")
+    try:
+        f = float(v)
+        v = v if len(v) <= 6 or f.is_integer() else f"{f:.2g}"
+    except ValueError:
+        pass
+    return f"{k.rsplit('.', 1)[-1]}={v}"
+
+
+def _labels(runs: list[Run]) -> dict[int, str]:
+    """A short legend label per run: the model plus the overrides that vary across runs."""
+    maps = [dict(o.partition("=")[::2] for o in r.overrides) for r in runs]
+    keys = set().union(*maps) if maps else set()
+    # A key varies if two runs differ in it (absent counts as a value of its own).
+    varying = {k for k in keys if len({m.get(k) for m in maps}) > 1} - {"model", *_SEED_KEYS}
+    out = {}
+    for r in runs:
+        extra = [_short_override(o) for o in r.overrides if o.partition("=")[0] in varying]
+        out[id(r)] = " ".join([r.model or r.run_dir.name, *extra])
+    return out
+
+
+def _tick(v: float) -> str:
+    """A short count for an axis tick: 500k, 2.5M, 10M."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def _acc_ylim(ax: Any, values: list[float]) -> None:
+    """An accuracy axis around the data, at least 0.1 tall, inside [0, 1]."""
+    if not values:
+        return
+    lo, hi = min(values), max(values)
+    pad = max(0.05, (0.1 - (hi - lo)) / 2)
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+
+
+def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
+    """comparison.png: val accuracy per epoch (left) and test accuracy against params (right).
+
+    Repeated seeds are drawn once, as their mean with a ±std band / error bar.
+    """
+    # The object API on an Agg canvas: no pyplot (slow to import, and it would pick a
+    # GUI backend on a desktop), no display needed, no global figure state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    labels = _labels(report.runs)
+    # Series: one per seed group (key) or per single run.
+    # Completed and unfinished runs of one configuration are drawn apart (the latter
+    # dashed): a mean over a finished and a crashed run would describe neither.
+    series: dict[tuple, list[Run]] = {}
+    for r in report.runs:
+        series.setdefault((r.group_key, r.ok), []).append(r)
+
+    fig = Figure(figsize=(13, 5))
+    FigureCanvasAgg(fig)
+    ax_c, ax_p = fig.subplots(1, 2)
+    # Fixed margins: tight_layout would measure every text extent (seconds for 200 runs).
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.11, top=0.92, wspace=0.18)
+    n_lines = 0
+    # One colour per series, the same in both panels.
+    colors = [f"C{i % 10}" for i in range(len(series))]
+    for i, rs in enumerate(series.values()):
+        curves = [dict(r.curve) for r in rs if r.curve]
+        if not curves:
+            continue
+        label = labels[id(rs[0])] + (f" (n={len(rs)})" if len(rs) > 1 else "")
+        epochs = sorted(set().union(*curves))
+        means, stds = [], []
+        for e in epochs:
+            m, s = mean_std([c[e] for c in curves if e in c])
+            means.append(m)
+            stds.append(s or 0.0)
+        (line,) = ax_c.plot(epochs, means, marker="o" if len(epochs) < 30 else None, ms=3, label=label,
+                            ls="-" if rs[0].ok else "--", color=colors[i])
+        if len(curves) > 1:
+            lo = [m - s for m, s in zip(means, stds, strict=True)]
+            hi = [m + s for m, s in zip(means, stds, strict=True)]
+            ax_c.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2)
+        n_lines += 1
+    ax_c.set(xlabel="epoch", ylabel="val accuracy", title="Validation accuracy per epoch")
+    ax_c.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs_seen = [e for r in report.runs for e, _ in r.curve]
+    if epochs_seen and max(epochs_seen) - min(epochs_seen) < 2:
+        ax_c.set_xlim(min(epochs_seen) - 0.5, max(epochs_seen) + 0.5)
+        ax_c.set_xticks(range(min(epochs_seen), max(epochs_seen) + 1))  # no 0.975-style ticks
+    _acc_ylim(ax_c, [a for r in report.runs for _, a in r.curve])
+    ax_c.grid(alpha=0.3)
+    if 0 < n_lines <= max_legend:
+        ax_c.legend(fontsize=7)
+
+    # One scatter call for all points: per-point artists are what makes matplotlib
+    # slow, and the report should add little to a sweep.
+    xs, ys, errs, cols = [], [], [], []
+    for i, rs in enumerate(series.values()):
+        done = [r for r in rs if r.test_acc is not None and r.params]
+        if not done:
+            continue
+        x = mean_std([r.params for r in done])[0]
+        y, yerr = mean_std([r.test_acc for r in done])
+        xs.append(x)
+        ys.append(y)
+        errs.append(yerr or 0.0)
+        cols.append(colors[i])
+        if len(series) <= 30:
+            ax_p.annotate(labels[id(rs[0])], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    n_points = len(xs)
+    if n_points:
+        ax_p.scatter(xs, ys, c=cols, zorder=3)
+        for x, y, e, col in zip(xs, ys, errs, cols, strict=True):
+            if e:  # seed groups only: few, so one errorbar call each is cheap
+                ax_p.errorbar([x], [y], yerr=[e], fmt="none", ecolor=col, capsize=3)
+    ax_p.set(xlabel="parameters", ylabel="test accuracy", title="Test accuracy vs parameters")
+    if n_points:
+        ax_p.set_xscale("log")
+        ax_p.margins(x=0.15)  # room for the labels of the end points
+        # "5.4M" ticks: readable, and plain text (log-axis mathtext labels are slow to draw).
+        ax_p.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _tick(v)))
+        ax_p.xaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _pos: _tick(v) if ax_p.get_xlim()[1] / ax_p.get_xlim()[0] < 10 else ""))
+    _acc_ylim(ax_p, [r.test_acc for r in report.runs if r.test_acc is not None and r.params])
+    ax_p.grid(alpha=0.3)
+    n_missing = sum(r.test_acc is None for r in report.runs)
+    if n_missing:
+        ax_p.text(0.01, 0.01, f"{n_missing} run(s) without a test accuracy not shown",
+                  transform=ax_p.transAxes, fontsize=7, color="gray")
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100, pil_kwargs={"compress_level": 3})  # zlib's default 6: slower, ~same size
+    os.replace(tmp, path)  # a reader never sees half a PNG
+
+
+def write_report(report: Report, out_dir: str | os.PathLike, title: str = "Comparison",
+                 plot: bool = True) -> list[Path]:
+    """Write comparison.csv, .md and (if ``plot``) .png into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path, png_path = (out / n for n in REPORT_FILES)
+    write_csv(report, csv_path)
+    md_path.write_text(render_markdown(report, title))
+    written = [csv_path, md_path]
+    if plot:
+        write_plot(report, png_path)
+        written.append(png_path)
+    return written
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cnnlab.compare PATH... [--out DIR]``; returns the exit status."""
+    ap = argparse.ArgumentParser(
+        prog="python -m cnnlab.compare",
+        description="Build comparison.csv/.md/.png from run folders (a sweep folder, outputs/, "
+                    "or several single runs).",
+    )
+    ap.add_argument("paths", nargs="+", metavar="PATH", help="run folders or folders holding them")
+    ap.add_argument("--out", help="where to write the report (default: PATH when there is one, "
+                                  "else the current folder)")
+    ap.add_argument("--no-plot", action="store_true", help="skip comparison.png")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 1 when any run did not complete (failed, diverged, ...)")
+    ap.add_argument("--quiet", action="store_true", help="do not print the table")
+    args = ap.parse_args(argv)
+
+    try:
+        report = build_report(args.paths)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not report.runs:
+        print(f"error: no run folders (with summary.json or .hydra/) under {', '.join(args.paths)}",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 else Path("."))
+    if out.is_file():
+        out = out.parent
+    files = write_report(report, out, plot=not args.no_plot)
+    if not args.quiet:
+        print(console_text(report))
+        print("\nwrote " + ", ".join(str(f) for f in files))
+    return 1 if (args.strict and report.failed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
