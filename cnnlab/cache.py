@@ -68,7 +68,7 @@ def write(path: Path, data: Any) -> bool:
 
     A cache that cannot be written is not an error: the answer is still printed.
     """
-    from cnnlab.reporting.track import write_json_atomic
+    from cnnlab.lifecycle.atomic import write_json_atomic
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -206,26 +206,27 @@ class Dist:
             self._guard(dist.broadcast, t, src=0)
 
     # ---- metrics ---------------------------------------------------------------------------
-    def reduce_train(self, acc: dict[str, Any]) -> dict[str, Any]:
-        """``train_one_epoch``'s sums over every rank (one SUM and one MIN all-reduce an epoch).
+    def reduce_train(self, sums: Any) -> Any:
+        """A training pass's ``EpochSums`` over every rank (one SUM and one MIN all-reduce an epoch).
 
         ``first_bad_step`` becomes the earliest non-finite step on any rank (-1: none).
         """
         if not self.enabled:
-            return acc
+            return sums
+        import dataclasses
+
         import torch
         import torch.distributed as dist
 
-        loss_sum, correct = acc["loss_sum"], acc["correct"]
-        sums = torch.stack([loss_sum.double(), correct.double(),
-                            torch.tensor(float(acc["seen"]), dtype=torch.float64, device=loss_sum.device)])
-        self._guard(dist.all_reduce, sums)
-        bad = acc["first_bad_step"].clone()
+        totals = torch.stack([sums.loss_sum.double(), sums.correct.double(),
+                              torch.tensor(float(sums.seen), dtype=torch.float64, device=sums.loss_sum.device)])
+        self._guard(dist.all_reduce, totals)
+        bad = sums.first_bad_step.clone()
         big = torch.iinfo(bad.dtype).max
         bad = torch.where(bad < 0, torch.full_like(bad, big), bad)  # -1 (none) must not win the MIN
         self._guard(dist.all_reduce, bad, op=dist.ReduceOp.MIN)
-        return {**acc, "loss_sum": sums[0].float(), "correct": sums[1].round().long(),
-                "seen": int(sums[2].item()), "first_bad_step": torch.where(bad == big, -1, bad)}
+        return dataclasses.replace(sums, loss_sum=totals[0].float(), correct=totals[1].round().long(),
+                                   seen=int(totals[2].item()), first_bad_step=torch.where(bad == big, -1, bad))
 
     # ---- stopping and teardown -------------------------------------------------------------
     def agreed_stop(self, stop: Any) -> AgreedStop:

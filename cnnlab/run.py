@@ -107,10 +107,10 @@ def _record_failure(cfg: DictConfig, error: str) -> None:
     """Leave a failed summary.json when the job died before train() wrote one."""
     from omegaconf import OmegaConf
 
-    from cnnlab.reporting.track import record_failure
+    from cnnlab.lifecycle.record import mark_failed
 
     try:
-        record_failure(OmegaConf.select(cfg, "paths.output_dir"), error,
+        mark_failed(OmegaConf.select(cfg, "paths.output_dir"), error,
                        model=OmegaConf.select(cfg, "model.name"),
                        dataset=OmegaConf.select(cfg, "dataset.name"))
     except Exception:  # noqa: BLE001 - never let the bookkeeping hide the real error

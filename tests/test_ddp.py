@@ -73,6 +73,7 @@ WORKER = textwrap.dedent("""
     from cnnlab.dist import reduce_sums, setup
     from cnnlab.errors import ConfigError
     from cnnlab.lifecycle.signals import GracefulStop
+    from cnnlab.train import EpochSums
 
     d = setup("cpu")
     r = d.rank
@@ -81,10 +82,9 @@ WORKER = textwrap.dedent("""
     loss, correct, n = reduce_sums(torch.tensor(float(r + 1)), torch.tensor(r + 2), 10 + r)
     out["eval"] = [loss.item(), correct.item(), n]
     # train sums; first_bad_step is the earliest bad step on any rank (-1 on rank 0: none)
-    acc = d.reduce_train({"loss_sum": torch.tensor(1.5), "correct": torch.tensor(3), "seen": 8,
-                          "steps": 4, "first_bad_step": torch.tensor(-1 if r == 0 else 2)})
-    out["train"] = [acc["loss_sum"].item(), acc["correct"].item(), acc["seen"],
-                    acc["first_bad_step"].item()]
+    sums = d.reduce_train(EpochSums(torch.tensor(1.5), torch.tensor(3), torch.tensor(-1 if r == 0 else 2),
+                                    seen=8, steps=4))
+    out["train"] = [sums.loss_sum.item(), sums.correct.item(), sums.seen, sums.first_bad_step.item()]
     # BatchNorm running stats: rank 0's everywhere after sync_buffers
     bn = torch.nn.BatchNorm1d(3)
     bn.running_mean.fill_(float(r))

@@ -433,7 +433,7 @@ def test_a_checkpoint_holds_everything_a_resume_needs(reference):
 
 
 def test_write_json_atomic_keeps_the_old_file_and_no_temp_file_when_the_dump_fails(tmp_path):
-    from cnnlab.reporting.track import write_json_atomic
+    from cnnlab.lifecycle.atomic import write_json_atomic
 
     path = tmp_path / "summary.json"
     write_json_atomic(path, {"status": "running"})

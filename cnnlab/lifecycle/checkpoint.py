@@ -7,17 +7,22 @@ refuses any pickle that would run code; everything we save is tensors, numbers,
 strings, lists and dicts (the resolved config as a plain container, the RNG states
 as tensors and lists), so no safe globals need registering.
 
-What a training checkpoint holds (``checkpoint_state`` in ``cnnlab.train``): model,
-optimizer, scheduler and GradScaler state dicts, the epoch, the loop's counters
-(``cnnlab.lifecycle.state.LoopState``: the best metric, time, early stopping), the RNG states (python, numpy, torch, cuda and the loader's
-data-order generator), the resolved config and the model's name.
+What a training checkpoint holds (:func:`training_state`): model, optimizer,
+scheduler and GradScaler state dicts, the epoch, the loop's counters
+(:class:`cnnlab.lifecycle.resume.LoopState`: the best metric, time, early stopping),
+the RNG states (python, numpy, torch, cuda and the loader's data-order generator),
+the resolved config and the model's name.
+
+The order of the writes is part of the format (:func:`save_epoch`): ``last.pt`` at
+epoch 0, before any step, so even a run stopped in its first epoch resumes exactly;
+then after each completed epoch ``best.pt`` (when the epoch is the best so far)
+*before* ``last.pt``. A partial epoch is never saved.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,35 +31,63 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CheckpointError
+from cnnlab.lifecycle.atomic import write_atomic
 
 # Prefixes that wrappers add to state-dict keys: DDP's and torch.compile's.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace)."""
+    """Write ``state`` to ``path`` atomically (:func:`cnnlab.lifecycle.atomic.write_atomic`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}") from None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual mode
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)  # make the rename itself durable
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        write_atomic(path, lambda f: torch.save(state, f), suffix=".tmp")
+    except (OSError, RuntimeError) as e:
         # A full disk surfaces as OSError or as torch's "PytorchStreamWriter failed".
-        if isinstance(e, (OSError, RuntimeError)):
-            why = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
-            raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({why}); the previous "
-                                  "checkpoint there is intact: free space, then resume") from None
-        raise
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({why}); the previous "
+                              "checkpoint there is intact: free space, then resume") from None
+
+
+def training_state(model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
+                   counters: dict[str, Any], rng: dict[str, Any], model_name: str,
+                   config: dict[str, Any]) -> dict[str, Any]:
+    """Everything a resume needs, as plain data: the checkpoint of ``epoch``.
+
+    ``counters``: ``LoopState.to_checkpoint()``; ``rng``: ``resume.rng_state(loader)``;
+    ``config``: the run's resolved config as a plain dict.
+    """
+    return {
+        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "epoch": epoch, **counters, "rng": rng, "model_name": model_name, "config": config,
+    }
+
+
+def save_epoch(state: dict[str, Any], folder: Path, best: bool) -> None:
+    """Save a completed epoch: best.pt first (if ``best``), then last.pt.
+
+    In that order a kill between the two writes leaves last.pt an epoch behind (redone
+    on resume), never a best.pt older than last.pt says.
+    """
+    if best:
+        save_checkpoint(state, folder / "best.pt")
+    save_checkpoint(state, folder / "last.pt")
+
+
+def keep_best_in_step(state: dict[str, Any], source: Path, folder: Path) -> None:
+    """On resume: if the checkpoint resumed from is the best epoch's, make best.pt hold it too.
+
+    A kill between the two writes of :func:`save_epoch`, or a checkpoint brought from
+    elsewhere, can leave best.pt behind; the final test must use the same weights as
+    an uninterrupted run would.
+    """
+    if state["best_epoch"] == state["epoch"] and source.name != "best.pt":
+        save_checkpoint(state, folder / "best.pt")
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:
@@ -64,25 +97,6 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
         p.unlink(missing_ok=True)
         n += 1
     return n
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported here (e.g. some network filesystems)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import sys
@@ -29,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cnnlab.lifecycle.record import read_summary
 
 # The columns of comparison.csv, in order. Accuracies are fractions in [0, 1].
 COLUMNS = [
@@ -210,17 +211,14 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     notes: list[str] = []
 
     summary: dict[str, Any] = {}
-    summary_path = d / "summary.json"
-    if summary_path.exists():
-        try:
-            loaded = json.loads(summary_path.read_text())
-            if not isinstance(loaded, dict):
-                raise ValueError("not a JSON object")
-            summary = loaded
-        except (OSError, ValueError) as e:
-            notes.append(f"summary.json unreadable ({type(e).__name__})")
+    try:
+        loaded = read_summary(d)
+    except (OSError, ValueError) as e:
+        notes.append(f"summary.json unreadable ({type(e).__name__})")
     else:
-        notes.append("no summary.json (the job never started training, or is starting)")
+        if loaded is None:
+            notes.append("no summary.json (the job never started training, or is starting)")
+        summary = loaded or {}
 
     try:
         ov = _load_yaml(d / ".hydra" / "overrides.yaml") if (d / ".hydra" / "overrides.yaml").exists() else []

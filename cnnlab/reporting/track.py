@@ -8,42 +8,15 @@ dies without a word still says ``running`` rather than ``completed``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from cnnlab.lifecycle.atomic import write_json_atomic
+
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
-STATUSES = ("running", "completed", "failed", "interrupted", "diverged")
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; the summary gets the usual mode
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_jsonable)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
-        os.replace(tmp, path)
-    except BaseException:
-        # A failed dump (or Ctrl-C) leaves the old file as it was, and no .name.* temp file.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item"):
-        return v.item()
-    return str(v)
 
 
 def _clean(v: Any) -> Any:
@@ -166,28 +139,3 @@ class RunTracker:
             self.tb.flush()
             self.tb.close()
             self.tb = None
-
-
-def record_failure(run_dir: str | os.PathLike, error: str, **fields: Any) -> None:
-    """Mark a run failed when it died outside train()'s own bookkeeping.
-
-    Leaves alone a summary that already says why the run ended; one that is missing
-    (the job failed before training began) or still says ``running`` becomes
-    ``failed`` with ``error``. Used by cnnlab.run in multiruns, so the sweep report
-    shows the error rather than an incomplete folder.
-    """
-    d = Path(run_dir)
-    path = d / "summary.json"
-    summary: dict[str, Any] = {}
-    if path.exists():
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError):
-            summary = {}
-        if summary.get("status") not in (None, "running"):
-            return
-    d.mkdir(parents=True, exist_ok=True)
-    for k, v in fields.items():
-        summary.setdefault(k, v)
-    summary.update(status="failed", error=error)
-    write_json_atomic(path, summary)

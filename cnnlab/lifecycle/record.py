@@ -1,0 +1,202 @@
+"""The run record: summary.json's status, and every message a run can end with.
+
+A run's status moves from ``running`` to one of ``completed``, ``failed``,
+``interrupted`` or ``diverged`` (docs/errors.md lists what each means for the exit
+status). :class:`RunRecord` owns those moves and their one-line messages, so the
+training loop only says *what happened* (an :class:`Outcome`) and this module
+says how it reads. Used as a context manager around the run, it also records the
+exceptions that end a run early:
+
+- a second Ctrl-C or SIGTERM (``KeyboardInterrupt``): ``interrupted``, naming the
+  checkpoint to resume from;
+- a :class:`~cnnlab.errors.CnnlabError`: ``failed`` with its message, unless it was
+  a resume that did not fit (another model's checkpoint), in which case the run
+  folder it named is left exactly as it was;
+- anything else: ``failed`` with ``<Type>: <message>``, and the exception goes on.
+
+Only the standard library is imported; the files are written by
+:class:`cnnlab.reporting.track.RunTracker`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cnnlab.errors import CnnlabError
+
+log = logging.getLogger("cnnlab")
+
+Ending = Literal["finished", "early_stopped", "interrupted", "diverged"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the epoch loop ended.
+
+    ``epoch``: the epoch it ended in (diverged, a partial interrupted epoch) or after
+    (finished, early_stopped, interrupted between epochs). ``steps``: for a partial
+    epoch, the training steps done; for a divergence, the 0-based first step whose
+    loss was NaN/inf (-1: the loss stayed finite but the weights did not).
+    """
+
+    kind: Ending
+    epoch: int
+    steps: int | None = None
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """A run folder's summary.json as a dict; None if there is none.
+
+    Raises OSError or ValueError (JSON that is garbled or not an object); each
+    caller decides what an unreadable summary means to it.
+    """
+    try:
+        data = json.loads((Path(run_dir) / "summary.json").read_text())
+    except FileNotFoundError:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError("summary.json is not a JSON object")
+    return data
+
+
+def mark_failed(run_dir: str | os.PathLike, error: str, **fields: Any) -> None:
+    """Mark a run ``failed`` when it died outside train()'s own bookkeeping.
+
+    Leaves alone a summary that already says why the run ended; one that is missing
+    (the job failed before training began) or still says ``running`` becomes
+    ``failed`` with ``error``. Used by cnnlab.run in multiruns, so the sweep report
+    shows the error rather than an incomplete folder.
+    """
+    from cnnlab.lifecycle.atomic import write_json_atomic
+
+    try:
+        summary = read_summary(run_dir) or {}
+    except (OSError, ValueError):
+        summary = {}
+    if summary.get("status") not in (None, "running"):
+        return
+    for k, v in fields.items():
+        summary.setdefault(k, v)
+    summary.update(status="failed", error=error)
+    write_json_atomic(Path(run_dir) / "summary.json", summary)
+
+
+class RunRecord:
+    """summary.json of one run, its status changes and their messages.
+
+    ``tracker`` writes the files (a RunTracker; on DDP ranks > 0 a disabled one).
+    ``previous`` is the summary the folder held before this launch (None: a new
+    folder); ``resume_epoch`` the epoch of the checkpoint resumed from (None: a
+    fresh start). ``completed`` is the last completed epoch: the resumed one at
+    first, 0 once a fresh run's epoch-0 checkpoint exists.
+    """
+
+    def __init__(self, tracker: Any, run_dir: Path, previous: dict[str, Any] | None,
+                 resume_epoch: int | None, save_checkpoints: bool) -> None:
+        self.tracker, self.run_dir, self.previous = tracker, run_dir, previous
+        self.resume_epoch, self.save_checkpoints = resume_epoch, save_checkpoints
+        self.completed: int | None = resume_epoch
+        # False until the resumed checkpoint has been loaded into the model: a failure
+        # before that (it does not fit) must not mark the run it named as failed.
+        self.resume_checked = resume_epoch is None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.tracker.summary
+
+    @property
+    def saved_epoch(self) -> int | None:
+        """The epoch checkpoints/last.pt holds: the last completed one when checkpoints are on."""
+        return self.completed if self.save_checkpoints else self.resume_epoch
+
+    def device(self) -> str:
+        """The device as the summary names it (the config's choice until it is resolved)."""
+        return str(self.summary.get("device"))
+
+    def update(self, **fields: Any) -> None:
+        self.tracker.update_summary(**fields)
+
+    # ---- the moves --------------------------------------------------------------------
+    def start(self, model: str, dataset: str, device: str) -> None:
+        """Write the summary of a run that has just started (status ``running``)."""
+        earlier = (self.previous or {}).get("resumed_at_epochs") or []
+        self.update(
+            model=model, dataset=dataset, device=device, status="running", error=None, params=None,
+            macs=None, epochs_completed=0, best_val_acc=None, best_epoch=None, test_acc=None,
+            train_seconds=0.0, images_per_second=None, fit=None, run_dir=str(self.run_dir),
+            resumed_at_epochs=earlier + ([self.resume_epoch] if self.resume_epoch is not None else []),
+        )
+
+    def resumed(self, state: Any, source: Path) -> None:
+        """The checkpoint is loaded: the summary continues from its epoch."""
+        self.resume_checked = True
+        self.update(epochs_completed=self.resume_epoch, best_val_acc=state.best_val_acc,
+                    best_epoch=state.best_epoch, train_seconds=state.train_seconds)
+        log.info("resumed from %s at epoch %d", source, self.resume_epoch)
+
+    def epoch_done(self, epoch: int, state: Any) -> None:
+        """An epoch is complete (and saved, when checkpoints are on)."""
+        self.completed = epoch
+        self.update(epochs_completed=epoch, best_val_acc=state.best_val_acc, best_epoch=state.best_epoch,
+                    train_seconds=state.train_seconds,
+                    images_per_second=state.images_seen / max(state.train_seconds, 1e-9))
+
+    def diverged(self, outcome: Outcome, steps_per_epoch: int, lr: float, grad_clip: float | None) -> None:
+        """A NaN/inf loss or weight: stop before anything is saved; say what to change."""
+        where = (f"at epoch {outcome.epoch}, step {outcome.steps + 1} of {steps_per_epoch}"
+                 if outcome.steps is not None and outcome.steps >= 0
+                 else f"in the weights after epoch {outcome.epoch}")
+        kept = f"; checkpoints/last.pt keeps epoch {self.saved_epoch}" if self.saved_epoch is not None else ""
+        clip = f"lower trainer.grad_clip (now {grad_clip})" if grad_clip else "set trainer.grad_clip=1.0"
+        self.update(status="diverged", epochs_completed=outcome.epoch - 1,
+                    error=f"loss became NaN/inf {where}: lower optimizer.lr (now {lr}, try {lr / 10:g}) "
+                          f"or {clip}{kept}")
+        log.error("diverged: %s", self.summary["error"])
+
+    def interrupted(self, outcome: Outcome, signum: int, steps_per_epoch: int) -> BaseException:
+        """A signal stopped the loop: record it and return the Interrupted to raise."""
+        from cnnlab.lifecycle.signals import Interrupted, signal_name
+
+        where = (f"during epoch {outcome.epoch} after step {outcome.steps} of {steps_per_epoch} (that "
+                 "partial epoch is not kept)" if outcome.steps is not None else f"after epoch {self.completed}")
+        kept = (f"checkpoints/last.pt holds epoch {self.saved_epoch}" if self.saved_epoch is not None
+                else "no checkpoint was saved (trainer.save_checkpoints=false)")
+        msg = f"{signal_name(signum)} {where}: {kept}; continue with resume={str(self.run_dir)!r}"
+        self.update(status="interrupted", error=msg)
+        log.warning("interrupted: %s", msg)
+        return Interrupted(signum, msg)
+
+    def completed_test(self, test_loss: float, test_acc: float, best_epoch: int) -> None:
+        self.update(status="completed", test_acc=test_acc, test_loss=test_loss)
+        log.info("test (best epoch %d): loss %.4f acc %.4f", best_epoch, test_loss, test_acc)
+
+    # ---- what ends a run early ----------------------------------------------------------
+    def __enter__(self) -> RunRecord:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> bool:
+        if e is None:
+            return False
+        if isinstance(e, KeyboardInterrupt):
+            if self.summary.get("status") != "interrupted":  # a second signal, or a bare Ctrl-C
+                kept = (f"checkpoints/last.pt holds epoch {self.saved_epoch}" if self.saved_epoch is not None
+                        else "no checkpoint")
+                self.update(status="interrupted", error=f"{str(e) or 'interrupted by the user'}: {kept}; "
+                                                        f"continue with resume={str(self.run_dir)!r}")
+        elif isinstance(e, CnnlabError):
+            from cnnlab.lifecycle.guards import OutOfMemory
+
+            if not self.resume_checked and self.previous is not None and not isinstance(e, OutOfMemory):
+                # The resume did not fit (e.g. another model's weights): the run it named stays as it was.
+                self.tracker.summary = dict(self.previous)
+                self.update()
+            else:
+                self.update(status="failed", error=str(e))
+        elif isinstance(e, Exception):
+            self.update(status="failed", error=f"{type(e).__name__}: {e}")
+        return False  # the exception goes on to the caller
