@@ -410,7 +410,7 @@ def _make_optimizer(opt_cfg: DictConfig, model, policy):
 
     make = instantiate(opt_cfg)
     kwargs = {}
-    if policy.device.type == "cuda" and "fused" in inspect.signature(make.func).parameters:
+    if policy.fused_optimizer and "fused" in inspect.signature(make.func).parameters:
         kwargs["fused"] = True
     return make(model.parameters(), **kwargs)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.data.augment import crop_flip, cutout, draw_crop_flip, pad_images
+from cnnlab.data.augment import crop_flip_padded, cutout, draw_crop_flip, pad_images
 from cnnlab.data.dataloader import build_dataloader
 from cnnlab.data.loader import Augment, TensorLoader, make_loaders
 from cnnlab.data.splits import ImageSplits, Split
@@ -53,7 +53,7 @@ def test_batched_crop_flip_equals_per_image_reference(pad_mode, flip):
     x = _images(32)
     gen = torch.Generator().manual_seed(7)
     replay = torch.Generator().manual_seed(7)
-    out = crop_flip(x, 3, pad_mode, flip, gen)
+    out = crop_flip_padded(pad_images(x, 3, pad_mode), 3, flip, gen)
     dy, dx, flips = draw_crop_flip(32, 3, flip, replay)
     assert torch.equal(out, _reference_crop_flip(x, dy, dx, flips, 3, pad_mode))
     # Both generators made the same draws, no more: they are in the same state.

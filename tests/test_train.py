@@ -81,3 +81,22 @@ def test_other_optimizers_train(opt, tiny_cfg, tmp_path):
     summary = train(tiny_cfg(f"optimizer={opt}", "scheduler=onecycle", "dataset.limit=32",
                              "trainer.save_checkpoints=false", run_dir=tmp_path / opt))
     assert summary["status"] == "completed"
+
+
+def test_the_default_recipe_learns(tmp_path):
+    """AlexNet on digits, the default recipe, 80 SGD steps: far above chance (0.1) on the test split.
+
+    The sweep preset's budget (512 training images, batch 32, 5 epochs). A change that
+    breaks learning (a loss on the wrong logits, a schedule stuck at 0, labels shuffled
+    against images) leaves the accuracy near 0.1 and fails here.
+    """
+    from conftest import compose
+
+    cfg = compose(["device=cpu", "trainer.progress=log", "trainer.log_feature_maps=false",
+                   "dataset.limit=512", "trainer.batch_size=32", "trainer.epochs=5"],
+                  output_dir=tmp_path / "run")
+    summary = train(cfg)
+    rows = _read_metrics(tmp_path / "run")
+    assert summary["status"] == "completed" and len(rows) == 5  # 5 epochs x 16 steps
+    assert summary["test_acc"] >= 0.6, summary["test_acc"]
+    assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[0]["train_loss"])

@@ -13,7 +13,7 @@ rows (``as_strided``, one row per start offset, no copy), the whole batch crop i
 flip is one ``flip`` of the batch and one ``index_select`` picking, per image, the
 plain or the flipped copy. No step needs a host sync (no boolean-mask indexing), so
 the same code runs on a GPU. The loader pads its training set once (``pad_images``)
-and calls ``crop_flip_padded``; ``crop_flip`` pads a batch on the fly.
+and calls ``crop_flip_padded`` for each batch.
 """
 
 from __future__ import annotations
@@ -104,31 +104,6 @@ def crop_flip_padded(xp: torch.Tensor, padding: int, flip: bool, gen: torch.Gene
     if flips is not None:
         out = flip_some(out, flips)
     return out
-
-
-def crop_flip(x: torch.Tensor, padding: int, pad_mode: str, flip: bool, gen: torch.Generator,
-              index: torch.Tensor | None = None) -> torch.Tensor:
-    """Random crop with padding and/or horizontal flip of a batch, any dtype (uint8 is cheapest).
-
-    x: (N, C, H, W) source images; index: (B,) which of them form the batch (None: all).
-    Pads the batch, then :func:`crop_flip_padded`; same draws, same result.
-    Returns (B, C, H, W). ``pad_mode`` is "zero" or "reflect".
-    """
-    xb = x if index is None else x.index_select(0, index.to(x.device))
-    return crop_flip_padded(pad_images(xb, padding, pad_mode), padding, flip, gen)
-
-
-def random_crop(x: torch.Tensor, padding: int, pad_mode: str, gen: torch.Generator) -> torch.Tensor:
-    """Pad by ``padding`` on each side (zero or reflect), then cut a random HxW window per image.
-
-    x: (B, C, H, W). Same as torchvision's RandomCrop(H, padding=p, padding_mode=...).
-    """
-    return crop_flip(x, padding, pad_mode, False, gen)
-
-
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2."""
-    return crop_flip(x, 0, "zero", True, gen)
 
 
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:

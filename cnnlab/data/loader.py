@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from cnnlab.data.augment import crop_flip, crop_flip_padded, cutout, pad_images
+from cnnlab.data.augment import crop_flip_padded, cutout, pad_images
 from cnnlab.errors import DataError
 
 LOADER_KINDS = ("tensor", "dataloader")
@@ -147,13 +147,6 @@ class TensorLoader:
         else:
             xb = self.x.index_select(0, index)
         return self._finish(xb), self.y.index_select(0, index)
-
-    def transform(self, xb: torch.Tensor) -> torch.Tensor:
-        """A uint8 batch (B, C, H, W) -> augmented (train only), normalised float."""
-        a = self.augment
-        if self.train and (a.crop_padding > 0 or a.flip):
-            xb = crop_flip(xb.to(self.device), a.crop_padding, a.pad_mode, a.flip, self.generator)
-        return self._finish(xb.to(self.device))
 
     def preview(self, n: int = 16) -> torch.Tensor:
         """The first ``n`` images, un-augmented, as uint8 (n, C, H, W) on the CPU."""
