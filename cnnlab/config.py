@@ -107,7 +107,7 @@ class PathsConfig:
 
 @dataclass
 class FitConfig:
-    """Thresholds of the under/overfitting diagnosis; the rules are in cnnlab/fit.py."""
+    """Thresholds of the under/overfitting diagnosis; the rules are in cnnlab/reporting/fit.py."""
 
     underfit_train_acc: float = 0.9  # final train acc below this: under-fitting (or still improving)
     overfit_gap: float = 0.08  # final train acc - final val acc at or above this: over-fitting

@@ -4,7 +4,7 @@
 (a folder holding ``summary.json`` or ``.hydra/``), reads only the per-run files
 (summary.json, metrics.csv, .hydra/overrides.yaml, .hydra/config.yaml when the
 summary lacks a field) and writes ``comparison.csv``, ``comparison.md`` and
-``comparison.png``. The multirun callback (cnnlab/callbacks.py) calls the same
+``comparison.png``. The multirun callback (cnnlab/reporting/callbacks.py) calls the same
 code on the sweep folder when a sweep ends.
 
 A report is most needed when something went wrong, so nothing here raises on a
