@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -249,9 +249,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg = resume_config(cfg)  # under Hydra: the resumed run's own overrides + this command's
     _check(cfg)
     from cnnlab.dist import setup as setup_distributed
-    from cnnlab.lifecycle.checkpoint import keep_best_in_step
     from cnnlab.lifecycle.guards import oom_hint
-    from cnnlab.lifecycle.resume import check_resume_fits, plan_resume, restore_training
+    from cnnlab.lifecycle.resume import check_resume_fits, plan_resume
     from cnnlab.lifecycle.signals import GracefulStop
     from cnnlab.reporting.track import RunTracker
 
@@ -274,19 +273,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             seed_everything(cfg.seed, tc.deterministic)
             p = _build(cfg, ddp, record)
 
-            # ---- resume: the loop's counters (best epoch, time, early stopping) come too
-            state, start_epoch = LoopState(), 1
-            if plan.checkpoint is not None:
-                source, ck = plan.checkpoint
-                state = restore_training(ck, source, p.model, p.optimizer, p.scheduler, p.scaler,
-                                         p.train_loader, optimizer_name=_optimizer_name(cfg))
-                start_epoch = ck["epoch"] + 1
-                tracker.truncate_metrics(ck["epoch"])
-                record.resumed(state, source)
-                if tc.save_checkpoints and ddp.is_main:
-                    keep_best_in_step(ck, source, run_dir / "checkpoints")
-            elif plan.previous is not None:
-                tracker.truncate_metrics(0)  # auto_resume starting over: drop a dead start's rows
+            state, start_epoch = _resume(cfg, plan, p, record, ddp.is_main)
 
         with record:
             save = _saver(cfg, p, state, run_dir / "checkpoints", ddp.is_main)
@@ -297,9 +284,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 if tc.save_checkpoints:
                     save(0, False)  # epoch 0: the state before any step, so even epoch 1 resumes exactly
             record.completed = start_epoch - 1
-            settings = LoopSettings(tc.epochs, tc.batch_size, tc.eval_batch_size, tc.grad_clip,
-                                    tc.early_stop_patience, tc.early_stop_metric, tc.save_checkpoints,
-                                    tc.progress)
+            settings = LoopSettings(**{f.name: tc[f.name] for f in fields(LoopSettings)})
             outcome = run_epochs(p, settings, state, start_epoch, record, ddp, stop, save)
 
             steps_per_epoch = len(p.train_loader)
@@ -400,6 +385,30 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
     train_model = ddp.wrap(model, compile=policy.compile) if ddp.enabled else step_model
     return Parts(model, train_model, step_model, optimizer, scheduler, scaler, policy,
                  train_loader, val_loader, test_loader)
+
+
+def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord, is_main: bool) -> tuple[LoopState, int]:
+    """Load the resumed checkpoint into the parts; return the loop's counters and the first epoch.
+
+    A fresh start gets new counters and epoch 1 (and an auto_resume that starts over
+    drops the dead start's metrics rows).
+    """
+    from cnnlab.lifecycle.checkpoint import keep_best_in_step
+    from cnnlab.lifecycle.resume import restore_training
+
+    if plan.checkpoint is None:
+        if plan.previous is not None:
+            record.tracker.truncate_metrics(0)
+        return LoopState(), 1
+    source, ck = plan.checkpoint
+    # The loop's counters (best epoch, time, early stopping) come back with the weights.
+    state = restore_training(ck, source, p.model, p.optimizer, p.scheduler, p.scaler, p.train_loader,
+                             optimizer_name=_optimizer_name(cfg))
+    record.tracker.truncate_metrics(ck["epoch"])
+    record.resumed(state, source)
+    if cfg.trainer.save_checkpoints and is_main:
+        keep_best_in_step(ck, source, record.run_dir / "checkpoints")
+    return state, ck["epoch"] + 1
 
 
 def _make_optimizer(opt_cfg: DictConfig, model, policy):
