@@ -275,14 +275,14 @@ def bench_model(name: str, compiled: bool, args: argparse.Namespace, device: tor
         return len(batches) * bs
 
     def cnnlab_loop() -> int:
-        acc = train_one_epoch(step_model, batches, opt, sched, policy, scaler=scaler)
-        acc["loss_sum"].item()  # the epoch's one host read
-        return acc["seen"]
+        sums = train_one_epoch(step_model, batches, opt, sched, policy, scaler=scaler)
+        sums.means()  # the epoch's one host read
+        return sums.seen
 
     def cnnlab_epoch() -> int:
-        acc = train_one_epoch(step_model, epoch_loader, opt, sched, policy, scaler=scaler)
-        acc["loss_sum"].item()
-        return acc["seen"]
+        sums = train_one_epoch(step_model, epoch_loader, opt, sched, policy, scaler=scaler)
+        sums.means()
+        return sums.seen
 
     variants = {"bare": bare, "cnnlab_loop": cnnlab_loop, "cnnlab_epoch": cnnlab_epoch}
     clock = time.process_time if args.clock == "cpu" else time.perf_counter

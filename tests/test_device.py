@@ -110,7 +110,7 @@ class _Recorder(_Small):
         return self.head(h.mean((2, 3)))
 
 
-def _one_epoch(policy: DevicePolicy, model: nn.Module, steps: int = 2) -> dict:
+def _one_epoch(policy: DevicePolicy, model: nn.Module, steps: int = 2):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (8 * steps, 3, 16, 16), dtype=torch.uint8, generator=g)
     loader = TensorLoader(x, torch.arange(8 * steps) % 4, 8, [0.5], [0.25], device=policy.device,
@@ -122,8 +122,8 @@ def _one_epoch(policy: DevicePolicy, model: nn.Module, steps: int = 2) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     before = [p.detach().clone() for p in model.parameters()]
     out = train_one_epoch(step_model, loader, opt, sched, policy)
-    assert out["seen"] == 8 * steps and int(out["first_bad_step"]) == -1
-    assert torch.isfinite(out["loss_sum"]) and 0 <= int(out["correct"]) <= 8 * steps
+    assert out.seen == 8 * steps and out.steps == steps and out.bad_step() == -1
+    assert torch.isfinite(out.loss_sum) and 0 <= int(out.correct) <= 8 * steps
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     return out
 

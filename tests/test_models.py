@@ -276,7 +276,7 @@ def test_googlenet_aux_loss_through_training_loop():
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     torch.manual_seed(5)
     out = train_one_epoch(model, _OneBatch(x, y), opt, SimpleNamespace(step=lambda: None), policy)
-    assert out["loss_sum"].item() == pytest.approx(main.item() * 4, rel=1e-4), "logged loss: main only"
+    assert out.loss_sum.item() == pytest.approx(main.item() * 4, rel=1e-4), "logged loss: main only"
     for n, p in model.named_parameters():
         torch.testing.assert_close(start[n] - p.detach(), expected[n], rtol=1e-3, atol=1e-5, msg=n)
 
