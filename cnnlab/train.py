@@ -232,7 +232,8 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
             outcome = Outcome("early_stopped", epoch)
             break
     if stop.requested and outcome.kind != "interrupted":
-        # The signal came between two steps of the loop's bookkeeping: the last epoch is saved.
+        # A signal after an epoch's last training step (during its val pass, or a stop at
+        # the top of the loop): that epoch is complete and saved; the run still stops here.
         outcome = Outcome("interrupted", record.completed or 0)
     return outcome
 
@@ -272,7 +273,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with record, oom_hint("setup", "trainer.batch_size", tc.batch_size, record.device):
             seed_everything(cfg.seed, tc.deterministic)
             p = _build(cfg, ddp, record)
-
             state, start_epoch = _resume(cfg, plan, p, record, ddp.is_main)
 
         with record:
