@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,28 @@ def release_safe_globals() -> Iterator[None]:
     """Allow ``RELEASE_SAFE_GLOBALS`` in every ``torch.load(weights_only=True)`` inside."""
     with torch.serialization.safe_globals(RELEASE_SAFE_GLOBALS):
         yield
+
+
+@contextmanager
+def release_loading(variant: str) -> Iterator[None]:
+    """``release_safe_globals``, and a refused pickle turned into one ModelError line.
+
+    torch says "Weights only load failed ..." over many lines (timm's file loader adds
+    "Unsupported globals: ..."); the one line names the class the file would import.
+    """
+    with release_safe_globals():
+        try:
+            yield
+        except (pickle.UnpicklingError, RuntimeError) as e:
+            text = str(e)
+            if "weights only" not in text.lower() and "weights_only" not in text:
+                raise
+            found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported globals: ([\w.]+)", text)
+            what = found.group(1) if found else "an object that is not plain data"
+            raise ModelError(
+                f"the {variant} weights file was refused: loading it would import {what}; a release "
+                "checkpoint may hold only tensors, plain data and argparse.Namespace (weights_only=True)"
+            ) from None
 
 
 def is_release_format(obj: Any) -> bool:
@@ -75,15 +99,6 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     """
     del model  # the layout is the release's: nothing to rename
     return release_state_dict(state_dict)
-
-
-def load_release_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a release checkpoint (or a bare state dict) safely and return its weights."""
-    with release_safe_globals():
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict):
-        raise ModelError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint or state dict")
-    return release_state_dict(obj)
 
 
 def load_weights_file(model: nn.Module, path: str | os.PathLike) -> None:
