@@ -192,6 +192,7 @@ def test_features_only(name):
     assert not any(k.startswith(("model.head.", "model.classifier.")) for k in feat.state_dict())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("name", MODELS)
 def test_torchscript(name):
     with timm.set_scriptable(True):
@@ -405,3 +406,6 @@ def test_pretrained_adapts_classes_and_channels(hub):
     assert torch.allclose(sd[stem], ref[stem].sum(dim=1, keepdim=True))
     body = [k for k in ref if not k.startswith(("head.", stem))]
     assert all(torch.equal(sd[k], ref[k]) for k in body)
+    # features_only=True loads the same body (timm drops the head before the load).
+    feat = timm.create_model(VARIANT, pretrained=True, features_only=True).state_dict()
+    assert all(torch.equal(feat[f"model.{k}"], ref[k]) for k in ref if not k.startswith("head."))

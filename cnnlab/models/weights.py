@@ -1,9 +1,12 @@
 """Pretrained weights of cnnlab's timm models: the release format, safe loading, offline errors.
 
-The MogaNet authors publish their ImageNet-1K weights as the checkpoints of timm's
-training script (``*.pth.tar``): a dict with ``state_dict``, for the EMA-trained
-variants ``state_dict_ema``, and bookkeeping such as ``epoch``, ``arch``, ``optimizer``,
-``metric`` and ``args``, an ``argparse.Namespace`` of the training options. Loading
+The MogaNet authors publish their ImageNet-1K weights as the ``model.pth.tar`` of their
+timm-based training script (their README; their ``extract_ckpt.py`` reads ``state_dict``,
+``state_dict_ema``, ``arch`` and ``metric`` from such files). timm's checkpoint saver
+writes a dict with ``state_dict``, ``state_dict_ema`` when training kept an EMA, and
+bookkeeping: ``epoch``, ``arch``, ``optimizer``, ``version``, ``metric`` and ``args``, an
+``argparse.Namespace`` of the training options. (Written from those sources: no release
+file could be downloaded here, so the tests use files written in that format.) Loading
 stays ``torch.load(weights_only=True)``: the only class the unpickler may build besides
 tensors and plain data is ``argparse.Namespace`` (``RELEASE_SAFE_GLOBALS``), so a file
 that would import anything else is refused.
@@ -55,7 +58,7 @@ def release_loading(variant: str) -> Iterator[None]:
             yield
         except (pickle.UnpicklingError, RuntimeError) as e:
             text = str(e)
-            if "weights only" not in text.lower() and "weights_only" not in text:
+            if "Unsupported global" not in text:  # torch's and timm's refusals both say this
                 raise
             found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported globals: ([\w.]+)", text)
             what = found.group(1) if found else "an object that is not plain data"
