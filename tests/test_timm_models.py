@@ -255,6 +255,9 @@ def test_source_cnnlab_is_an_alias():
     torch.manual_seed(0)
     new = build_model("alexnet", "timm", "cnnlab_alexnet", **kw)
     assert all(torch.equal(v, new.state_dict()[k]) for k, v in old.state_dict().items())
+    torch.manual_seed(0)
+    legacy = build_model("alexnet", "timm", "alexnet", **kw)  # a run saved with model.arch=alexnet
+    assert all(torch.equal(v, legacy.state_dict()[k]) for k, v in old.state_dict().items())
     assert type(build_model("m", "cnnlab", "moganet_xtiny", **kw)).__name__ == "MogaNet"
     with pytest.raises(ModelError, match="not a cnnlab model; choose one of cnnlab_alexnet, moganet_"):
         build_model("m", "cnnlab", "resnet18", **kw)

@@ -52,6 +52,10 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, dr
     own models, each only to the models that take it."""
     import timm
 
+    if not timm.is_model(arch) and arch in LEGACY_ARCHS:
+        # A name from before cnnlab's models were timm models (a run saved with
+        # model.arch=alexnet resumes with it); timm's own models take precedence.
+        arch = LEGACY_ARCHS[arch]
     if not timm.is_model(arch):
         raise ModelError(
             f"model.arch={arch!r} is not a timm model; closest: {_closest(arch, timm.list_models())}"
@@ -177,8 +181,7 @@ def build_model(
         raise ModelError(f"model.num_classes={num_classes!r}: use an integer >= 1")
     if source == "cnnlab":
         # Kept as an alias: cnnlab's models are timm models now (alexnet -> cnnlab_alexnet).
-        arch = LEGACY_ARCHS.get(arch, arch)
-        if not is_cnnlab_model(arch):
+        if not is_cnnlab_model(LEGACY_ARCHS.get(arch, arch)):
             raise ModelError(f"model.arch={arch!r} is not a cnnlab model; choose one of "
                              f"{', '.join(cnnlab_models())}, or model.source=timm")
         source = "timm"
