@@ -390,10 +390,12 @@ def test_model_table_markdown(capsys):
     main(["--markdown", "--only", "alexnet", "mobilenet_v3_small"])
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("| model | source |") and len(out) == 4
-    assert out[2].startswith("| alexnet | hand-written | alexnet |") and "| 128x3x3 | too small |" in out[2]
+    assert out[2].startswith("| alexnet | cnnlab, registered in timm | cnnlab_alexnet |")
+    assert "| 128x3x3 | too small |" in out[2]
     assert out[3].startswith("| mobilenet_v3_small | timm | mobilenetv3_small_100 |")
     assert "| 576x2x2 | 576x1x1 |" in out[3]
     assert _source_label("timm", "moganet_tiny") == "cnnlab, registered in timm"
+    assert _source_label("cnnlab", "alexnet") == "cnnlab, registered in timm"  # the old alias
     assert _source_label("torchvision", "googlenet") == "torchvision"
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import cnnlab.models.moganet as moganet
 from cnnlab.models.moganet import MogaNet, MultiOrderDWConv, split_channels
+from cnnlab.models.registry import extra_kwargs, register
 
 VARIANTS = ["moganet_base", "moganet_large", "moganet_small", "moganet_tiny", "moganet_xtiny"]
 
@@ -162,12 +163,22 @@ def test_create_model_every_variant(name: str) -> None:
     cfg = model.pretrained_cfg
     assert model.default_cfg is cfg
     assert cfg["architecture"] == name and cfg["first_conv"] == "patch_embed1.projection.0"
-    assert not cfg.get("url") and not cfg.get("file") and not cfg.get("hf_hub_id")
+    # The official release: one .pth.tar of the authors' GitHub release per variant.
+    assert cfg["url"].startswith(moganet._RELEASE) and cfg["url"].endswith(".pth.tar")
+    assert name.removeprefix("moganet_") in cfg["url"] and "_sz224_" in cfg["url"]
+    assert cfg["tag"] == "in1k" and cfg["num_classes"] == 1000 and cfg["input_size"] == (3, 224, 224)
+    assert cfg["crop_pct"] == 0.9 and cfg["mean"] == timm.data.IMAGENET_DEFAULT_MEAN
 
 
-def test_pretrained_without_weights_raises() -> None:
-    with pytest.raises(RuntimeError, match="No downloadable pretrained weights"):
-        timm.create_model("moganet_tiny", pretrained=True)
+def test_pretrained_tags_at_256() -> None:
+    """xtiny and tiny are also released at 256x256: the ``.in1k_256`` tags."""
+    assert timm.list_models("moganet*", pretrained=True) == [
+        "moganet_base.in1k", "moganet_large.in1k", "moganet_small.in1k", "moganet_tiny.in1k",
+        "moganet_tiny.in1k_256", "moganet_xtiny.in1k", "moganet_xtiny.in1k_256",
+    ]
+    cfg = _meta_model("moganet_tiny.in1k_256").pretrained_cfg
+    assert cfg["input_size"] == (3, 256, 256) and cfg["pool_size"] == (8, 8)
+    assert cfg["url"].endswith("moganet_tiny_sz256_8xbs128_ep300.pth.tar")
 
 
 def test_pretrained_from_local_file(tmp_path: Path) -> None:
@@ -185,7 +196,7 @@ def test_register_guard() -> None:
     # Re-registering our own entrypoint (a module reload) is silent and keeps it registered.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert moganet._register(moganet.moganet_tiny) is moganet.moganet_tiny
+        assert register(("small_input",))(moganet.moganet_tiny) is moganet.moganet_tiny
     assert timm.models.model_entrypoint("moganet_tiny") is moganet.moganet_tiny
 
     # A same-named entrypoint from another module does not overwrite ours.
@@ -194,8 +205,9 @@ def test_register_guard() -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        moganet._register(moganet_tiny)
+        register()(moganet_tiny)
     assert timm.models.model_entrypoint("moganet_tiny") is moganet.moganet_tiny
+    assert extra_kwargs("moganet_tiny") == ("small_input",)  # the impostor changed nothing
 
 
 # --- shapes and training behaviour -----------------------------------------------------

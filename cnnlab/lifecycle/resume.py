@@ -343,8 +343,11 @@ def check_resume_fits(config: dict[str, Any], path: Path, ck: dict[str, Any]) ->
 
     ``config``: this run's resolved config as a plain dict; changed settings are logged.
     """
+    from cnnlab.models.registry import LEGACY_ARCHS  # AlexNet's arch was "alexnet" before timm held it
+
     saved = ck.get("config") or {}
-    pairs = [("model.name", ck.get("model_name")), ("model.arch", saved.get("model", {}).get("arch")),
+    arch = saved.get("model", {}).get("arch")
+    pairs = [("model.name", ck.get("model_name")), ("model.arch", LEGACY_ARCHS.get(arch, arch)),
              ("dataset.name", saved.get("dataset", {}).get("name")),
              ("dataset.in_chans", saved.get("dataset", {}).get("in_chans")),
              ("dataset.image_size", saved.get("dataset", {}).get("image_size"))]

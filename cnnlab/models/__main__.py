@@ -49,13 +49,10 @@ def model_entries(conf_dir: Path = CONF_DIR) -> list[str]:
 
 
 def _source_label(source: str, arch: str) -> str:
-    if source == "cnnlab":
-        return "hand-written"
-    if source == "timm":
-        import timm
+    from cnnlab.models.registry import LEGACY_ARCHS, is_cnnlab_model
 
-        if timm.models.model_entrypoint(arch).__module__.startswith("cnnlab."):
-            return "cnnlab, registered in timm"
+    if source == "cnnlab" or (source == "timm" and is_cnnlab_model(LEGACY_ARCHS.get(arch, arch))):
+        return "cnnlab, registered in timm"
     return source
 
 

@@ -9,35 +9,15 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.errors import ModelError
+from cnnlab.errors import CnnlabError, ModelError
 from cnnlab.models.adapt import adapt_small_input, set_in_chans_torchvision
+from cnnlab.models.registry import LEGACY_ARCHS, cnnlab_models, extra_kwargs, is_cnnlab_model
+from cnnlab.models.weights import reachable as _reachable
 
 
 def _closest(name: str, names: list[str]) -> str:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     return ", ".join(close) if close else "none close"
-
-
-def _build_cnnlab(arch: str, **kw: Any) -> nn.Module:
-    from cnnlab.models.alexnet import AlexNet
-
-    registry = {"alexnet": AlexNet}
-    if arch not in registry:
-        raise ModelError(f"model.arch={arch!r} is not a cnnlab model; choose one of {', '.join(registry)}")
-    return registry[arch](**kw)
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether ``url``'s host accepts a TCP connection: a cheap online test."""
-    import socket
-    from urllib.parse import urlparse
-
-    u = urlparse(url)
-    try:
-        with socket.create_connection((u.hostname, u.port or 443), timeout=timeout):
-            return True
-    except OSError:  # DNS failure, refused, unreachable, timeout
-        return False
 
 
 @contextmanager
@@ -66,17 +46,16 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
-def _is_ours(arch: str) -> bool:
-    """True for the timm models that cnnlab registers (MogaNet), which take ``small_input``."""
+def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, drop_rate: float,
+                drop_path_rate: float, **cnnlab_kw: Any) -> nn.Module:
+    """``timm.create_model``; ``cnnlab_kw`` (small_input, img_size, batch_norm) go to cnnlab's
+    own models, each only to the models that take it."""
     import timm
 
-    return timm.models.model_entrypoint(arch).__module__.startswith("cnnlab.")
-
-
-def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, small_input: bool,
-                drop_rate: float, drop_path_rate: float) -> nn.Module:
-    import timm
-
+    if not timm.is_model(arch) and arch in LEGACY_ARCHS:
+        # A name from before cnnlab's models were timm models (a run saved with
+        # model.arch=alexnet resumes with it); timm's own models take precedence.
+        arch = LEGACY_ARCHS[arch]
     if not timm.is_model(arch):
         raise ModelError(
             f"model.arch={arch!r} is not a timm model; closest: {_closest(arch, timm.list_models())}"
@@ -84,11 +63,21 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, sm
     kw: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
     if drop_path_rate > 0:
         kw["drop_path_rate"] = drop_path_rate
-    if _is_ours(arch):
-        # Our MogaNet takes small_input itself (stage-1 convs at stride 1).
-        kw["small_input"] = small_input
+    kw.update({k: cnnlab_kw[k] for k in extra_kwargs(arch) if k in cnnlab_kw})
     if not pretrained:
         return timm.create_model(arch, **kw)
+    if is_cnnlab_model(arch):
+        # cnnlab's models fetch their weights from the authors' release, not the HF hub, and
+        # fail offline in one line themselves (cnnlab.models.weights).
+        try:
+            return timm.create_model(arch, pretrained=True, **kw)
+        except CnnlabError:
+            raise
+        except Exception as e:  # noqa: BLE001 - download, unpickling and shape errors
+            raise ModelError(
+                f"model.pretrained=true: the weights of {arch!r} could not be loaded ({_first_line(e)}); "
+                "use model.pretrained=false, or model.checkpoint=<file> for a local weights file"
+            ) from None
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
@@ -191,11 +180,15 @@ def build_model(
     if num_classes is None or num_classes < 1:
         raise ModelError(f"model.num_classes={num_classes!r}: use an integer >= 1")
     if source == "cnnlab":
-        model = _build_cnnlab(arch, num_classes=num_classes, in_chans=in_chans, img_size=img_size,
-                              small_input=small_input, drop_rate=drop_rate, batch_norm=batch_norm)
-    elif source == "timm":
-        model = _build_timm(arch, pretrained, num_classes, in_chans, small_input, drop_rate, drop_path_rate)
-        if small_input and not _is_ours(arch):
+        # Kept as an alias: cnnlab's models are timm models now (alexnet -> cnnlab_alexnet).
+        if not is_cnnlab_model(LEGACY_ARCHS.get(arch, arch)):
+            raise ModelError(f"model.arch={arch!r} is not a cnnlab model; choose one of "
+                             f"{', '.join(cnnlab_models())}, or model.source=timm")
+        source = "timm"
+    if source == "timm":
+        model = _build_timm(arch, pretrained, num_classes, in_chans, drop_rate, drop_path_rate,
+                            small_input=small_input, img_size=img_size, batch_norm=batch_norm)
+        if small_input and "small_input" not in extra_kwargs(arch):
             adapt_small_input(model)
     elif source == "torchvision":
         model = _build_torchvision(arch, pretrained, num_classes, in_chans, drop_rate, aux_logits)
@@ -206,7 +199,7 @@ def build_model(
     if aux_logits and hasattr(model, "aux_weight"):
         model.aux_weight = aux_weight
     if checkpoint:
-        from cnnlab.lifecycle.checkpoint import load_weights
+        from cnnlab.models.weights import load_weights_file
 
-        load_weights(model, checkpoint)
+        load_weights_file(model, checkpoint)  # ours, or the MogaNet release format
     return model

@@ -14,8 +14,7 @@ stage's spatial size, r the FFN ratio.
 
 import logging
 import math
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import timm.models
@@ -24,7 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from torch.utils.checkpoint import checkpoint
+from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+
+from cnnlab.models import weights
+from cnnlab.models.registry import register
 
 __all__ = ["MogaNet", "split_channels"]
 
@@ -207,6 +210,26 @@ class ConvPatchEmbed(nn.Module):
         return self.norm(self.projection(x))  # (B, C_i, H/2, W/2)
 
 
+class BlockSequence(nn.Sequential):
+    """A stage's MogaBlocks (keys ``blocks<i>.<j>.*``), optionally activation-checkpointed.
+
+    A Sequential rather than a ModuleList so each stage is one call (``self.blocks3(x)``),
+    which TorchScript and FX can follow; the state-dict keys are the same.
+    """
+
+    def __init__(self, *blocks: nn.Module) -> None:
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # One segment per block: only block inputs are kept, each block recomputed.
+            return checkpoint_seq(self, x, use_reentrant=False)
+        for block in self:
+            x = block(x)
+        return x
+
+
 class MogaNet(nn.Module):
     """MogaNet classifier with timm's model API.
 
@@ -270,7 +293,8 @@ class MogaNet(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stem_stride = 1 if small_input else 2
         reduction = stem_stride**2
-        self.feature_info: list[dict[str, Any]] = []
+        self.feature_info = []  # one dict per stage (timm FeatureInfo); no annotation: TorchScript
+        self.num_stages = 4  # fewer after prune_intermediate_layers
         cur = 0
         for i, (dim, depth, ratio) in enumerate(zip(embed_dims, depths, ffn_ratios, strict=True)):
             if i == 0:
@@ -278,9 +302,8 @@ class MogaNet(nn.Module):
             else:
                 patch_embed = ConvPatchEmbed(embed_dims[i - 1], dim, **dd)
                 reduction *= 2
-            blocks = nn.ModuleList(
-                MogaBlock(dim, ratio, proj_drop, dpr[cur + j], init_value, **dd)
-                for j in range(depth)
+            blocks = BlockSequence(
+                *(MogaBlock(dim, ratio, proj_drop, dpr[cur + j], init_value, **dd) for j in range(depth))
             )
             cur += depth
             # Registration order patch_embed_i, blocks_i, norm_i matches the checkpoints' key order.
@@ -332,6 +355,9 @@ class MogaNet(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+        for blocks in (self.blocks1, self.blocks2, self.blocks3, self.blocks4):
+            if isinstance(blocks, BlockSequence):
+                blocks.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -344,7 +370,7 @@ class MogaNet(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        ref = self.norm4.weight  # keep the new head on the model's device and dtype
+        ref = next(self.parameters())  # keep the new head on the model's device and dtype
         if num_classes > 0:
             self.head = nn.Linear(
                 self.num_features, num_classes, device=ref.device, dtype=ref.dtype
@@ -353,17 +379,88 @@ class MogaNet(nn.Module):
         else:
             self.head = nn.Identity()
 
+    def _stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Stage ``i`` (0-3): downsample, MogaBlocks, BN. (B, C_i-1, H, W) -> (B, C_i, H/2, W/2).
+
+        Spelled out per stage, not ``getattr(self, f"blocks{i}")``: TorchScript needs
+        attribute names it can read, and the checkpoints fix the names ``blocks1`` ...
+        """
+        if i == 0:
+            return self.norm1(self.blocks1(self.patch_embed1(x)))  # stage 1 embed: stride 4 (1)
+        if i == 1:
+            return self.norm2(self.blocks2(self.patch_embed2(x)))
+        if i == 2:
+            return self.norm3(self.blocks3(self.patch_embed3(x)))
+        return self.norm4(self.blocks4(self.patch_embed4(x)))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, C4, H/32, W/32) (H/8 with ``small_input``), after norm4."""
-        for i in range(1, 5):
-            x = getattr(self, f"patch_embed{i}")(x)  # halve H, W (stage 1: quarter)
-            for block in getattr(self, f"blocks{i}"):
-                if self.grad_checkpointing and not torch.jit.is_scripting():
-                    x = checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
-            x = getattr(self, f"norm{i}")(x)
+        for i in range(self.num_stages):
+            x = self._stage(i, x)
         return x
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward that also returns the stage outputs (timm's API, as ConvNeXt's).
+
+        Args:
+            x: (B, in_chans, H, W).
+            indices: stages to return (0-3): the last n if an int, all if None, negative
+                indices count from the end.
+            norm: accepted for timm's API; every stage output is already normalised
+                (each stage ends in its own BatchNorm, ``norm<i>``), so it changes nothing.
+            stop_early: stop after the last stage asked for (the final features are then
+                that stage's output).
+            output_fmt: only ``"NCHW"``.
+            intermediates_only: return only the list.
+
+        Returns:
+            ``intermediates`` or ``(final features, intermediates)``; stage i's output is
+            (B, C_i, H / r_i, W / r_i) with r_i the ``feature_info`` reduction.
+        """
+        assert output_fmt == "NCHW", "Output shape must be NCHW."
+        del norm  # per-stage BN is part of each stage
+        intermediates: list[torch.Tensor] = []
+        take_indices, max_index = feature_take_indices(self.num_stages, indices)
+        last = self.num_stages - 1 if torch.jit.is_scripting() or not stop_early else max_index
+        for i in range(last + 1):
+            x = self._stage(i, x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the head); return the kept indices.
+
+        ``prune_norm`` is accepted for timm's API: MogaNet has no final norm apart from
+        stage 4's own ``norm4``, which goes with stage 4.
+        """
+        del prune_norm
+        take_indices, max_index = feature_take_indices(self.num_stages, indices)
+        for i in range(max_index + 1, self.num_stages):
+            for name in (f"patch_embed{i + 1}", f"blocks{i + 1}", f"norm{i + 1}"):
+                setattr(self, name, nn.Identity())
+        prune_end = max_index < self.num_stages - 1
+        self.num_stages = max_index + 1
+        if prune_end:  # the features now end at the last kept stage; the head was sized for C4
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, C4, h, w) -> (B, num_classes), or pooled (B, C4) with ``pre_logits``."""
@@ -397,10 +494,10 @@ MOGANET_ARCHS: dict[str, dict[str, tuple[int, ...]]] = {
 }
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    """Pretrained cfg without a weight source: nothing here is downloadable."""
+def _cfg(url: str, **kwargs: Any) -> dict[str, Any]:
+    """Pretrained cfg of one official ImageNet-1K release (evaluated at crop_pct 0.9, bicubic)."""
     return {
-        "url": "",
+        "url": url,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": (7, 7),
@@ -418,90 +515,81 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-# timm's register_model reads this module-level dict to register each variant's cfg.
-default_cfgs: dict[str, dict[str, Any]] = {name: _cfg() for name in MOGANET_ARCHS}
+# The official ImageNet-1K weights: the "ImageNet-1K Trained Models" table of the authors'
+# README (https://github.com/Westlake-AI/MogaNet, README.md section 3), files of the GitHub
+# release `moganet-in1k-weights`. Evaluation settings from its TRAINING.md (crop_pct 0.9;
+# EMA weights for small/base/large, which weights.checkpoint_filter_fn picks).
+_RELEASE = "https://github.com/Westlake-AI/MogaNet/releases/download/moganet-in1k-weights/"
 
-
-def _has_weight_source(cfg: Any) -> bool:
-    """True when a pretrained cfg (dict or PretrainedCfg) names a file, URL, hub id or state dict."""
-    if hasattr(cfg, "to_dict"):
-        cfg = cfg.to_dict()
-    if not isinstance(cfg, dict):
-        return False
-    return any(cfg.get(k) for k in ("file", "url", "hf_hub_id", "state_dict"))
+# timm's register_model reads this module-level dict: the first tag of a variant is its default.
+default_cfgs = generate_default_cfgs({
+    "moganet_xtiny.in1k": _cfg(_RELEASE + "moganet_xtiny_sz224_8xbs128_ep300.pth.tar"),
+    "moganet_xtiny.in1k_256": _cfg(
+        _RELEASE + "moganet_xtiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
+    ),
+    "moganet_tiny.in1k": _cfg(_RELEASE + "moganet_tiny_sz224_8xbs128_ep300.pth.tar"),
+    "moganet_tiny.in1k_256": _cfg(
+        _RELEASE + "moganet_tiny_sz256_8xbs128_ep300.pth.tar", input_size=(3, 256, 256), pool_size=(8, 8)
+    ),
+    "moganet_small.in1k": _cfg(_RELEASE + "moganet_small_sz224_8xbs128_ep300.pth.tar"),
+    "moganet_base.in1k": _cfg(_RELEASE + "moganet_base_sz224_8xbs128_ep300.pth.tar"),
+    "moganet_large.in1k": _cfg(_RELEASE + "moganet_large_sz224_8xbs64_ep300.pth.tar"),
+})
 
 
 def _create_moganet(variant: str, pretrained: bool = False, **kwargs: Any) -> MogaNet:
     """Build ``variant`` through timm's ``build_model_with_cfg``.
 
-    ``pretrained=True`` needs a local source, e.g.
-    ``pretrained_cfg_overlay=dict(file="moganet_tiny.pth.tar")``; otherwise it raises at once
-    instead of trying (and hanging on) a download.
+    ``pretrained=True`` loads the official release (downloaded once to torch.hub's
+    ``checkpoints/`` folder), or a local copy given as
+    ``pretrained_cfg_overlay=dict(file=PATH)``; offline without either it raises a
+    one-line ModelError naming the URL. Loading is ``weights_only=True`` with only
+    ``argparse.Namespace`` allowed, and strict (the head is re-initialised when
+    ``num_classes`` is not 1000, timm's rule).
     """
-    if pretrained and not (
-        _has_weight_source(kwargs.get("pretrained_cfg"))
-        or _has_weight_source(kwargs.get("pretrained_cfg_overlay"))
-    ):
-        raise RuntimeError(
-            f"No downloadable pretrained weights for '{variant}' in cnnlab. Use pretrained=False and "
-            "load a local checkpoint: timm.create_model(..., checkpoint_path=PATH) or "
-            "pretrained=True with pretrained_cfg_overlay=dict(file=PATH)."
-        )
+    if pretrained:
+        weights.check_weight_source(variant, kwargs)
     model_args = {**MOGANET_ARCHS[variant], **kwargs}
-    return timm.models.build_model_with_cfg(
-        MogaNet,
-        variant,
-        pretrained,
-        # features_only: hook the four norm_i outputs without rewriting the model.
-        feature_cfg=dict(feature_cls="hook", no_rewrite=True, out_indices=(0, 1, 2, 3)),
-        **model_args,
-    )
+    with weights.release_loading(variant):
+        return timm.models.build_model_with_cfg(
+            MogaNet,
+            variant,
+            pretrained,
+            pretrained_filter_fn=weights.checkpoint_filter_fn,
+            # features_only: timm's FeatureGetterNet, which calls forward_intermediates.
+            feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+            **model_args,
+        )
 
 
-def _register(fn: Callable[..., MogaNet]) -> Callable[..., MogaNet]:
-    """``register_model`` guarded against double registration.
-
-    A reload of this module re-registers (so the registry points at the fresh class); a
-    name already owned by another module (a second copy of this file imported under another
-    name, or a future timm MogaNet) is left alone rather than overwritten.
-    """
-    name = fn.__name__
-    if timm.models.is_model(name):
-        owner = timm.models.model_entrypoint(name).__module__
-        if owner != fn.__module__:
-            _logger.info("timm model %r already registered by %s; not re-registering", name, owner)
-            return fn
-        with warnings.catch_warnings():  # our own reload: replace without timm's overwrite warning
-            warnings.simplefilter("ignore")
-            return timm.models.register_model(fn)
-    return timm.models.register_model(fn)
+_EXTRA = ("small_input",)  # the factory passes model.small_input to these
 
 
-@_register
+@register(_EXTRA)
 def moganet_xtiny(pretrained: bool = False, **kwargs: Any) -> MogaNet:
     """MogaNet-XTiny: 2.96M params, 0.80G MACs at 224."""
     return _create_moganet("moganet_xtiny", pretrained, **kwargs)
 
 
-@_register
+@register(_EXTRA)
 def moganet_tiny(pretrained: bool = False, **kwargs: Any) -> MogaNet:
     """MogaNet-Tiny: 5.20M params, 1.10G MACs at 224."""
     return _create_moganet("moganet_tiny", pretrained, **kwargs)
 
 
-@_register
+@register(_EXTRA)
 def moganet_small(pretrained: bool = False, **kwargs: Any) -> MogaNet:
     """MogaNet-Small: 25.3M params, 4.97G MACs at 224."""
     return _create_moganet("moganet_small", pretrained, **kwargs)
 
 
-@_register
+@register(_EXTRA)
 def moganet_base(pretrained: bool = False, **kwargs: Any) -> MogaNet:
     """MogaNet-Base: 43.9M params, 9.93G MACs at 224."""
     return _create_moganet("moganet_base", pretrained, **kwargs)
 
 
-@_register
+@register(_EXTRA)
 def moganet_large(pretrained: bool = False, **kwargs: Any) -> MogaNet:
     """MogaNet-Large: 82.5M params, 15.9G MACs at 224."""
     return _create_moganet("moganet_large", pretrained, **kwargs)
