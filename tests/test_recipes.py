@@ -304,3 +304,12 @@ def test_with_the_recipes_off_a_checkpoint_keeps_its_keys(tmp_path):
     ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert set(ck) == {"model", "optimizer", "scheduler", "scaler", "epoch", "best_val_acc", "best_epoch",
                        "train_seconds", "images_seen", "early_stop", "rng", "model_name", "config"}
+
+
+def test_the_cifar10_resnet18_preset_combines_the_recipes():
+    cfg = compose(["experiment=cifar10_resnet18"])
+    validate(cfg)
+    assert (cfg.model.name, cfg.dataset.name, cfg.trainer.epochs, cfg.trainer.batch_size) == ("resnet18", "cifar10", 200, 128)
+    assert cfg.loss.label_smoothing == 0.1 and cfg.mix.mixup_alpha == 0.2 and cfg.mix.cutmix_alpha == 1.0
+    assert cfg.ema.enabled and cfg.scheduler.warmup_epochs == 5 and cfg.optimizer.no_weight_decay_norm_bias
+    assert cfg.dataset.augment.policy == "trivialaugment" and cfg.dataset.augment.flip
