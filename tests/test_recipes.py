@@ -313,3 +313,47 @@ def test_the_cifar10_resnet18_preset_combines_the_recipes():
     assert cfg.loss.label_smoothing == 0.1 and cfg.mix.mixup_alpha == 0.2 and cfg.mix.cutmix_alpha == 1.0
     assert cfg.ema.enabled and cfg.scheduler.warmup_epochs == 5 and cfg.optimizer.no_weight_decay_norm_bias
     assert cfg.dataset.augment.policy == "trivialaugment" and cfg.dataset.augment.flip
+
+
+ACCUMULATE_WORKER = """
+import json, sys
+import torch
+import cnnlab.train as T
+from cnnlab.device import resolve_device
+from cnnlab.dist import setup
+
+d = setup("cpu")
+torch.manual_seed(0)
+x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+torch.manual_seed(1)
+model = torch.nn.Linear(6, 3)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+xs, ys = x[d.rank::2], y[d.rank::2]  # this rank's 16 of the global 32, as two micro-batches of 8
+T.train_one_epoch(d.wrap(model), [(xs[:8], ys[:8]), (xs[8:], ys[8:])], opt, sched,
+                  resolve_device("cpu", "none", False, False), accumulate=2)
+open(sys.argv[1] + f"/rank{d.rank}.json", "w").write(json.dumps([p.tolist() for p in model.parameters()]))
+d.close()
+"""
+
+
+def test_accumulate_under_ddp_steps_with_the_global_batchs_gradient(tmp_path):
+    """2 ranks x 2 micro-batches of 8 (no_sync on the first) == one step on the batch of 32."""
+    import json
+
+    from test_ddp import torchrun
+
+    script = tmp_path / "worker.py"
+    script.write_text(ACCUMULATE_WORKER)
+    res = torchrun([str(script), str(tmp_path)], tmp_path, module=None, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    torch.manual_seed(1)
+    model = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_mod.train_one_epoch(model, [(x, y)], opt, _constant(opt), CPU)
+    for r in (0, 1):
+        got = json.loads((tmp_path / f"rank{r}.json").read_text())
+        for p, q in zip(model.parameters(), got, strict=True):
+            torch.testing.assert_close(torch.tensor(q), p.detach(), rtol=1e-5, atol=1e-6)
