@@ -337,6 +337,7 @@ d.close()
 """
 
 
+@pytest.mark.slow  # torchrun start-up: ~15 s
 def test_accumulate_under_ddp_steps_with_the_global_batchs_gradient(tmp_path):
     """2 ranks x 2 micro-batches of 8 (no_sync on the first) == one step on the batch of 32."""
     import json
