@@ -358,3 +358,16 @@ def test_accumulate_under_ddp_steps_with_the_global_batchs_gradient(tmp_path):
         got = json.loads((tmp_path / f"rank{r}.json").read_text())
         for p, q in zip(model.parameters(), got, strict=True):
             torch.testing.assert_close(torch.tensor(q), p.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_dataloader_path_runs_the_policy_per_image_before_the_float_conversion():
+    from torchvision.transforms import v2
+
+    from cnnlab.data.dataloader import image_transform
+    from cnnlab.data.loader import Augment
+
+    steps = image_transform([0.5], [0.5], (3, 16, 16), Augment(flip=True, policy="randaugment")).transforms
+    kinds = [type(t) for t in steps]
+    assert kinds.index(v2.RandAugment) == kinds.index(v2.RandomHorizontalFlip) + 1
+    assert kinds.index(v2.RandAugment) < kinds.index(v2.ToDtype)  # on the uint8 image
+    assert v2.RandAugment not in [type(t) for t in image_transform([0.5], [0.5], (3, 16, 16), Augment()).transforms]
