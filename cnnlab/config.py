@@ -49,6 +49,8 @@ class AugmentConfig:
     pad_mode: str = "zero"  # zero | reflect
     flip: bool = False
     cutout: int = 0
+    policy: str = "none"  # none | randaugment | trivialaugment | autoaugment (torchvision v2, per image)
+    random_erasing: float = 0.0  # probability per image (timm RandomErasing), 0 = off
 
 
 @dataclass
@@ -94,6 +96,31 @@ class TrainerConfig:
     log_feature_maps: bool = False
     save_checkpoints: bool = True
     progress: str = "auto"  # auto | bar | log
+    accumulate: int = 1  # micro-batches per optimizer step: effective batch = batch_size x accumulate
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.0  # in [0, 1): F.cross_entropy(label_smoothing=)
+
+
+@dataclass
+class MixConfig:
+    """Mixup/CutMix on the device batch (timm.data.Mixup); off while both alphas are 0."""
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0  # probability that a batch is mixed at all
+    switch_prob: float = 0.5  # with both alphas > 0: probability of cutmix instead of mixup
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights (timm.utils.ModelEmaV3), used for val and test."""
+
+    enabled: bool = False
+    decay: float = 0.9998  # per optimizer step
+    warmup: bool = False  # timm's decay warm-up: 1 - (1 + step) ** -2/3, capped at decay
 
 
 @dataclass
@@ -125,6 +152,9 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
     seed: int = 0
     resume: Optional[str] = None
 
@@ -192,3 +222,37 @@ def validate(cfg: Any, needs_data: bool = True) -> None:
         "dataset.mean",
         "mean and std need one value, or one per input channel",
     )
+    _validate_recipes(cfg)
+
+
+AUGMENT_POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
+
+
+def _validate_recipes(cfg: Any) -> None:
+    """The training recipes' ranges (loss, mix, ema, warm-up, augment policy, accumulation)."""
+    from omegaconf import OmegaConf
+
+    def check(key: str, ok: Any, allowed: str) -> None:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not ok(value):  # None: a key this config does not have
+            raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+    def num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    check("loss.label_smoothing", lambda v: 0 <= v < 1, "use a fraction in [0, 1)")
+    check("mix.mixup_alpha", lambda v: v >= 0, "use a number >= 0 (0 = off)")
+    check("mix.cutmix_alpha", lambda v: v >= 0, "use a number >= 0 (0 = off)")
+    check("mix.prob", lambda v: 0 <= v <= 1, "use a probability in [0, 1]")
+    check("mix.switch_prob", lambda v: 0 <= v <= 1, "use a probability in [0, 1]")
+    check("ema.decay", lambda v: 0 < v < 1, "use a number in (0, 1), e.g. 0.9998")
+    check("dataset.augment.policy", lambda v: v in AUGMENT_POLICIES, f"choose one of {', '.join(AUGMENT_POLICIES)}")
+    check("dataset.augment.random_erasing", lambda v: 0 <= v <= 1, "use a probability in [0, 1] (0 = off)")
+    check("trainer.accumulate", lambda v: v >= 1, "use an integer >= 1 (1 = no accumulation)")
+    epochs = OmegaConf.select(cfg, "trainer.epochs")
+    check("scheduler.warmup_epochs", lambda v: num(v) and 0 <= v <= epochs,
+          f"use a number of epochs in [0, trainer.epochs={epochs}]")
+    check("optimizer.no_weight_decay_norm_bias", lambda v: isinstance(v, bool), "use true or false")
+    mixing = (OmegaConf.select(cfg, "mix.mixup_alpha") or 0) > 0 or (OmegaConf.select(cfg, "mix.cutmix_alpha") or 0) > 0
+    check("trainer.batch_size", lambda v: not mixing or v % 2 == 0,
+          "mix.* mixes each image with its mirror in the batch (timm's Mixup): use an even batch size")

@@ -3,25 +3,50 @@
 Each is the ``_target_`` of a conf/scheduler/*.yaml with ``_partial_: true``; the
 runner completes the call with the optimizer and the run's length in steps, so
 every schedule has the same signature and the loop never asks which one it has.
+
+Warm-up is one mechanism for all of them (:func:`with_warmup`, ``scheduler.warmup_epochs``):
+torch's LinearLR for the first W steps, then the schedule over the remaining steps,
+chained by SequentialLR.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from torch.optim.lr_scheduler import LambdaLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 
 
-def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0,
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """W, the warm-up's length in optimizer steps: ``round(warmup_epochs * steps_per_epoch)``."""
+    return round(warmup_epochs * steps_per_epoch)
+
+
+def with_warmup(make: Callable[..., LRScheduler], optimizer: Optimizer, total_steps: int,
+                steps_per_epoch: int, warmup_epochs: float = 0.0) -> LRScheduler:
+    """``make(optimizer, total_steps=, steps_per_epoch=)``, after a linear warm-up of W steps.
+
+    W = :func:`warmup_steps`. Step k < W gets (k + 1) / W of the schedule's first lr
+    (so the first step runs at 1/W of it: lr / W for cosine, step and none; for
+    onecycle its own start, max_lr / 25); the schedule then runs over the remaining
+    ``total_steps - W`` steps from its step 0. W = 0 returns ``make``'s schedule itself.
+    """
+    warmup = warmup_steps(warmup_epochs, steps_per_epoch)
+    if warmup <= 0:
+        return make(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    main = make(optimizer, total_steps=max(total_steps - warmup, 1), steps_per_epoch=steps_per_epoch)
+    # LinearLR: factor 1/W at step 0 rising to 1 at step W - 1 (total_iters steps later).
+    ramp = LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def cosine(optimizer: Optimizer, total_steps: int, steps_per_epoch: int,
            min_lr_ratio: float = 0.0) -> LRScheduler:
-    """Linear warm-up for ``warmup_epochs``, then cosine decay to ``min_lr_ratio`` * lr."""
-    warmup = int(warmup_epochs * steps_per_epoch)
+    """Cosine decay from lr to ``min_lr_ratio`` * lr over ``total_steps``."""
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, total_steps - warmup)
+        t = step / max(1, total_steps)
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     return LambdaLR(optimizer, factor)

@@ -45,7 +45,7 @@ class EpochSums:
     correct: Any         # () int64: samples whose argmax was the label
     first_bad_step: Any  # () int64: the first 0-based step whose loss was NaN/inf, -1 if none
     seen: int = 0        # samples
-    steps: int = 0       # optimizer steps
+    steps: int = 0       # batches (micro-batches under trainer.accumulate)
 
     @classmethod
     def zeros(cls, device: Any) -> EpochSums:
@@ -70,13 +70,21 @@ def _autocast(policy: Any) -> Any:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, policy, grad_clip=None, scaler=None,
-                    progress=None, should_stop=lambda: False) -> EpochSums:
+                    progress=None, should_stop=lambda: False, label_smoothing=0.0, mixer=None,
+                    accumulate=1, ema=None) -> EpochSums:
     """One pass over the training split; returns the sums, still on the device.
 
     Loss and accuracy are summed on the device: no ``.item()`` per step, so the GPU
     never waits for the host. ``scaler``: a GradScaler; fp16 needs one enabled, and
     a disabled one (the default) passes every call straight through, so there is
     one code path for every precision.
+
+    The recipes (each off by default): ``label_smoothing`` in the cross-entropy;
+    ``mixer`` (cnnlab/recipes/mix.py) turns (x, y) into mixed images and soft targets,
+    and the accuracy then counts the dominant label (the target's argmax); ``accumulate``
+    micro-batches per optimizer step, DDP syncing the gradients on the last one only
+    (a trailing partial group is not trained on); ``ema`` (cnnlab/recipes/ema.py)
+    is updated after each optimizer step.
     """
     import torch
     import torch.nn.functional as F
@@ -87,26 +95,41 @@ def train_one_epoch(model, loader, optimizer, scheduler, policy, grad_clip=None,
     if scaler is None:
         scaler = torch.amp.GradScaler(policy.device.type, enabled=False)
     sums = EpochSums.zeros(policy.device)
+    batches = len(loader) // accumulate * accumulate
     for step, (x, y) in enumerate(loader):
+        if step >= batches:
+            break
         # x: (B, C, H, W) float, normalised; y: (B,) int64
-        with _autocast(policy):
-            logits, extra = split_output(model(x))
-            loss = F.cross_entropy(logits, y)  # mean over the batch
-            # Extra loss terms (e.g. GoogLeNet's auxiliary heads), weighted by the model.
-            total = loss + sum(w * F.cross_entropy(aux, y) for w, aux in extra)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        if grad_clip:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
-        scaler.update()
-        scheduler.step()  # the schedules are per step (cnnlab/schedulers.py)
+        target, label, smoothing = y, y, label_smoothing
+        if mixer is not None:
+            x, target = mixer(x, y)  # target: (B, K) soft, label smoothing already in it
+            label, smoothing = target.argmax(1), 0.0
+        inner = (step + 1) % accumulate != 0  # not the group's last micro-batch
+        no_sync = getattr(model, "no_sync", None) if inner else None  # DDP: no all-reduce yet
+        with no_sync() if no_sync is not None else nullcontext():
+            with _autocast(policy):
+                logits, extra = split_output(model(x))
+                loss = F.cross_entropy(logits, target, label_smoothing=smoothing)  # mean over the batch
+                # Extra loss terms (e.g. GoogLeNet's auxiliary heads), weighted by the model.
+                total = loss + sum(w * F.cross_entropy(aux, target, label_smoothing=smoothing) for w, aux in extra)
+            if step % accumulate == 0:
+                optimizer.zero_grad(set_to_none=True)
+            # The group's mean loss: each micro-batch's mean / accumulate.
+            scaler.scale(total / accumulate if accumulate > 1 else total).backward()
+        if not inner:
+            if grad_clip:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)  # skips the step if fp16 gradients overflowed
+            scaler.update()
+            scheduler.step()  # the schedules are per optimizer step (cnnlab/schedulers.py)
+            if ema is not None:
+                ema.update(model)
 
         b = y.shape[0]
         loss_d = loss.detach().float()
         sums.loss_sum += loss_d * b
-        sums.correct += (logits.detach().argmax(1) == y).sum()
+        sums.correct += (logits.detach().argmax(1) == label).sum()
         bad_now = ~torch.isfinite(loss_d)
         sums.first_bad_step = torch.where(bad_now & (sums.first_bad_step < 0), step, sums.first_bad_step)
         sums.seen += b
@@ -150,7 +173,8 @@ class Parts:
 
     model: Any          # the bare model (weights, checkpoints, feature maps)
     train_model: Any    # what training steps call: DDP's wrapper and/or torch.compile
-    step_model: Any     # what evaluation calls: compiled or bare, never DDP (no collective per batch)
+    step_model: Any     # compiled or bare, never DDP (no collective per batch)
+    eval_model: Any     # what evaluation calls: step_model, or the EMA's weights (ema.enabled)
     optimizer: Any
     scheduler: Any
     scaler: Any         # a GradScaler, enabled only for fp16
@@ -158,6 +182,9 @@ class Parts:
     train_loader: Any
     val_loader: Any
     test_loader: Any
+    ema: Any = None               # cnnlab.recipes.ema.WeightEma, or None
+    mixer: Any = None             # cnnlab.recipes.mix.make_mixer's Mixup, or None
+    label_smoothing: float = 0.0  # loss.label_smoothing
 
 
 @dataclass(frozen=True)
@@ -172,6 +199,7 @@ class LoopSettings:
     early_stop_metric: str
     save_checkpoints: bool
     progress: str
+    accumulate: int  # micro-batches per optimizer step
 
 
 def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, record: RunRecord,
@@ -186,7 +214,7 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
     from cnnlab.lifecycle.guards import all_finite, oom_hint
     from cnnlab.progress import epoch_progress
 
-    steps_per_epoch = len(p.train_loader)
+    steps_per_epoch = len(p.train_loader) // s.accumulate * s.accumulate  # the batches a pass runs
     outcome = Outcome("finished", max(s.epochs, start_epoch - 1))
     for epoch in range(start_epoch, s.epochs + 1):
         if stop.requested:
@@ -197,7 +225,8 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
               oom_hint("training", "trainer.batch_size", s.batch_size, record.device)):
             sums = train_one_epoch(p.train_model, p.train_loader, p.optimizer, p.scheduler, p.policy,
                                    grad_clip=s.grad_clip, scaler=p.scaler, progress=bar,
-                                   should_stop=stop.poll)
+                                   should_stop=stop.poll, label_smoothing=p.label_smoothing,
+                                   mixer=p.mixer, accumulate=s.accumulate, ema=p.ema)
         sums = ddp.reduce_train(sums)  # DDP: the sums over every rank
         stop.sync()  # DDP: agree at each epoch's end
         if stop.requested and sums.steps < steps_per_epoch:
@@ -212,8 +241,10 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
             break
 
         ddp.sync_buffers(p.model)  # DDP: evaluate (and save) rank 0's BatchNorm statistics
+        if p.ema is not None:
+            ddp.sync_buffers(p.ema.module)
         with oom_hint("evaluation", "trainer.eval_batch_size", s.eval_batch_size, record.device):
-            val_loss, val_acc = evaluate(p.step_model, p.val_loader, p.policy)
+            val_loss, val_acc = evaluate(p.eval_model, p.val_loader, p.policy)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": p.optimizer.param_groups[0]["lr"],
                "epoch_seconds": time.perf_counter() - t0}
@@ -287,7 +318,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             settings = LoopSettings(**{f.name: tc[f.name] for f in fields(LoopSettings)})
             outcome = run_epochs(p, settings, state, start_epoch, record, ddp, stop, save)
 
-            steps_per_epoch = len(p.train_loader)
+            steps_per_epoch = len(p.train_loader) // tc.accumulate * tc.accumulate
             if outcome.kind == "interrupted":
                 raise record.interrupted(outcome, stop.signum or 2, steps_per_epoch)
             if outcome.kind == "diverged":
@@ -342,6 +373,9 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import make_loaders
     from cnnlab.device import resolve_device
+    from cnnlab.recipes.ema import WeightEma
+    from cnnlab.recipes.mix import make_mixer
+    from cnnlab.schedulers import with_warmup
 
     tc, dc = cfg.trainer, cfg.dataset
     policy = resolve_device(cfg.device.name, cfg.device.amp, cfg.device.channels_last,
@@ -374,17 +408,31 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
     model = model.to(policy.device, memory_format=memory_format)
     model = ddp.convert_sync_bn(model, cfg.model.sync_bn, policy.device.type)
 
-    # ---- optimizer and per-step schedule
+    # ---- optimizer and per-optimizer-step schedule (warm-up: cnnlab/schedulers.py with_warmup)
     optimizer = _make_optimizer(cfg.optimizer, model, policy)
-    steps = len(train_loader)
-    scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=tc.epochs * steps, steps_per_epoch=steps)
+    steps = len(train_loader) // tc.accumulate  # optimizer steps an epoch
+    if steps == 0:
+        raise ConfigError(f"trainer.accumulate={tc.accumulate} is more than the {len(train_loader)} batches "
+                          f"of an epoch: use at most {len(train_loader)}")
+    make_schedule = instantiate(_without(cfg.scheduler, "warmup_epochs"))
+    scheduler = with_warmup(make_schedule, optimizer, tc.epochs * steps, steps,
+                            cfg.scheduler.get("warmup_epochs") or 0.0)
     scaler = torch.amp.GradScaler(policy.device.type, enabled=policy.use_grad_scaler)
     step_model = torch.compile(model) if policy.compile else model
     # DDP: training steps go through the wrapper (gradient all-reduce); evaluation uses
-    # step_model, with no collective per batch.
+    # step_model (or the EMA's copy), with no collective per batch.
     train_model = ddp.wrap(model, compile=policy.compile) if ddp.enabled else step_model
-    return Parts(model, train_model, step_model, optimizer, scheduler, scaler, policy,
-                 train_loader, val_loader, test_loader)
+    ema = WeightEma(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
+    eval_model = step_model if ema is None else torch.compile(ema.module) if policy.compile else ema.module
+    if ema is not None:
+        record.update(ema=True)
+        log.info("ema: validation and test use the EMA weights (decay %g per step, warmup %s)",
+                 cfg.ema.decay, cfg.ema.warmup)
+    m = cfg.mix
+    mixer = make_mixer(m.mixup_alpha, m.cutmix_alpha, m.prob, m.switch_prob, cfg.loss.label_smoothing,
+                       data.num_classes, ddp.local_batch(tc.batch_size))
+    return Parts(model, train_model, step_model, eval_model, optimizer, scheduler, scaler, policy,
+                 train_loader, val_loader, test_loader, ema, mixer, cfg.loss.label_smoothing)
 
 
 def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord, is_main: bool) -> tuple[LoopState, int]:
@@ -404,6 +452,13 @@ def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord, is_main: bo
     # The loop's counters (best epoch, time, early stopping) come back with the weights.
     state = restore_training(ck, source, p.model, p.optimizer, p.scheduler, p.scaler, p.train_loader,
                              optimizer_name=_optimizer_name(cfg))
+    if p.ema is not None:
+        if "ema" in ck:
+            p.ema.load_state_dict(ck["ema"])  # the same average, bit for bit
+        else:
+            log.warning("resume: %s holds no EMA weights (saved with ema.enabled=false): the EMA "
+                        "starts from the resumed weights", source)
+            p.ema.load_state_dict({"weights": ck["model"], "updates": 0})
     record.tracker.truncate_metrics(ck["epoch"])
     record.resumed(state, source)
     if cfg.trainer.save_checkpoints and is_main:
@@ -412,16 +467,29 @@ def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord, is_main: bo
 
 
 def _make_optimizer(opt_cfg: DictConfig, model, policy):
-    """Instantiate the partial optimizer; use the fused CUDA kernel where torch has one."""
+    """Instantiate the partial optimizer; use the fused CUDA kernel where torch has one.
+
+    ``optimizer.no_weight_decay_norm_bias``: norm and bias parameters in a group without
+    weight decay (cnnlab/recipes/optim.py).
+    """
     import inspect
 
     from hydra.utils import instantiate
 
-    make = instantiate(opt_cfg)
+    from cnnlab.recipes.optim import param_groups
+
+    make = instantiate(_without(opt_cfg, "no_weight_decay_norm_bias"))
     kwargs = {}
     if policy.fused_optimizer and "fused" in inspect.signature(make.func).parameters:
         kwargs["fused"] = True
-    return make(model.parameters(), **kwargs)
+    params = param_groups(model, float(opt_cfg.get("weight_decay") or 0.0),
+                          bool(opt_cfg.get("no_weight_decay_norm_bias") or False))
+    return make(params, **kwargs)
+
+
+def _without(node: DictConfig, key: str) -> DictConfig:
+    """``node`` less ``key``: the recipe keys that are not the target's keyword arguments."""
+    return OmegaConf.masked_copy(node, [k for k in node if k != key])
 
 
 def _optimizer_name(cfg: DictConfig) -> str:
@@ -458,6 +526,8 @@ def _saver(cfg: DictConfig, p: Parts, state: LoopState, folder: Path, is_main: b
             ck = training_state(p.model, p.optimizer, p.scheduler, p.scaler, epoch, state.to_checkpoint(),
                                 rng_state(p.train_loader), cfg.model.name,
                                 OmegaConf.to_container(cfg, resolve=True))
+            if p.ema is not None:
+                ck["ema"] = p.ema.state_dict()  # only then: an EMA-less checkpoint keeps its keys
             save_epoch(ck, folder, is_best)
 
     return save
@@ -483,14 +553,19 @@ def _preview(loader, n: int = 16):
 # --------------------------------------------------------------------------- the end
 def _test_best(p: Parts, record: RunRecord, state: LoopState, folder: Path, ddp: Any,
                save_checkpoints: bool) -> None:
-    """Evaluate the best epoch's weights (best.pt) on the test split."""
+    """Evaluate the best epoch's weights (best.pt; its EMA weights with ema.enabled) on the test split."""
     from cnnlab.lifecycle.checkpoint import load_checkpoint, unwrap
 
     best = folder / "best.pt"
     if save_checkpoints and ddp.is_main and best.exists():
-        unwrap(p.model).load_state_dict(load_checkpoint(best, p.policy.device)["model"])
+        ck = load_checkpoint(best, p.policy.device)
+        unwrap(p.model).load_state_dict(ck["model"])
+        if p.ema is not None:
+            p.ema.load_state_dict(ck["ema"])
     ddp.broadcast_module(p.model)  # DDP: every rank tests rank 0's best weights
-    test_loss, test_acc = evaluate(p.step_model, p.test_loader, p.policy)
+    if p.ema is not None:
+        ddp.broadcast_module(p.ema.module)
+    test_loss, test_acc = evaluate(p.eval_model, p.test_loader, p.policy)
     record.completed_test(test_loss, test_acc, state.best_epoch)
 
 

@@ -17,6 +17,8 @@ Three measurements, each on the same machine in the same process:
         RandomHorizontalFlip, ToTensor, Normalize, DataLoader with --workers workers;
       - cnnlab tensor: TensorLoader (uint8 on the device, batched crop + flip + normalise);
       - cnnlab dataloader: cnnlab's classic path (dataset.loader=dataloader), same workers.
+      - cnnlab tensor + randaugment / + random erasing: the tensor loader with the
+        recipes' augmentations (cnnlab/recipes/policy.py), one epoch each.
 (b) loop overhead: cnnlab's ``train_one_epoch`` against a minimal hand-written loop
     (zero_grad, forward, cross-entropy, backward, step), with the same model object,
     optimizer, batch, device, precision and memory format, both fed the same batch that
@@ -184,6 +186,15 @@ def bench_loader(args: argparse.Namespace, device: torch.device) -> dict[str, An
                       channels_last=args.channels_last)
     out["cnnlab_tensor"] = time_epochs(tl, device, epochs=3)
     del tl
+    # The recipes' augmentations on the same loader (cnnlab/recipes/policy.py): RandAugment
+    # per image on uint8 (a Python loop over the batch), random erasing on the float batch.
+    for key, extra in (("cnnlab_tensor_randaugment", {"policy": "randaugment"}),
+                       ("cnnlab_tensor_random_erasing", {"random_erasing": 0.25})):
+        tl = TensorLoader(x_t, y_t, bs, CIFAR_MEAN, CIFAR_STD, device=device, train=True,
+                          augment=Augment(crop_padding=4, pad_mode="zero", flip=True, **extra),
+                          channels_last=args.channels_last)
+        out[key] = time_epochs(tl, device, epochs=1)
+        del tl
 
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
         cifar_cls = write_cifar10_pickles(Path(tmp), x_hwc, y)
@@ -334,6 +345,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         "  random crop (pad 4) + flip + normalise. torchvision = `torchvision.datasets.CIFAR10`",
         "  (pickles of random images written locally) + `RandomCrop, RandomHorizontalFlip,",
         "  ToTensor, Normalize` + `DataLoader(num_workers=W)`.",
+        "  The recipes' rows add, to the same tensor loader, `dataset.augment.policy=randaugment`",
+        "  (torchvision v2 RandAugment on each uint8 image: a Python loop over the batch) or",
+        "  `dataset.augment.random_erasing=0.25` (timm RandomErasing on the normalised batch);",
+        "  \"x the plain tensor loader\" is their throughput over the plain row's. RandAugment",
+        "  per image costs far more than 2x the tensor loader's throughput (see the rows).",
         "- **loop**: cnnlab's `train_one_epoch` vs a minimal hand-written loop, same model,",
         "  optimizer, precision and memory format, both on the same batch already on the device.",
         "- **ceiling**: that bare loop on a fixed on-device batch (as timm's benchmark) vs",
@@ -365,6 +381,12 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"| cnnlab TensorLoader (`dataset.loader=tensor`) | {_f(a['cnnlab_tensor'])} | "
                 f"**{a['cnnlab_tensor'] / a['torchvision_dataloader']:.1f}×** |",
             ]
+            for key, what in (("cnnlab_tensor_randaugment", "TensorLoader + `dataset.augment.policy=randaugment`"),
+                              ("cnnlab_tensor_random_erasing",
+                               "TensorLoader + `dataset.augment.random_erasing=0.25`")):
+                if a.get(key):
+                    lines.append(f"| cnnlab {what} ({a[key] / a['cnnlab_tensor']:.2f}× the plain tensor "
+                                 f"loader) | {_f(a[key])} | {a[key] / a['torchvision_dataloader']:.1f}× |")
             if a.get("cnnlab_dataloader"):
                 lines.append(f"| cnnlab classic path (`dataset.loader=dataloader`) | "
                              f"{_f(a['cnnlab_dataloader'])} | "
@@ -459,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         run["loader"] = a = bench_loader(args, device)
         print(f"(a) loader: torchvision {a['torchvision_dataloader']:,.0f} img/s, cnnlab tensor "
               f"{a['cnnlab_tensor']:,.0f} img/s = {a['ratio_tensor_vs_torchvision']:.1f}x"
-              + (f", cnnlab dataloader {a['cnnlab_dataloader']:,.0f} img/s" if "cnnlab_dataloader" in a else ""),
+              + (f", cnnlab dataloader {a['cnnlab_dataloader']:,.0f} img/s" if "cnnlab_dataloader" in a else "")
+              + f"; tensor + randaugment {a['cnnlab_tensor_randaugment']:,.0f} img/s, + random erasing "
+              f"{a['cnnlab_tensor_random_erasing']:,.0f} img/s",
               flush=True)
     if "models" not in args.skip:
         run["models"] = []

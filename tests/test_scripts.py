@@ -25,10 +25,11 @@ def test_bench_quick_writes_the_loader_and_loop_numbers(tmp_path):
     loader = run["loader"]
     assert loader["cnnlab_tensor"] > 0 and loader["torchvision_dataloader"] > 0
     assert loader["ratio_tensor_vs_torchvision"] == loader["cnnlab_tensor"] / loader["torchvision_dataloader"]
+    assert loader["cnnlab_tensor_randaugment"] > 0 and loader["cnnlab_tensor_random_erasing"] > 0
     (alexnet,) = [m for m in run["models"] if m["model"] == "alexnet"]
     assert alexnet["loop_ratio"] == alexnet["cnnlab_loop_ips"] / alexnet["bare_ips"]
     md = (tmp_path / "benchmarks.md").read_text()
-    assert "alexnet" in md and "loader" in md
+    assert "alexnet" in md and "loader" in md and "policy=randaugment" in md and "random_erasing=0.25" in md
 
 
 def test_bench_compare_times_the_report_over_generated_runs(tmp_path):

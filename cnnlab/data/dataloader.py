@@ -61,6 +61,10 @@ def image_transform(mean: Sequence[float], std: Sequence[float], shape: Sequence
         steps.append(v2.RandomCrop(tuple(shape[-2:]), padding=a.crop_padding, padding_mode=mode))
     if a.flip:
         steps.append(v2.RandomHorizontalFlip())
+    if a.policy != "none":
+        from cnnlab.recipes.policy import make_policy
+
+        steps.append(make_policy(a.policy))  # on the uint8 image, before ToDtype
     c = shape[0]
     mean_c = [float(m) for m in mean] * (c if len(mean) == 1 else 1)
     std_c = [float(s) for s in std] * (c if len(std) == 1 else 1)
@@ -122,7 +126,7 @@ class ClassicLoader:
 
     def __init__(self, dataset: Any, batch_size: int, device: torch.device | str, train: bool,
                  seed: int, channels_last: bool, num_workers: int, rank: int, world_size: int,
-                 preview_source: Any = None) -> None:
+                 preview_source: Any = None, random_erasing: float = 0.0) -> None:
         from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
         if not 0 <= rank < world_size:
@@ -144,6 +148,10 @@ class ClassicLoader:
         else:
             self.sampler = SequentialSampler(dataset)
         self._preview_source = preview_source
+        from cnnlab.recipes.policy import make_random_erasing
+
+        # On the normalised device batch in the main process, as in the tensor loader.
+        self._erase = make_random_erasing(random_erasing, self.device) if train else None
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, drop_last=train,
             num_workers=num_workers,
@@ -183,7 +191,10 @@ class ClassicLoader:
             except DataError as e:  # raised in a worker: keep the message's last line only
                 raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
             # non_blocking: from pinned memory the copy overlaps with compute (CUDA only).
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+            x = x.to(self.device, non_blocking=True)
+            if self._erase is not None:
+                x = self._erase(x)  # in place, per image
+            x = x.contiguous(memory_format=fmt)
             yield x, y.to(self.device, non_blocking=True)
 
 
@@ -213,4 +224,5 @@ def build_dataloader(split: Any, batch_size: int, mean: Sequence[float], std: Se
     else:
         raise DataError(f"cannot build a DataLoader over a {type(split).__name__}")
     return ClassicLoader(dataset, batch_size, device, train, seed, channels_last, num_workers,
-                         rank, world_size, preview_source=preview)
+                         rank, world_size, preview_source=preview,
+                         random_erasing=augment.random_erasing if (train and augment) else 0.0)

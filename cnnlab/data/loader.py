@@ -34,10 +34,13 @@ class Augment:
     pad_mode: str = "zero"  # zero | reflect
     flip: bool = False
     cutout: int = 0  # side of the zeroed square in pixels, 0 = off
+    policy: str = "none"  # none | randaugment | trivialaugment | autoaugment: per image (cnnlab/recipes/policy.py)
+    random_erasing: float = 0.0  # probability per image, on the normalised batch; 0 = off
 
     @property
     def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip or self.cutout > 0
+        return (self.crop_padding > 0 or self.flip or self.cutout > 0 or self.policy != "none"
+                or self.random_erasing > 0)
 
 
 def norm_scale_shift(mean: Sequence[float], std: Sequence[float], c: int
@@ -98,6 +101,12 @@ class TensorLoader:
         # The data-order and augmentation generator lives on the data's device, so
         # shuffling and the random draws need no host sync.
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # The recipes' augmentations (None when off: no op, no RNG draw). They draw from the
+        # global RNGs (torch's, Python's), which the checkpoint saves, not from self.generator.
+        from cnnlab.recipes.policy import make_policy, make_random_erasing
+
+        self._policy = make_policy(self.augment.policy) if train else None
+        self._erase = make_random_erasing(self.augment.random_erasing, self.device) if train else None
 
     def _shard_size(self) -> int:
         n, ws = len(self.y), self.world_size
@@ -132,6 +141,8 @@ class TensorLoader:
         x = xb.to(torch.float32, copy=True).mul_(self.scale).add_(self.shift)
         if self.train and self.augment.cutout > 0:
             x = cutout(x, self.augment.cutout, self.generator)
+        if self._erase is not None:
+            x = self._erase(x)  # in place, per image
         if self.channels_last:
             # copy_ into a channels_last buffer: ~4x faster on CPU than .contiguous(channels_last).
             x = torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
@@ -146,6 +157,10 @@ class TensorLoader:
             xb = crop_flip_padded(self.x, 0, True, self.generator, index=index)
         else:
             xb = self.x.index_select(0, index)
+        if self._policy is not None:
+            from cnnlab.recipes.policy import per_image
+
+            xb = per_image(self._policy, xb)  # uint8, each image its own ops
         return self._finish(xb), self.y.index_select(0, index)
 
     def preview(self, n: int = 16) -> torch.Tensor:

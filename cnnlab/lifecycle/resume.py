@@ -343,7 +343,8 @@ def check_resume_fits(config: dict[str, Any], path: Path, ck: dict[str, Any]) ->
 
     ``config``: this run's resolved config as a plain dict; changed settings are logged.
     """
-    from cnnlab.models.registry import LEGACY_ARCHS  # AlexNet's arch was "alexnet" before timm held it
+    # AlexNet's arch was "alexnet" before timm held it (cnnlab_alexnet): the same model.
+    from cnnlab.models.registry import LEGACY_ARCHS
 
     saved = ck.get("config") or {}
     arch = saved.get("model", {}).get("arch")

@@ -111,7 +111,12 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> None:
     Errors are cnnlab.lifecycle.checkpoint's one-liners (missing file, refused pickle, first
     mismatched layer with both shapes).
     """
-    from cnnlab.lifecycle.checkpoint import check_compatible, extract_state_dict, load_checkpoint, unwrap
+    from cnnlab.lifecycle.checkpoint import (
+        check_compatible,
+        extract_state_dict,
+        load_checkpoint,
+        unwrap,
+    )
 
     with release_safe_globals():
         obj = load_checkpoint(path)
