@@ -1,0 +1,125 @@
+"""The evaluation's pictures, drawn with matplotlib's object API on an Agg canvas.
+
+No pyplot state is created for our own figures (nothing opens a window, figures are
+freed with the function); scikit-learn's ``ConfusionMatrixDisplay`` draws the
+matrices onto axes we give it. Each function returns the Figure; :func:`save` writes
+it atomically and :func:`to_rgb` gives the (H, W, 3) uint8 image TensorBoard takes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.evaluation.metrics import Calibration
+
+# Above this many classes the matrix cells are too small for numbers and tick labels.
+_MAX_ANNOTATED = 20
+_MAX_TICK_LABELS = 40
+
+
+def _figure(w: float, h: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _agg_for_pyplot() -> None:
+    """scikit-learn's display imports pyplot: make sure it never picks a GUI backend."""
+    if "matplotlib.pyplot" not in sys.modules:
+        import matplotlib
+
+        matplotlib.use("Agg")
+
+
+def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "") -> Any:
+    """Counts (left) and row-normalised (right: each true class sums to 1), names on both axes."""
+    _agg_for_pyplot()
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    k = len(class_names)
+    side = min(4 + 0.35 * k, 24)
+    fig = _figure(2 * side + 1, side + 0.6)
+    ax_n, ax_r = fig.subplots(1, 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rows = cm.sum(axis=1, keepdims=True)
+        normed = np.where(rows > 0, cm / np.maximum(rows, 1), 0.0)
+    labels = class_names if k <= _MAX_TICK_LABELS else [""] * k
+    annotate = k <= _MAX_ANNOTATED
+    ConfusionMatrixDisplay(cm, display_labels=labels).plot(
+        ax=ax_n, include_values=annotate, colorbar=False, cmap="Blues", values_format="d",
+        xticks_rotation="vertical")
+    ConfusionMatrixDisplay(normed, display_labels=labels).plot(
+        ax=ax_r, include_values=annotate, colorbar=False, cmap="Blues", values_format=".2f",
+        xticks_rotation="vertical", im_kw={"vmin": 0.0, "vmax": 1.0})
+    ax_n.set_title("counts")
+    ax_r.set_title("row-normalised (recall per true class)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(cal: Calibration, title: str = "") -> Any:
+    """The calibration diagram: accuracy per confidence bin against the diagonal, and the counts."""
+    fig = _figure(6, 6.5)
+    ax, ax_c = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    centers = (cal.edges[:-1] + cal.edges[1:]) / 2
+    width = cal.edges[1] - cal.edges[0]
+    has = cal.count > 0
+    ax.bar(centers[has], cal.accuracy[has], width=width * 0.95, color="C0", edgecolor="k", label="accuracy")
+    gap = cal.confidence[has] - cal.accuracy[has]
+    ax.bar(centers[has], gap, bottom=cal.accuracy[has], width=width * 0.95, color="C3", alpha=0.35,
+           label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
+           title=(title + "\n" if title else "") + f"ECE {100 * cal.ece:.2f}% ({len(cal.count)} bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax_c.bar(centers, cal.count, width=width * 0.95, color="gray")
+    ax_c.set(xlabel="confidence (top-1 probability)", ylabel="images")
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_figure(images: np.ndarray, true_names: list[str], pred_names: list[str],
+                         confidences: list[float], title: str = "") -> Any:
+    """A grid of images (n, C, H, W) uint8, each titled ``true -> predicted (confidence)``."""
+    n = len(images)
+    cols = max(1, min(8, n))
+    rows = max(1, -(-n // cols))
+    fig = _figure(1.9 * cols, 2.1 * rows + 0.5)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, img, t, p, c in zip(axes, images, true_names, pred_names, confidences, strict=False):
+        grey = img.shape[0] == 1
+        ax.imshow(img[0] if grey else np.transpose(img, (1, 2, 0)), cmap="gray" if grey else None,
+                  vmin=0, vmax=255)
+        ax.set_title(f"true {t}\npred {p} ({100 * c:.0f}%)", fontsize=8)
+    if n == 0:
+        axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Any, path: Path, dpi: int = 100) -> None:
+    """Write ``fig`` as PNG through a temp file, so a reader never sees half a picture."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+
+
+def to_rgb(fig: Any, dpi: int = 60) -> np.ndarray:
+    """The figure rendered as (H, W, 3) uint8, for TensorBoard's add_image (dataformats HWC)."""
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
