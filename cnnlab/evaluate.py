@@ -13,7 +13,6 @@ listed in :mod:`cnnlab.evaluation.report`. Keys: conf/evaluate.yaml.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.evaluation.app import cli as run_cli
+from cnnlab.evaluation.app import one_line_errors
 from cnnlab.evaluation.app import dataset_overrides, next_free
 
 USAGE = """\
@@ -40,14 +40,14 @@ per_class.csv, confusion.csv, confusion.png, reliability.png, misclassified.png
   out=null             another output folder (must be new or empty)
   batch_size=null      null: the run's trainer.eval_batch_size
   device=auto          auto | cpu | cuda | mps
-  mistakes=24          images in misclassified.png
+  mistakes=16          images in misclassified.png
   tensorboard=true     also write to the run's tb/
 Keys and defaults: conf/evaluate.yaml."""
 
 
 def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
                  dataset: dict[str, Any] | None = None, dataset_is_new: bool = False, out: str | None = None,
-                 batch_size: int | None = None, device: str = "auto", mistakes: int = 24,
+                 batch_size: int | None = None, device: str = "auto", mistakes: int = 16,
                  tensorboard: bool = True) -> tuple[Path, dict[str, Any]]:
     """Evaluate a run's checkpoint on a split; return (the output folder, metrics.json's content).
 
@@ -165,6 +165,7 @@ def _print(out_dir: Path, m: dict[str, Any]) -> None:
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     """The Hydra app: read the keys, call :func:`evaluate_run`, print the result."""
     raw = OmegaConf.to_container(cfg, resolve=True)
@@ -194,4 +195,3 @@ def cli() -> None:
 
 if __name__ == "__main__":
     cli()
-    sys.exit(0)

@@ -54,6 +54,26 @@ def cli(main: Callable[[], object], usage: str, rewrite: Callable[[list[str]], l
             os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
+def one_line_errors(fn: Callable[..., object]) -> Callable[..., object]:
+    """Wrap a Hydra task: a CnnlabError becomes ``error: ...`` on stderr and exit 2.
+
+    Inside the task, because Hydra logs "Error executing job ..." for whatever escapes it.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def task(*args: object, **kwargs: object) -> object:
+        from cnnlab.errors import CnnlabError
+
+        try:
+            return fn(*args, **kwargs)
+        except CnnlabError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return task
+
+
 def next_free(path: str | os.PathLike, is_dir: bool) -> str:
     """``path`` if free, else ``path-2``, ``path-3``, ... (before a file's suffix): never overwrite."""
     from pathlib import Path

@@ -100,7 +100,7 @@ def write_confusion(path: Path, cm: np.ndarray, class_names: list[str], fmt: str
             w.writerow([name, *(fmt.format(v) for v in row.tolist())])
 
 
-def most_confident_mistakes(ev: Evaluation, n: int = 24) -> np.ndarray:
+def most_confident_mistakes(ev: Evaluation, n: int = 16) -> np.ndarray:
     """Indices of up to ``n`` misclassified samples, the most confident first."""
     wrong = np.flatnonzero(ev.preds != ev.labels)
     conf = ev.probs[wrong, ev.preds[wrong]]
@@ -153,10 +153,11 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
             [class_names[int(p)] for p in ev.preds[idx]], [float(ev.probs[i, ev.preds[i]]) for i in idx],
             (title + ": " if title else "") + "most confident mistakes")
     for name, fig in figures.items():
-        plots.save(fig, path(f"{name}.png"))
+        rgb = plots.render(fig)
+        plots.save_rgb(rgb, path(f"{name}.png"))
+        if writer is not None:
+            writer.add_image(f"{tag}/{name}", rgb, step, dataformats="HWC")
     if writer is not None:
-        for name, fig in figures.items():
-            writer.add_image(f"{tag}/{name}", plots.to_rgb(fig), step, dataformats="HWC")
         for key in ("accuracy", "macro_f1", "weighted_f1", "ece", "loss", "top5_accuracy"):
             if isinstance(ev.metrics.get(key), float):
                 writer.add_scalar(f"{tag}/{key}", ev.metrics[key], step)
