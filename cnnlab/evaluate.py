@@ -21,8 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.evaluation.app import cli as run_cli
-from cnnlab.evaluation.app import one_line_errors
-from cnnlab.evaluation.app import dataset_overrides, next_free
+from cnnlab.evaluation.app import dataset_overrides, next_free, one_line_errors
 
 USAGE = """\
 usage: python -m cnnlab.evaluate run=<run folder or checkpoint file> [key=value ...]

@@ -20,8 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.evaluation.app import cli as run_cli
-from cnnlab.evaluation.app import one_line_errors
-from cnnlab.evaluation.app import next_free
+from cnnlab.evaluation.app import next_free, one_line_errors
 
 USAGE = """\
 usage: python -m cnnlab.predict run=<run folder or checkpoint file> images=<file or folder> [key=value ...]
