@@ -343,3 +343,56 @@ def test_every_error_case_is_in_the_catalogue():
     doc = DOC.read_text()
     missing = [name for name in ERROR_CASES if f"| {name} |" not in doc]
     assert not missing, f"add these rows to docs/errors.md: {missing}"
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from cnnlab.data import load_dataset
+    from cnnlab.data.loader import make_loaders
+    from cnnlab.device import resolve_device
+    from cnnlab.evaluation.report import test_report
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        data = load_dataset("digits", None, False, 16, 1, 0.15, 0.15, 0, 512, limit=101)
+        policy = resolve_device("cpu", None, None, False)
+        _, _, test = make_loaders(data, "tensor", 16, 32, [0.5], [0.5], None, policy.device, rank=rank,
+                                  world_size=world)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
+        fields = test_report(model, test, policy, data.classes, Path(out) / "ddp")
+        Path(out, f"fields{rank}.json").write_text(json.dumps(fields))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_test_report_under_ddp_gathers_every_shard(tmp_path):
+    """Two gloo ranks, each with half the test split: the report is the single-process one; rank 0 writes."""
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+
+    from cnnlab.data import load_dataset
+    from cnnlab.data.loader import make_loaders
+    from cnnlab.device import resolve_device
+    from cnnlab.evaluation.report import test_report
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    data = load_dataset("digits", None, False, 16, 1, 0.15, 0.15, 0, 512, limit=101)
+    policy = resolve_device("cpu", None, None, False)
+    _, _, test = make_loaders(data, "tensor", 16, 32, [0.5], [0.5], None, policy.device)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    single = test_report(model, test, policy, data.classes, tmp_path / "single")
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"fields{rank}.json").read_text())
+        assert got["test_per_class"] == single["test_per_class"]
+        assert got["test_macro_f1"] == pytest.approx(single["test_macro_f1"])
+    assert (tmp_path / "ddp" / "confusion.csv").read_text() == (tmp_path / "single" / "confusion.csv").read_text()
