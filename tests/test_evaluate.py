@@ -80,6 +80,16 @@ def test_top5_where_more_than_five_classes():
     assert ev.metrics["top5_accuracy"] == pytest.approx(np.mean([y in r for y, r in zip(labels, ranks, strict=True)]))
 
 
+def test_class_names_come_from_the_checkpoint_when_it_has_them():
+    from cnnlab.evaluation.source import check_classes, saved_class_names
+
+    assert saved_class_names({"class_names": ["cat", "dog"]}) == ["cat", "dog"]
+    assert saved_class_names({"model": {}}) is None  # an older checkpoint: the dataset's names are used
+    check_classes(["a", "b"], ["a", "b"], "x", "y")
+    with pytest.raises(DataError, match="another order"):
+        check_classes(["a", "b"], ["b", "a"], "x", "y")
+
+
 # --------------------------------------------------------------------------- test_report in isolation
 def test_test_report_writes_the_files_and_the_summary_fields(tmp_path):
     import torch
