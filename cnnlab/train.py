@@ -182,6 +182,7 @@ class Parts:
     train_loader: Any
     val_loader: Any
     test_loader: Any
+    class_names: list[str]        # the dataset's, in label order (into checkpoints and summary.json)
     ema: Any = None               # cnnlab.recipes.ema.WeightEma, or None
     mixer: Any = None             # cnnlab.recipes.mix.make_mixer's Mixup, or None
     label_smoothing: float = 0.0  # loss.label_smoothing
@@ -387,6 +388,7 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
                         dc.test_split, dc.split_seed, dc.memory_budget_mb, dc.limit, loader=dc.loader)
     log.info("data: %s train %d / val %d / test %d, %d classes, %dx%dx%d", dc.name, len(data.train),
              len(data.val), len(data.test), data.num_classes, data.in_chans, data.image_size, data.image_size)
+    record.update(class_names=list(data.classes))
     if len(data.train) < tc.batch_size:
         raise ConfigError(f"trainer.batch_size={tc.batch_size} is larger than the training split "
                           f"({len(data.train)} images): use a smaller batch size")
@@ -432,7 +434,8 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
     mixer = make_mixer(m.mixup_alpha, m.cutmix_alpha, m.prob, m.switch_prob, cfg.loss.label_smoothing,
                        data.num_classes, ddp.local_batch(tc.batch_size))
     return Parts(model, train_model, step_model, eval_model, optimizer, scheduler, scaler, policy,
-                 train_loader, val_loader, test_loader, ema, mixer, cfg.loss.label_smoothing)
+                 train_loader, val_loader, test_loader, list(data.classes), ema, mixer,
+                 cfg.loss.label_smoothing)
 
 
 def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord, is_main: bool) -> tuple[LoopState, int]:
@@ -525,7 +528,7 @@ def _saver(cfg: DictConfig, p: Parts, state: LoopState, folder: Path, is_main: b
         if is_main:  # the ranks hold the same weights: one writer
             ck = training_state(p.model, p.optimizer, p.scheduler, p.scaler, epoch, state.to_checkpoint(),
                                 rng_state(p.train_loader), cfg.model.name,
-                                OmegaConf.to_container(cfg, resolve=True))
+                                OmegaConf.to_container(cfg, resolve=True), p.class_names)
             if p.ema is not None:
                 ck["ema"] = p.ema.state_dict()  # only then: an EMA-less checkpoint keeps its keys
             save_epoch(ck, folder, is_best)
@@ -554,6 +557,7 @@ def _preview(loader, n: int = 16):
 def _test_best(p: Parts, record: RunRecord, state: LoopState, folder: Path, ddp: Any,
                save_checkpoints: bool) -> None:
     """Evaluate the best epoch's weights (best.pt; its EMA weights with ema.enabled) on the test split."""
+    from cnnlab.evaluation.report import test_report
     from cnnlab.lifecycle.checkpoint import load_checkpoint, unwrap
 
     best = folder / "best.pt"
@@ -566,7 +570,10 @@ def _test_best(p: Parts, record: RunRecord, state: LoopState, folder: Path, ddp:
     if p.ema is not None:
         ddp.broadcast_module(p.ema.module)
     test_loss, test_acc = evaluate(p.eval_model, p.test_loader, p.policy)
-    record.completed_test(test_loss, test_acc, state.best_epoch)
+    # Per-class metrics and the confusion matrix: <run>/test_report/ and TensorBoard's test/.
+    report = test_report(p.eval_model, p.test_loader, p.policy, p.class_names, folder.parent / "test_report",
+                         tracker=record.tracker, step=state.best_epoch)
+    record.completed_test(test_loss, test_acc, state.best_epoch, **report)
 
 
 def _finish(cfg: DictConfig, record: RunRecord, outcome: Outcome, t_start: float) -> None:

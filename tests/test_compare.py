@@ -197,3 +197,35 @@ def test_compare_never_imports_torch(sweep: Path) -> None:
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
+
+
+def test_per_class_table_and_pareto_fronts_for_a_two_run_sweep(tmp_path: Path) -> None:
+    s = tmp_path / "sweep"
+    rows_a = [{"class": "cat", "support": 10, "accuracy": 0.9}, {"class": "dog", "support": 10, "accuracy": 0.5}]
+    make_run(s / "0_model=alexnet", overrides=["model=alexnet"], val_accs=[0.7],
+             summary=summary(test_acc=0.70, params=5_400_000, images_per_second=900.0, test_per_class=rows_a))
+    # The other run's per-class numbers come from its per_class.csv (cnnlab.evaluate's file).
+    b = make_run(s / "1_model=resnet18", overrides=["model=resnet18"], val_accs=[0.8],
+                 summary=summary("resnet18", test_acc=0.80, params=11_000_000, images_per_second=300.0))
+    (b / "eval" / "test_digits").mkdir(parents=True)
+    (b / "eval" / "test_digits" / "per_class.csv").write_text(
+        "class,support,precision,recall,f1,accuracy\ncat,10,1,0.6,0.75,0.6\ndog,10,1,1.0,1.0,1.0\n")
+    report = build_report([s])
+    assert [r.per_class for r in report.runs] == [{"cat": 0.6, "dog": 1.0}, {"cat": 0.9, "dog": 0.5}]
+    md = compare.render_markdown(report)
+    assert "## Test accuracy per class" in md
+    assert "| cat | 60.00% | **90.00%** | alexnet |" in md
+    assert "| dog | **100.00%** | 50.00% | resnet18 |" in md
+    # Both runs are on the params front (resnet18 costs more but is more accurate) and the
+    # images/s front (alexnet is faster); summary() gives MACs = 10 x params.
+    assert "## Pareto fronts" in md
+    assert "vs parameters: alexnet (5.40M, 70.00%) → resnet18 (11.00M, 80.00%)" in md
+    assert "vs training images/s: alexnet (900, 70.00%) → resnet18 (300, 80.00%)" in md
+    write_report(report, s)
+    assert (s / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front() -> None:
+    pts = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (4.0, 0.9), (1.5, 0.4)]
+    assert compare.pareto_front(pts) == [0, 1, 3]  # cheapest first; (3, .6) and (1.5, .4) are dominated
+    assert compare.pareto_front(pts, larger_x_better=True) == [3]  # larger x is better: (4, .9) beats all

@@ -303,7 +303,9 @@ def test_with_the_recipes_off_a_checkpoint_keeps_its_keys(tmp_path):
     assert "ema" not in summary
     ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert set(ck) == {"model", "optimizer", "scheduler", "scaler", "epoch", "best_val_acc", "best_epoch",
-                       "train_seconds", "images_seen", "early_stop", "rng", "model_name", "config"}
+                       "train_seconds", "images_seen", "early_stop", "rng", "model_name", "config",
+                       "class_names"}  # class_names: [evaluate]'s addition, not a recipe's
+    assert ck["class_names"] == [str(d) for d in range(10)] == summary["class_names"]
 
 
 def test_the_cifar10_resnet18_preset_combines_the_recipes():

@@ -100,3 +100,22 @@ def test_the_default_recipe_learns(tmp_path):
     assert summary["status"] == "completed" and len(rows) == 5  # 5 epochs x 16 steps
     assert summary["test_acc"] >= 0.6, summary["test_acc"]
     assert float(rows[-1]["train_loss"]) < 0.5 * float(rows[0]["train_loss"])
+
+
+def test_a_run_scores_its_test_split_per_class(tiny_cfg, tmp_path):
+    """[evaluate] item 3: the final test split's per-class metrics and confusion matrix."""
+    from cnnlab.lifecycle.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    summary = train(tiny_cfg(run_dir=run))
+    names = [str(d) for d in range(10)]
+    assert summary["class_names"] == names == load_checkpoint(run / "checkpoints" / "best.pt")["class_names"]
+    per_class = summary["test_per_class"]
+    assert [r["class"] for r in per_class] == names
+    assert sum(int(r["support"]) for r in per_class) == 64  # dataset.limit=64 test images
+    assert 0.0 <= summary["test_macro_f1"] <= 1.0
+    for name in ("metrics.json", "per_class.csv", "confusion.csv", "confusion.png", "reliability.png"):
+        assert (run / "test_report" / name).is_file(), name
+    # The report's accuracy is the run's own test accuracy.
+    report = json.loads((run / "test_report" / "metrics.json").read_text())
+    assert report["accuracy"] == pytest.approx(summary["test_acc"])

@@ -72,5 +72,16 @@ def load_torchvision(name: str, root: str, download: bool = True, image_size: in
     full = Split(resize_uint8(full.x, image_size), full.y)
     test = Split(resize_uint8(test.x, image_size), test.y)
     train, val = seeded_split(full.x, full.y, [val_split], split_seed)
-    classes = list(getattr(train_ds, "classes", None) or [str(i) for i in range(int(full.y.max()) + 1)])
-    return ImageSplits(train, val, test, classes)
+    return ImageSplits(train, val, test, class_names(name, train_ds))
+
+
+def class_names(name: str, ds: Any) -> list[str]:
+    """The dataset's class names, index i naming label i.
+
+    torchvision gives CIFAR-10/100's (from their meta files) and MNIST's and
+    Fashion-MNIST's (``ds.classes``). SVHN has none: its labels are the digits,
+    with torchvision's 10 -> 0 remapping, so label i is the digit i.
+    """
+    if name == "svhn":
+        return [str(i) for i in range(10)]
+    return [str(c) for c in ds.classes]

@@ -55,16 +55,18 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 def training_state(model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
                    counters: dict[str, Any], rng: dict[str, Any], model_name: str,
-                   config: dict[str, Any]) -> dict[str, Any]:
+                   config: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     """Everything a resume needs, as plain data: the checkpoint of ``epoch``.
 
     ``counters``: ``LoopState.to_checkpoint()``; ``rng``: ``resume.rng_state(loader)``;
-    ``config``: the run's resolved config as a plain dict.
+    ``config``: the run's resolved config as a plain dict; ``class_names``: the
+    dataset's, in label order (``cnnlab.evaluate`` and ``cnnlab.predict`` read them).
     """
     return {
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "epoch": epoch, **counters, "rng": rng, "model_name": model_name, "config": config,
+        "class_names": list(class_names),
     }
 
 

@@ -42,7 +42,8 @@ INCOMPLETE = "incomplete"
 REPORT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
 # Folders inside a run folder that never hold another run: skipping them keeps the
 # walk over outputs/ fast (tb/ and checkpoints/ can hold many files).
-_SKIP_DIRS = {".hydra", "tb", "checkpoints", ".submitit", "__pycache__", ".git"}
+_SKIP_DIRS = {".hydra", "tb", "checkpoints", ".submitit", "__pycache__", ".git", "eval", "predict",
+              "test_report"}
 _SEED_KEYS = ("seed", "+seed", "++seed")
 
 
@@ -68,6 +69,8 @@ class Run:
     seed: int | None = None
     # (epoch, val_acc) pairs from metrics.csv, in file order.
     curve: list[tuple[int, float]] = field(default_factory=list)
+    # class name -> test accuracy of that class (summary.json's test_per_class, or a per_class.csv).
+    per_class: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -276,9 +279,50 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     if run.best_val_acc is None and run.curve:
         run.best_epoch, run.best_val_acc = max(run.curve, key=lambda ea: ea[1])
 
+    run.per_class = read_per_class(d, summary, run.dataset)
+
     if notes:
         run.error = "; ".join(([run.error] if run.error else []) + notes)
     return run
+
+
+def _per_class_rows(rows: Any) -> dict[str, float] | None:
+    """{class: accuracy} from per-class rows (dicts with ``class`` and ``accuracy``), or None."""
+    if not isinstance(rows, list):
+        return None
+    out = {}
+    for r in rows:
+        if isinstance(r, dict) and r.get("class") is not None:
+            acc = _num(r.get("accuracy"))
+            if acc is not None:
+                out[str(r["class"])] = acc
+    return out or None
+
+
+def read_per_class(d: Path, summary: dict[str, Any], dataset: str | None) -> dict[str, float] | None:
+    """A run's per-class test accuracy: summary.json's ``test_per_class``, else a per_class.csv.
+
+    The csv is the one in summary.json's ``test_report`` folder (what training writes),
+    else the first ``cnnlab.evaluate`` of the run's own test split (eval/test_<dataset>/).
+    """
+    found = _per_class_rows(summary.get("test_per_class"))
+    if found:
+        return found
+    candidates = []
+    if isinstance(summary.get("test_report"), str):
+        rep = Path(summary["test_report"])
+        candidates.append((rep if rep.is_absolute() else d / rep) / "per_class.csv")
+    if dataset:
+        candidates.append(d / "eval" / f"test_{dataset}" / "per_class.csv")
+    for c in candidates:
+        try:
+            with open(c, newline="") as f:
+                found = _per_class_rows(list(csv.DictReader(f)))
+        except OSError:
+            continue
+        if found:
+            return found
+    return None
 
 
 def _sort_key(r: Run) -> tuple:
@@ -385,6 +429,66 @@ def groups_table(report: Report) -> str:
     return _md_table(header, rows)
 
 
+MAX_PER_CLASS_RUNS = 12
+# (Run attribute, axis label, whether a larger value is the better one)
+PARETO_AXES = (("params", "parameters", False), ("macs", "MACs per image", False),
+               ("images_per_second", "training images/s", True))
+
+
+def per_class_table(report: Report) -> str:
+    """Rows = classes, columns = runs (the best first), cells = test accuracy of that class."""
+    runs = [r for r in report.runs if r.ok and r.per_class][:MAX_PER_CLASS_RUNS]
+    if not runs:
+        return ""
+    labels = _labels(runs)
+    classes: list[str] = []
+    for r in runs:
+        classes += [c for c in r.per_class or {} if c not in classes]
+    rows = []
+    for c in classes:
+        accs = [(r.per_class or {}).get(c) for r in runs]
+        best = max((a for a in accs if a is not None), default=None)
+        winners = [labels[id(r)] for r, a in zip(runs, accs, strict=True) if a is not None and a == best]
+        cells = ["" if a is None else (f"**{_pct(a)}**" if a == best and len(runs) > 1 else _pct(a)) for a in accs]
+        rows.append([c, *cells, ", ".join(winners)])
+    header = ["class", *[f"#{report.runs.index(r) + 1} {labels[id(r)]}" for r in runs], "best"]
+    return _md_table(header, rows)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], larger_x_better: bool = False) -> list[int]:
+    """Indices of the (x, accuracy) points no other point beats on both, by increasing cost.
+
+    A point is on the front when every point at least as cheap (x no larger, or no
+    smaller when a larger x is better) has a lower accuracy.
+    """
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0] if larger_x_better else points[i][0],
+                                                       -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _pareto_runs(report: Report, attr: str, larger_better: bool) -> list[Run]:
+    runs = [r for r in report.runs if r.ok and r.test_acc is not None and _finite(getattr(r, attr))]
+    return [runs[i] for i in pareto_front([(getattr(r, attr), r.test_acc) for r in runs], larger_better)]
+
+
+def pareto_text(report: Report) -> str:
+    """One line per cost axis: the runs on its Pareto front, cheapest first."""
+    labels = _labels(report.runs)
+    lines = []
+    for attr, name, larger in PARETO_AXES:
+        front = _pareto_runs(report, attr, larger)
+        if front:
+            fmt = (lambda v: f"{v:.0f}") if attr == "images_per_second" else _si
+            lines.append(f"- test accuracy vs {name}: " + " → ".join(
+                f"{labels[id(r)]} ({fmt(getattr(r, attr))}, {_pct(r.test_acc)})" for r in front))
+    return "\n".join(lines)
+
+
 def render_markdown(report: Report, title: str = "Comparison") -> str:
     """comparison.md: counts by status, the runs table, the seed groups, the errors."""
     counts: dict[str, int] = {}
@@ -400,6 +504,17 @@ def render_markdown(report: Report, title: str = "Comparison") -> str:
     parts += ["", runs_table(report), ""]
     if report.groups:
         parts += ["## Repeated seeds (mean ± std)", "", groups_table(report), ""]
+    per_class = per_class_table(report)
+    if per_class:
+        parts += ["## Test accuracy per class", "",
+                  "Each class's share of test images predicted right, per run (the best test "
+                  f"accuracies first, at most {MAX_PER_CLASS_RUNS} runs); **bold**: the best run for that class.", "",
+                  per_class, ""]
+    fronts = pareto_text(report)
+    if fronts:
+        parts += ["## Pareto fronts", "",
+                  "Completed runs that no other run beats on both test accuracy and the cost "
+                  "(fewer params, fewer MACs, more images/s); comparison.png marks them.", "", fronts, ""]
     if report.failed:
         parts += ["## Runs that did not complete", ""]
         for r in report.failed:
@@ -468,16 +583,70 @@ def _acc_ylim(ax: Any, values: list[float]) -> None:
     ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
 
 
-def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
-    """comparison.png: val accuracy per epoch (left) and test accuracy against params (right).
+def _cost_panel(ax: Any, report: Report, series: dict[tuple, list[Run]], colors: list[str],
+                labels: dict[int, str], attr: str, name: str, larger_better: bool) -> None:
+    """Test accuracy against a cost (params, MACs, images/s), one point per series, Pareto front drawn."""
+    from matplotlib.ticker import FuncFormatter
 
-    Repeated seeds are drawn once, as their mean with a ±std band / error bar.
+    # One scatter call for all points: per-point artists are what makes matplotlib
+    # slow, and the report should add little to a sweep.
+    xs, ys, errs, cols, oks = [], [], [], [], []
+    for i, rs in enumerate(series.values()):
+        done = [r for r in rs if r.test_acc is not None and _finite(getattr(r, attr)) and getattr(r, attr) > 0]
+        if not done:
+            continue
+        x = mean_std([getattr(r, attr) for r in done])[0]
+        y, yerr = mean_std([r.test_acc for r in done])
+        xs.append(x)
+        ys.append(y)
+        errs.append(yerr or 0.0)
+        cols.append(colors[i])
+        oks.append(rs[0].ok)
+        if len(series) <= 30:
+            ax.annotate(labels[id(rs[0])], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    n_points = len(xs)
+    if n_points:
+        ax.scatter(xs, ys, c=cols, zorder=3)
+        for x, y, e, col in zip(xs, ys, errs, cols, strict=True):
+            if e:  # seed groups only: few, so one errorbar call each is cheap
+                ax.errorbar([x], [y], yerr=[e], fmt="none", ecolor=col, capsize=3)
+        # The Pareto front over the completed series: a staircase through its points.
+        done = [i for i in range(n_points) if oks[i]]
+        front = [done[j] for j in pareto_front([(xs[i], ys[i]) for i in done], larger_better)]
+        if front:
+            fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+            ax.step(fx, fy, where="post", color="k", lw=1, alpha=0.6, zorder=2, label="Pareto front")
+            ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="k", zorder=4)
+            ax.legend(fontsize=7, loc="lower right")
+    better = "higher is better" if larger_better else "lower is better"
+    ax.set(xlabel=f"{name} ({better})", ylabel="test accuracy", title=f"Test accuracy vs {name}")
+    if n_points:
+        ax.set_xscale("log")
+        ax.margins(x=0.15)  # room for the labels of the end points
+        # "5.4M" ticks: readable, and plain text (log-axis mathtext labels are slow to draw).
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _tick(v)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _pos: _tick(v) if ax.get_xlim()[1] / ax.get_xlim()[0] < 10 else ""))
+    _acc_ylim(ax, [r.test_acc for r in report.runs if r.test_acc is not None and _finite(getattr(r, attr))])
+    ax.grid(alpha=0.3)
+    n_missing = sum(r.test_acc is None or not _finite(getattr(r, attr)) for r in report.runs)
+    if n_missing:
+        ax.text(0.01, 0.01, f"{n_missing} run(s) without a test accuracy or {name} not shown",
+                transform=ax.transAxes, fontsize=7, color="gray")
+
+
+def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
+    """comparison.png: val accuracy per epoch; test accuracy against params, MACs and images/s.
+
+    Repeated seeds are drawn once, as their mean with a ±std band / error bar; each
+    cost panel marks the Pareto front of the completed runs (a black staircase and
+    rings: no other run is both cheaper and more accurate).
     """
     # The object API on an Agg canvas: no pyplot (slow to import, and it would pick a
     # GUI backend on a desktop), no display needed, no global figure state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    from matplotlib.ticker import MaxNLocator
 
     labels = _labels(report.runs)
     # Series: one per seed group (key) or per single run.
@@ -487,11 +656,11 @@ def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
     for r in report.runs:
         series.setdefault((r.group_key, r.ok), []).append(r)
 
-    fig = Figure(figsize=(13, 5))
+    fig = Figure(figsize=(13, 10))
     FigureCanvasAgg(fig)
-    ax_c, ax_p = fig.subplots(1, 2)
+    (ax_c, ax_p), (ax_m, ax_t) = fig.subplots(2, 2)
     # Fixed margins: tight_layout would measure every text extent (seconds for 200 runs).
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.11, top=0.92, wspace=0.18)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=0.96, wspace=0.18, hspace=0.25)
     n_lines = 0
     # One colour per series, the same in both panels.
     colors = [f"C{i % 10}" for i in range(len(series))]
@@ -524,41 +693,8 @@ def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
     if 0 < n_lines <= max_legend:
         ax_c.legend(fontsize=7)
 
-    # One scatter call for all points: per-point artists are what makes matplotlib
-    # slow, and the report should add little to a sweep.
-    xs, ys, errs, cols = [], [], [], []
-    for i, rs in enumerate(series.values()):
-        done = [r for r in rs if r.test_acc is not None and r.params]
-        if not done:
-            continue
-        x = mean_std([r.params for r in done])[0]
-        y, yerr = mean_std([r.test_acc for r in done])
-        xs.append(x)
-        ys.append(y)
-        errs.append(yerr or 0.0)
-        cols.append(colors[i])
-        if len(series) <= 30:
-            ax_p.annotate(labels[id(rs[0])], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    n_points = len(xs)
-    if n_points:
-        ax_p.scatter(xs, ys, c=cols, zorder=3)
-        for x, y, e, col in zip(xs, ys, errs, cols, strict=True):
-            if e:  # seed groups only: few, so one errorbar call each is cheap
-                ax_p.errorbar([x], [y], yerr=[e], fmt="none", ecolor=col, capsize=3)
-    ax_p.set(xlabel="parameters", ylabel="test accuracy", title="Test accuracy vs parameters")
-    if n_points:
-        ax_p.set_xscale("log")
-        ax_p.margins(x=0.15)  # room for the labels of the end points
-        # "5.4M" ticks: readable, and plain text (log-axis mathtext labels are slow to draw).
-        ax_p.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _tick(v)))
-        ax_p.xaxis.set_minor_formatter(FuncFormatter(
-            lambda v, _pos: _tick(v) if ax_p.get_xlim()[1] / ax_p.get_xlim()[0] < 10 else ""))
-    _acc_ylim(ax_p, [r.test_acc for r in report.runs if r.test_acc is not None and r.params])
-    ax_p.grid(alpha=0.3)
-    n_missing = sum(r.test_acc is None for r in report.runs)
-    if n_missing:
-        ax_p.text(0.01, 0.01, f"{n_missing} run(s) without a test accuracy not shown",
-                  transform=ax_p.transAxes, fontsize=7, color="gray")
+    for ax, (attr, name, larger) in zip((ax_p, ax_m, ax_t), PARETO_AXES, strict=True):
+        _cost_panel(ax, report, series, colors, labels, attr, name, larger)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100, pil_kwargs={"compress_level": 3})  # zlib's default 6: slower, ~same size
     os.replace(tmp, path)  # a reader never sees half a PNG

@@ -1,0 +1,88 @@
+"""What ``python -m cnnlab.evaluate`` and ``python -m cnnlab.predict`` share around Hydra.
+
+``cli`` answers ``--help`` from a static text (no Hydra, no torch: instant), runs the
+Hydra app with HYDRA_FULL_ERROR set so Hydra raises instead of printing, and turns a
+user error (ours, or Hydra's composition errors, through ``cnnlab.cli_errors``) into
+one line ``error: ...`` with exit status 2. A bug keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+
+def dataset_overrides(argv: list[str]) -> list[str]:
+    """``dataset.root=x`` without ``dataset=<name>`` -> ``+dataset.root=x``.
+
+    conf/evaluate.yaml's dataset default is null (the run's own dataset), so there is
+    no node to override: the ``+`` adds the keys, which the app then applies on top of
+    the run's own dataset config. With ``dataset=<name>`` they override that dataset.
+    """
+    has_group = any(a.split("=", 1)[0] in ("dataset", "+dataset", "++dataset") for a in argv if "=" in a)
+    if has_group:
+        return argv
+    return [f"+{a}" if a.startswith("dataset.") and "=" in a else a for a in argv]
+
+
+def cli(main: Callable[[], object], usage: str, rewrite: Callable[[list[str]], list[str]] | None = None) -> None:
+    """Run a Hydra ``main``; ``--help`` prints ``usage``; user errors are one line, exit 2."""
+    args = sys.argv[1:]
+    if {"--help", "-h"} & set(args):
+        print(usage)
+        return
+    if rewrite is not None:
+        sys.argv = [sys.argv[0], *rewrite(args)]
+    from cnnlab.cli_errors import describe_error
+
+    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        message = None if user_wants_traceback else describe_error(e, argv=sys.argv[1:])
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if not user_wants_traceback:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def one_line_errors(fn: Callable[..., object]) -> Callable[..., object]:
+    """Wrap a Hydra task: a CnnlabError becomes ``error: ...`` on stderr and exit 2.
+
+    Inside the task, because Hydra logs "Error executing job ..." for whatever escapes it.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def task(*args: object, **kwargs: object) -> object:
+        from cnnlab.errors import CnnlabError
+
+        try:
+            return fn(*args, **kwargs)
+        except CnnlabError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return task
+
+
+def next_free(path: str | os.PathLike, is_dir: bool) -> str:
+    """``path`` if free, else ``path-2``, ``path-3``, ... (before a file's suffix): never overwrite."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        return str(p)
+    stem, suffix = (p.name, "") if is_dir else (p.stem, p.suffix)
+    n = 2
+    while (p.with_name(f"{stem}-{n}{suffix}")).exists():
+        n += 1
+    return str(p.with_name(f"{stem}-{n}{suffix}"))

@@ -1,0 +1,177 @@
+"""``python -m cnnlab.predict run=<run> images=<file or folder> [topk=3]``: classify your own images.
+
+Each image (any format PIL reads; a folder is searched recursively) is converted to
+the model's channels (grey "L" or "RGB"), resized to the run's training image size
+with the same bilinear resize the image-folder loader uses, and normalised with the
+run's mean/std. The top-k classes and their probabilities are printed as a table and
+written to ``<run>/predict/predictions.csv`` (``predictions-2.csv``, ... when it
+exists: never overwritten), or to ``out=``, which must not exist. A file that is
+not an image is named in a warning and skipped. Keys: conf/predict.yaml.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.evaluation.app import cli as run_cli
+from cnnlab.evaluation.app import next_free, one_line_errors
+
+USAGE = """\
+usage: python -m cnnlab.predict run=<run folder or checkpoint file> images=<file or folder> [key=value ...]
+
+Prints the top-k classes of each image and writes them to <run>/predict/predictions.csv
+(columns: file, class_1, prob_1, ..., class_k, prob_k).
+
+  run=PATH          a run folder (outputs/<date>/<run>) or a checkpoint file (required)
+  images=PATH       an image file, or a folder (searched recursively) (required)
+  topk=3            classes per image, 1 .. the model's class count
+  checkpoint=best   best | last
+  out=null          another .csv path (must not exist)
+  batch_size=256
+  device=auto       auto | cpu | cuda | mps
+Keys and defaults: conf/predict.yaml."""
+
+
+def find_images(images: str | None) -> list[Path]:
+    """The files ``images=`` names: itself, or every file under the folder, sorted."""
+    from cnnlab.errors import ConfigError, DataError
+
+    if not images:
+        raise ConfigError("images= is required: an image file or a folder of images")
+    p = Path(images).expanduser()
+    if not p.exists():
+        raise DataError(f"images={images!r}: no such file or folder")
+    if p.is_file():
+        return [p]
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    if not files:
+        raise DataError(f"images={images!r} is an empty folder: put image files (PNG, JPEG, ...) in it")
+    return files
+
+
+def read_images(files: list[Path], in_chans: int, image_size: int) -> tuple[list[Path], Any]:
+    """Decode, convert and resize; skip (with a warning naming it) each file PIL cannot read.
+
+    Returns the files kept and their images as uint8 (N, C, S, S).
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    mode = "L" if in_chans == 1 else "RGB"
+    kept, arrays = [], []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert(mode).resize((image_size, image_size), Image.BILINEAR), np.uint8)
+        except (OSError, ValueError, SyntaxError) as e:
+            print(f"warning: skipping {f}: not an image PIL can read ({type(e).__name__})", file=sys.stderr)
+            continue
+        kept.append(f)
+        arrays.append(torch.from_numpy(arr.copy()).reshape(image_size, image_size, -1).permute(2, 0, 1))
+    x = torch.stack(arrays) if arrays else torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8)
+    return kept, x
+
+
+def predict(run: str | None, images: str | None, topk: int = 3, checkpoint: str = "best",
+            out: str | None = None, batch_size: int = 256, device: str = "auto",
+            ) -> tuple[Path, list[dict[str, Any]], list[str]]:
+    """Top-k predictions for ``images``; return (the csv written, its rows, the column names)."""
+    from cnnlab.errors import ConfigError, DataError
+    from cnnlab.evaluation import source as src_mod
+
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+        raise ConfigError(f"topk={topk!r} is not allowed: use an integer >= 1 (and at most the model's classes)")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} is not allowed: use an integer >= 1")
+    src = src_mod.resolve(run, checkpoint)
+    files = find_images(images)
+    if out and Path(out).exists():
+        raise ConfigError(f"out={out!r} already exists: predictions are never overwritten; choose a new path")
+
+    import torch
+
+    from cnnlab.data.loader import TensorLoader
+    from cnnlab.device import resolve_device
+    from cnnlab.evaluation.metrics import softmax
+    from cnnlab.evaluation.report import collect_logits
+
+    ck = src_mod.load(src)
+    ds = src_mod.dataset_config(ck)
+    names = src_mod.saved_class_names(ck) or src_mod.load_data(ds).classes
+    if topk > len(names):
+        raise ConfigError(f"topk={topk} is not allowed: the model has {len(names)} classes; use 1 to {len(names)}")
+    kept, x = read_images(files, int(ds["in_chans"]), int(ds["image_size"]))
+    if not kept:
+        raise DataError(f"images={images!r}: none of its {len(files)} files is an image PIL can read")
+    policy = resolve_device(device, None, None, False)
+    model = src_mod.build_model(ck, len(names), policy.device)
+    if policy.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = TensorLoader(x, torch.zeros(len(x), dtype=torch.long), batch_size, ds["mean"], ds["std"],
+                          device=policy.device, train=False, channels_last=policy.channels_last)
+    logits, _ = collect_logits(model, loader, policy, gather=False)
+    probs = softmax(logits)
+    order = probs.argsort(axis=1)[:, ::-1][:, :topk]
+
+    columns = ["file"] + [c for i in range(1, topk + 1) for c in (f"class_{i}", f"prob_{i}")]
+    rows = []
+    for f, top, p in zip(kept, order, probs, strict=True):
+        row: dict[str, Any] = {"file": str(f)}
+        for i, c in enumerate(top, 1):
+            row[f"class_{i}"], row[f"prob_{i}"] = names[c], round(float(p[c]), 6)
+        rows.append(row)
+    path = Path(out) if out else Path(next_free(src.home / "predict" / "predictions.csv", is_dir=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "x", newline="") as fh:  # "x": fails rather than overwrite
+        w = csv.DictWriter(fh, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    return path, rows, columns
+
+
+def format_table(rows: list[dict[str, Any]], topk: int, root: Path | None = None) -> str:
+    """The printed table: file, then ``name prob%`` for each of the top k."""
+    def rel(f: str) -> str:
+        if root is not None:
+            try:
+                return str(Path(f).relative_to(root)) or Path(f).name
+            except ValueError:
+                pass
+        return f
+
+    header = ["file", *[f"top {i}" for i in range(1, topk + 1)]]
+    body = [[rel(r["file"]), *[f"{r[f'class_{i}']} {100 * r[f'prob_{i}']:.1f}%" for i in range(1, topk + 1)]]
+            for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+             for line in [header, *body]]
+    return "\n".join(lines)
+
+
+@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    topk = raw["topk"]
+    if isinstance(topk, str) and topk.lstrip("-").isdigit():
+        topk = int(topk)
+    path, rows, _ = predict(raw["run"], raw["images"], topk, raw["checkpoint"], raw["out"],
+                           int(raw["batch_size"]), raw["device"])
+    images = Path(raw["images"]).expanduser()
+    print(format_table(rows, topk, images if images.is_dir() else images.parent))
+    print(f"wrote {path} ({len(rows)} images)")
+
+
+def cli() -> None:
+    run_cli(main, USAGE)
+
+
+if __name__ == "__main__":
+    cli()
