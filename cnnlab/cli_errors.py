@@ -53,12 +53,16 @@ def describe_error(e: BaseException, job_started: bool = True, argv: list[str] |
         allowed = f"choose one of {', '.join(e.options)}" if e.options else f"conf/{group}/ has no options"
         return f"{group}={name} is not an option of {group}: {allowed}"
     if isinstance(e, OverrideParseException):
-        return (f"an override cannot be parsed ({first_line(e)}): write key=value, e.g. trainer.epochs=5 "
+        which = f" {e.override!r}" if getattr(e, "override", None) else ""
+        return (f"an override{which} cannot be parsed ({first_line(e)}): write key=value, e.g. trainer.epochs=5 "
                 "(grammar: https://hydra.cc/docs/advanced/override_grammar/basic/)")
     if isinstance(e, ConfigCompositionException):
         cause = e.__cause__
         if isinstance(cause, ValidationError) and cause.full_key:
-            return f"{cause.full_key}={cause.value}: wrong type: {first_line(cause)}"
+            value = cause.value
+            # 'abc' shows as abc (as typed); text with spaces or a newline as its repr, on one line.
+            shown = value if isinstance(value, str) and value.isprintable() and " " not in value else repr(value)
+            return f"{cause.full_key}={shown}: wrong type: {first_line(cause).rstrip('.')}{_allowed(str(cause.full_key))}"
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
             return f"{cause.full_key} is not a config key{_suggest_key(str(cause.full_key))}"
         return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
@@ -77,6 +81,14 @@ def describe_error(e: BaseException, job_started: bool = True, argv: list[str] |
                      if not job_started else "a file or folder the run needs cannot be written or read")
             return f"{where} ({c.strerror or first_line(c)}: {c.filename!r})"
     return None
+
+
+def _allowed(full_key: str) -> str:
+    """'; use an integer >= 1': what the key's rule allows (cnnlab/config.py RULES), or ''."""
+    from cnnlab.config import RULES
+
+    rule = RULES.get(re.sub(r"\[\d+\]", "", full_key))  # dataset.std[0] -> dataset.std
+    return f"; {rule.allowed}" if rule else ""
 
 
 def _suggest_key(full_key: str) -> str:
