@@ -283,7 +283,8 @@ def test_every_key_edge_values(world, capsys):
         for v in edge_values(key, tmp):
             judge(world, key, render(v), stats)
     with capsys.disabled():
-        print(f"\nedge values: {sum(stats.values())} cases {stats} in {time.perf_counter() - t0:.1f} s")
+        print(f"\nedge values: {sum(stats.values())} cases over {len(keys_to_fuzz(world))} keys {stats} "
+              f"in {time.perf_counter() - t0:.1f} s")
     assert stats["rejected"] >= 500 and stats.get("accepted", 0) > 0
 
 
@@ -387,4 +388,4 @@ def test_fuzz_sample_through_the_cli(world, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), (override, res.stderr[-3000:])
     finished = [p for p in tmp_path.rglob("summary.json") if json.loads(p.read_text()).get("status") == "completed"]
     assert not finished
-    print(f"cli sample: {len(sample)} cases in {time.perf_counter() - t0:.1f} s")
+    print(f"cli sample: {len(sample)} cases in {time.perf_counter() - t0:.1f} s: {sample}")
