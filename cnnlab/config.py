@@ -435,11 +435,12 @@ def validate(cfg: Any, needs_data: bool = True) -> None:
         return OmegaConf.select(cfg, key)
 
     for key, rule in RULES.items():
+        alias = _ALIAS.fullmatch(str(_raw(cfg, key)))
+        if alias and _same_check(rule, RULES.get(alias.group(1))):
+            continue  # model.img_size: ${dataset.image_size} is checked (and named) as dataset.image_size
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is _ABSENT:
             continue  # an optimizer/scheduler keyword this target does not take
-        if _ALIAS.fullmatch(str(_raw(cfg, key))):
-            continue  # `${dataset.image_size}`: the key it names is checked (and named) itself
         if not rule.allows(value):
             problem = _path_problem(rule.path, value) if rule.kind == "path" and isinstance(value, str) else None
             if problem and value.strip():
@@ -459,14 +460,22 @@ def validate(cfg: Any, needs_data: bool = True) -> None:
 
 
 _ABSENT = object()
-_ALIAS = re.compile(r"\$\{[\w.]+\}")  # a value that is exactly another key: ${dataset.in_chans}
+_ALIAS = re.compile(r"\$\{([\w.]+)\}")  # a value that is exactly another key: ${dataset.in_chans}
+
+
+def _same_check(a: Rule, b: Rule | None) -> bool:
+    """Do two rules allow the same values (null aside)? Then an alias of one is checked as the other."""
+    return b is not None and (a.kind, a.lo, a.hi, a.lo_open, a.hi_open, a.choices, a.lengths, a.path) == (
+        b.kind, b.lo, b.hi, b.lo_open, b.hi_open, b.choices, b.lengths, b.path)
 
 
 def _raw(cfg: Any, key: str) -> Any:
     """The key's value before interpolation (``${dataset.image_size}``), or None."""
+    from omegaconf import OmegaConf
+
     node = cfg
     for part in key.split("."):
-        node = node._get_node(part) if node is not None and hasattr(node, "_get_node") else None
+        node = node._get_node(part) if OmegaConf.is_dict(node) and part in node else None
     return node._value() if node is not None else None
 
 

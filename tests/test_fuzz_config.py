@@ -209,7 +209,7 @@ def judge(world, key: str, value: str, stats: dict[str, int]) -> str:
     stats[outcome] = stats.get(outcome, 0) + 1
     if outcome == "rejected":
         assert "\n" not in got and "Traceback" not in got, (key, value, got)
-        named = re.search(rf"(^|[ ('+]){re.escape(key)}(\[\d+\])?[=)]", got) or "cannot be parsed" in got
+        named = re.search(rf"(^|[ ('+]){re.escape(key)}(\[\d+\])?([=) ]|$)", got) or "cannot be parsed" in got
         # A rule on two keys may name the other one (val_split + test_split, mean and std).
         partner = [c.key for c in CROSS_RULES if c.key != key and c.key in got]
         assert named or partner, f"{key}={value}: the message does not name the key: {got}"
@@ -223,10 +223,12 @@ def judge(world, key: str, value: str, stats: dict[str, int]) -> str:
 
 # --------------------------------------------------------------------------- wrong values
 TRICKY_TEXT = ["", " ", "a b", "it's", 'say "hi"', "'", '"', "  lead", "tab\there", "ünïcode", "a,b", "x=y",
-               "[1, 2]", "{a: 1}", "null", "true", "-1", "1e999"]
+               "[1, 2]", "{a: 1}", "null", "true", "-1", "1e999",
+               # interpolations: broken, naming no key, an unset variable, another key's value
+               "${", "${nope}", "${oc.env:CNNLAB_NO_SUCH_VARIABLE}", "${seed}", "${dataset.mean}"]
 # The same for every key: the usual suspects of each type (the random test draws the rest).
 GENERIC = [None, True, -1, 10**30, 1.5, float("nan"), float("-inf"), [], {"a": 1}, "", "a b", 'it\'s "so"',
-           "tab\there"]
+           "tab\there", "${oc.env:CNNLAB_NO_SUCH_VARIABLE}"]
 
 
 def edge_values(key: str, tmp: Path) -> list[Any]:
