@@ -68,7 +68,8 @@ def describe_error(e: BaseException, job_started: bool = True, argv: list[str] |
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
             return f"{cause.full_key} is not a config key{_suggest_key(str(cause.full_key))}"
         if isinstance(cause, GrammarParseError):  # model.name='${': a broken interpolation
-            return f"{first_line(e)}: {first_line(cause)}{_INTERPOLATION_HELP}"
+            override = first_line(e).removeprefix("Error merging override ")
+            return f"{override}: a broken interpolation ({first_line(cause)}){_INTERPOLATION_HELP}"
         return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     for c in chain:  # ${key} naming no key, e.g. trainer.epochs='${trainer.epoch}'
         if isinstance(c, InterpolationKeyError):

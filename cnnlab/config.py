@@ -475,7 +475,8 @@ def _raw(cfg: Any, key: str) -> Any:
 
     node = cfg
     for part in key.split("."):
-        node = node._get_node(part) if OmegaConf.is_dict(node) and part in node else None
+        # (not `part in node`: that resolves the value, and this runs for every key)
+        node = node._get_node(part, validate_access=False) if OmegaConf.is_dict(node) else None
     return node._value() if node is not None else None
 
 

@@ -52,6 +52,10 @@ CASES: dict[str, Case] = {
     # ({{ }} is one brace after the {tmp} formatting)
     "interpolation naming no key": Case(["trainer.epochs=${{trainer.epoch}}"],
                                         ["an interpolation in trainer.epochs names no key", "trainer.epoch"]),
+    "interpolation of an unset variable": Case(["seed=${{oc.env:CNNLAB_NO_SUCH_VARIABLE}}"],
+                                               ["an interpolation in seed cannot be resolved",
+                                                "CNNLAB_NO_SUCH_VARIABLE", "${{oc.env:VAR,default}}"]),
+    "broken interpolation": Case(["model.name='${{'"], ["model.name='${{': a broken interpolation"]),
     "--cfg hydra --resolve": Case(["--cfg", "hydra", "--resolve"], ["use `--cfg all --resolve`"]),
     # -- range and choice checks (cnnlab.config.validate), before torch is imported
     "zero epochs": Case(["trainer.epochs=0"], ["trainer.epochs=0", ">= 1"]),
