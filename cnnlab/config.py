@@ -435,9 +435,12 @@ def validate(cfg: Any, needs_data: bool = True) -> None:
         return OmegaConf.select(cfg, key)
 
     for key, rule in RULES.items():
-        alias = _ALIAS.fullmatch(str(_raw(cfg, key)))
+        raw = str(_raw(cfg, key))
+        alias = _ALIAS.fullmatch(raw)
         if alias and _same_check(rule, RULES.get(alias.group(1))):
             continue  # model.img_size: ${dataset.image_size} is checked (and named) as dataset.image_size
+        if raw.startswith("${hydra:"):
+            continue  # Hydra's own (the run folder): unset when a tool composes without a run
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is _ABSENT:
             continue  # an optimizer/scheduler keyword this target does not take
