@@ -220,7 +220,7 @@ def _path_problem(kind: str, value: str) -> str | None:
 
     The text follows ``key='value'`` in the message (hence ": ..." or " is ...").
     """
-    p = Path(value).expanduser()
+    p = Path(value)  # as the loaders read it: no ~ expansion (the shell does not expand it in key=~/x)
     if kind == "file":
         return None if p.is_file() else ": is a folder, not a weights file" if p.is_dir() else ": no such file"
     if kind == "exists":
@@ -455,7 +455,7 @@ def validate(cfg: Any, needs_data: bool = True) -> None:
             # The yaml's `???` cannot override the schema's None, so the check is here.
             raise ConfigError("dataset=imagefolder needs dataset.root=<folder>: one subfolder per class, "
                               "or train/ and val/ folders that each hold one")
-        if not Path(root).expanduser().is_dir():
+        if not Path(root).is_dir():
             raise ConfigError(f"dataset.root={root!r} is not a folder: give a folder with one subfolder per class")
     for cross in CROSS_RULES:
         if not cross.ok(get):
