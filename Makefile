@@ -16,11 +16,17 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# pip's "WARNING: Location '...' is ignored" lines (an index in pip's config that has
+# no page for a package) are noise to someone running `make run`: they are dropped;
+# every other line pip prints, errors included, shows, and pip's exit status is kept.
+PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,sweep]'
-	touch $(STAMP)
+	@echo "installing cnnlab and its dependencies into $(VENV) (first time: about 2 minutes)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@set -o pipefail; $(BIN)/pip install --quiet --upgrade pip $(PIP_FILTER)
+	@set -o pipefail; $(BIN)/pip install --quiet -e '.[dev,sweep]' $(PIP_FILTER)
+	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install cnnlab with its dev tools and sweep launchers (idempotent)
 

@@ -26,7 +26,9 @@ def describe_error(e: BaseException, job_started: bool = True, argv: list[str] |
     from omegaconf.errors import (
         ConfigAttributeError,
         ConfigKeyError,
+        GrammarParseError,
         InterpolationKeyError,
+        InterpolationResolutionError,
         MissingMandatoryValue,
         ValidationError,
     )
@@ -53,14 +55,21 @@ def describe_error(e: BaseException, job_started: bool = True, argv: list[str] |
         allowed = f"choose one of {', '.join(e.options)}" if e.options else f"conf/{group}/ has no options"
         return f"{group}={name} is not an option of {group}: {allowed}"
     if isinstance(e, OverrideParseException):
-        return (f"an override cannot be parsed ({first_line(e)}): write key=value, e.g. trainer.epochs=5 "
+        which = f" {e.override!r}" if getattr(e, "override", None) else ""
+        return (f"an override{which} cannot be parsed ({first_line(e)}): write key=value, e.g. trainer.epochs=5 "
                 "(grammar: https://hydra.cc/docs/advanced/override_grammar/basic/)")
     if isinstance(e, ConfigCompositionException):
         cause = e.__cause__
         if isinstance(cause, ValidationError) and cause.full_key:
-            return f"{cause.full_key}={cause.value}: wrong type: {first_line(cause)}"
+            value = cause.value
+            # 'abc' shows as abc (as typed); text with spaces or a newline as its repr, on one line.
+            shown = value if isinstance(value, str) and value.isprintable() and " " not in value else repr(value)
+            return f"{cause.full_key}={shown}: wrong type: {first_line(cause).rstrip('.')}{_allowed(str(cause.full_key))}"
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
             return f"{cause.full_key} is not a config key{_suggest_key(str(cause.full_key))}"
+        if isinstance(cause, GrammarParseError):  # model.name='${': a broken interpolation
+            override = first_line(e).removeprefix("Error merging override ")
+            return f"{override}: a broken interpolation ({first_line(cause)}){_INTERPOLATION_HELP}"
         return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     for c in chain:  # ${key} naming no key, e.g. trainer.epochs='${trainer.epoch}'
         if isinstance(c, InterpolationKeyError):
@@ -71,12 +80,28 @@ def describe_error(e: BaseException, job_started: bool = True, argv: list[str] |
             hint = ("; `--cfg hydra --resolve` cannot resolve hydra.run.dir, which reads ${model.name}, "
                     "${dataset.name} and ${resume}: use `--cfg all --resolve`" if cfg_hydra else "")
             return f"an interpolation{where} names no key ({first_line(c)}){hint}"
+    for c in chain:  # ${oc.env:NOPE}, a broken ${...}: found when the value is read
+        if isinstance(c, (InterpolationResolutionError, GrammarParseError)):
+            where = f" in {c.full_key}" if getattr(c, "full_key", None) else ""
+            return f"an interpolation{where} cannot be resolved ({first_line(c)}){_INTERPOLATION_HELP}"
     for c in chain:
         if isinstance(c, OSError) and c.filename:
             where = ("cannot create the run folder or its run.log: choose a writable hydra.run.dir"
                      if not job_started else "a file or folder the run needs cannot be written or read")
             return f"{where} ({c.strerror or first_line(c)}: {c.filename!r})"
     return None
+
+
+_INTERPOLATION_HELP = ("; ${key} reads a config key, ${oc.env:VAR,default} an environment variable, "
+                       "and a literal $ is written \\$")
+
+
+def _allowed(full_key: str) -> str:
+    """'; use an integer >= 1': what the key's rule allows (cnnlab/config.py RULES), or ''."""
+    from cnnlab.config import RULES
+
+    rule = RULES.get(re.sub(r"\[\d+\]", "", full_key))  # dataset.std[0] -> dataset.std
+    return f"; {rule.allowed}" if rule else ""
 
 
 def _suggest_key(full_key: str) -> str:

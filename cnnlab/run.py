@@ -10,15 +10,19 @@ allowed>``, with no traceback: ours (CnnlabError), and Hydra's and OmegaConf's o
 composition errors, which :func:`cli` catches and :mod:`cnnlab.cli_errors` rewrites
 (see docs/errors.md).
 Exit status: 0 completed, 1 diverged (or a sweep with a job that did not
-complete), 2 a bad input, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
-A bug keeps its traceback; HYDRA_FULL_ERROR=1 shows every error's traceback.
+complete), 2 a bad input, 3 an unexpected error (a bug), 128 + N stopped by signal N
+(130 Ctrl-C, 143 SIGTERM). A bug is one line too, naming the log file that holds its
+traceback (the run folder's run.log); HYDRA_FULL_ERROR=1 shows every traceback on
+the terminal instead. ``--help`` and ``--cfg job`` piped into ``head`` exit quietly.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import traceback
 
 import hydra
 from omegaconf import DictConfig
@@ -34,6 +38,11 @@ register_resolvers()  # cnnlab_run_dir / cnnlab_hydra_subdir, used by conf/hydra
 # Set once Hydra hands the config to main: an OSError before that is Hydra failing to
 # create the run folder (hydra.run.dir) or its run.log.
 _job_started = False
+# HYDRA_FULL_ERROR=1 as the user set it (cli() sets it for Hydra either way).
+_user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+EXIT_BUG = 3
+# Flags that only print (help, the config): killed quietly by SIGPIPE, as CLI tools are.
+_PRINT_ONLY = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 
 
 def _is_multirun() -> bool:
@@ -72,7 +81,12 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     except Exception as e:
         if not _is_multirun():
-            raise
+            if _user_wants_traceback or describe_error(e, argv=sys.argv[1:]) is not None:
+                raise  # HYDRA_FULL_ERROR=1, or an error cli() makes one line (a file that cannot be written)
+            # A bug (ours or a library's): one line here, the traceback in run.log.
+            where = _log_traceback(e)
+            print(f"error: {_bug_line(e, where)}", file=sys.stderr)
+            sys.exit(EXIT_BUG)
         # Hydra's basic sweeper re-raises a job's exception once its batch is done,
         # which would abort the sweep before the report. One broken job should not
         # cost the others their report: log the traceback to run.log, return NaN,
@@ -85,6 +99,37 @@ def main(cfg: DictConfig) -> float:
         sys.exit(1)
     best = summary.get("best_val_acc")
     return float(best) if best is not None and best >= 0 else _no_score()
+
+
+def _bug_line(e: BaseException, log_file: str) -> str:
+    """The one line a bug gets: its type, its message's first line and where the traceback is."""
+    lines = str(e).strip().splitlines()
+    return (f"unexpected {type(e).__name__}: {lines[0] if lines else 'no message'} (a bug, not a bad input; "
+            f"the full traceback is in {log_file}; HYDRA_FULL_ERROR=1 prints it here)")
+
+
+def _log_traceback(e: BaseException) -> str:
+    """Write e's traceback to the run's log file only (not the console); return that file's path.
+
+    Hydra's job logging gives the root logger a console handler and a FileHandler on
+    the run folder's run.log. Before the job (or with logging disabled) there is no
+    file handler: the traceback goes to a fresh file in the temp folder.
+    """
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if files:
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "unexpected error: %s: %s",
+                                (type(e).__name__, e), (type(e), e, e.__traceback__))
+        for handler in files:
+            handler.handle(record)
+            handler.flush()
+        return files[0].baseFilename
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix="cnnlab-error-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"cnnlab.run {' '.join(sys.argv[1:])}\n")
+        traceback.print_exception(e, file=f)
+    return name
 
 
 def _no_score() -> float:
@@ -130,8 +175,12 @@ def cli() -> None:
     from cnnlab.lifecycle.signals import Interrupted
     from cnnlab.reporting.callbacks import sweep_exit_code
 
-    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    global _user_wants_traceback
+    user_wants_traceback = _user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if _PRINT_ONLY & set(sys.argv[1:]) and hasattr(signal, "SIGPIPE"):
+        # `--help | head -1`: die quietly when the reader goes away, like cat or grep.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         # torchrun ranks > 0: a throwaway Hydra folder, so the run has one folder, rank 0's.
         sys.argv += rank_overrides(sys.argv[1:])
@@ -147,10 +196,18 @@ def cli() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # stdout's reader went away (`... | head`): nothing left to say, and no one to say it to.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(128 + 13)  # as if killed by SIGPIPE
     except Exception as e:
-        message = None if user_wants_traceback else describe_error(e, job_started=_job_started, argv=sys.argv[1:])
-        if message is None:
-            raise  # a bug: keep the traceback
+        if user_wants_traceback:
+            raise
+        message = describe_error(e, job_started=_job_started, argv=sys.argv[1:])
+        if message is None:  # a bug before the job started: one line, the traceback in a file
+            print(f"error: {_bug_line(e, _log_traceback(e))}", file=sys.stderr)
+            sys.exit(EXIT_BUG)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -369,14 +369,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
     """Device policy, data, model, optimizer and schedule, in the order that fixes the RNG draws."""
     import torch
-    from hydra.utils import instantiate
 
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import make_loaders
     from cnnlab.device import resolve_device
     from cnnlab.recipes.ema import WeightEma
     from cnnlab.recipes.mix import make_mixer
-    from cnnlab.schedulers import with_warmup
 
     tc, dc = cfg.trainer, cfg.dataset
     policy = resolve_device(cfg.device.name, cfg.device.amp, cfg.device.channels_last,
@@ -410,15 +408,7 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
     model = model.to(policy.device, memory_format=memory_format)
     model = ddp.convert_sync_bn(model, cfg.model.sync_bn, policy.device.type)
 
-    # ---- optimizer and per-optimizer-step schedule (warm-up: cnnlab/schedulers.py with_warmup)
-    optimizer = _make_optimizer(cfg.optimizer, model, policy)
-    steps = len(train_loader) // tc.accumulate  # optimizer steps an epoch
-    if steps == 0:
-        raise ConfigError(f"trainer.accumulate={tc.accumulate} is more than the {len(train_loader)} batches "
-                          f"of an epoch: use at most {len(train_loader)}")
-    make_schedule = instantiate(_without(cfg.scheduler, "warmup_epochs"))
-    scheduler = with_warmup(make_schedule, optimizer, tc.epochs * steps, steps,
-                            cfg.scheduler.get("warmup_epochs") or 0.0)
+    optimizer, scheduler = _optimization(cfg, model, policy, len(train_loader))
     scaler = torch.amp.GradScaler(policy.device.type, enabled=policy.use_grad_scaler)
     step_model = torch.compile(model) if policy.compile else model
     # DDP: training steps go through the wrapper (gradient all-reduce); evaluation uses
@@ -467,6 +457,31 @@ def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord, is_main: bo
     if cfg.trainer.save_checkpoints and is_main:
         keep_best_in_step(ck, source, record.run_dir / "checkpoints")
     return state, ck["epoch"] + 1
+
+
+def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int) -> tuple[Any, Any]:
+    """The optimizer and its per-optimizer-step schedule (warm-up: cnnlab/schedulers.py).
+
+    A ``_target_`` the schema does not know is checked by what it raises when built:
+    one line naming the key (cnnlab/build_errors.py).
+    """
+    from hydra.utils import instantiate
+
+    from cnnlab.build_errors import construction_errors
+    from cnnlab.schedulers import with_warmup
+
+    tc = cfg.trainer
+    with construction_errors("optimizer", cfg.optimizer):
+        optimizer = _make_optimizer(cfg.optimizer, model, policy)
+    steps = batches // tc.accumulate  # optimizer steps an epoch
+    if steps == 0:
+        raise ConfigError(f"trainer.accumulate={tc.accumulate} is more than the {batches} batches "
+                          f"of an epoch: use at most {batches}")
+    with construction_errors("scheduler", cfg.scheduler):
+        make_schedule = instantiate(_without(cfg.scheduler, "warmup_epochs"))
+        scheduler = with_warmup(make_schedule, optimizer, tc.epochs * steps, steps,
+                                cfg.scheduler.get("warmup_epochs") or 0.0)
+    return optimizer, scheduler
 
 
 def _make_optimizer(opt_cfg: DictConfig, model, policy):

@@ -14,7 +14,7 @@ from cnnlab.errors import ConfigError
 GROUPS = ["model", "dataset", "optimizer", "scheduler", "device"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 # Options that need a value the user must give.
-REQUIRED = {("dataset", "imagefolder"): ["dataset.root=/nonexistent"],
+REQUIRED = {("dataset", "imagefolder"): ["dataset.root={tmp}"],  # validate wants an existing folder
             ("model", "timm"): ["model.arch=resnet18"],
             ("model", "torchvision"): ["model.arch=resnet18"]}
 
@@ -31,7 +31,8 @@ def test_contract_options_exist():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(group, option, tmp_path):
-    cfg = compose([f"{group}={option}", *REQUIRED.get((group, option), [])], output_dir=tmp_path)
+    required = [o.format(tmp=tmp_path) for o in REQUIRED.get((group, option), [])]
+    cfg = compose([f"{group}={option}", *required], output_dir=tmp_path)
     resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     validate(cfg)
     assert resolved["model"]["in_chans"] == resolved["dataset"]["in_chans"]

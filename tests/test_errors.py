@@ -43,14 +43,19 @@ CASES: dict[str, Case] = {
     "unknown optimizer": Case(["optimizer=sgdd"], ["optimizer=sgdd", "adamw"]),
     "unknown scheduler": Case(["scheduler=cosin"], ["scheduler=cosin", "cosine"]),
     "unknown device": Case(["device=tpu"], ["device=tpu", "cpu", "cuda"]),
-    "wrong type (int)": Case(["trainer.epochs=abc"], ["trainer.epochs=abc", "wrong type", "Integer"]),
+    "wrong type (int)": Case(["trainer.epochs=abc"], ["trainer.epochs=abc", "wrong type", "Integer",
+                                                      "use an integer >= 1"]),
     "wrong type (float)": Case(["optimizer.lr=fast"], ["optimizer.lr='fast'", "a number > 0"]),
-    "wrong type (bool)": Case(["model.pretrained=maybe"], ["model.pretrained=maybe", "bool"]),
+    "wrong type (bool)": Case(["model.pretrained=maybe"], ["model.pretrained=maybe", "bool", "use true or false"]),
     "unknown key": Case(["trainer.epoch=3"], ["trainer.epoch", "not a config key", "trainer.epochs"]),
-    "unparsable override": Case(["trainer.epochs=["], ["cannot be parsed", "key=value"]),
+    "unparsable override": Case(["trainer.epochs=["], ["'trainer.epochs=['", "cannot be parsed", "key=value"]),
     # ({{ }} is one brace after the {tmp} formatting)
     "interpolation naming no key": Case(["trainer.epochs=${{trainer.epoch}}"],
                                         ["an interpolation in trainer.epochs names no key", "trainer.epoch"]),
+    "interpolation of an unset variable": Case(["seed=${{oc.env:CNNLAB_NO_SUCH_VARIABLE}}"],
+                                               ["an interpolation in seed cannot be resolved",
+                                                "CNNLAB_NO_SUCH_VARIABLE", "${{oc.env:VAR,default}}"]),
+    "broken interpolation": Case(["model.name='${{'"], ["model.name='${{': a broken interpolation"]),
     "--cfg hydra --resolve": Case(["--cfg", "hydra", "--resolve"], ["use `--cfg all --resolve`"]),
     # -- range and choice checks (cnnlab.config.validate), before torch is imported
     "zero epochs": Case(["trainer.epochs=0"], ["trainer.epochs=0", ">= 1"]),
@@ -59,14 +64,33 @@ CASES: dict[str, Case] = {
     "negative lr": Case(["optimizer.lr=-0.1"], ["optimizer.lr=-0.1", "> 0"]),
     "val split of 1": Case(["dataset.val_split=1.0"], ["dataset.val_split=1.0", "[0, 1)"]),
     "unknown amp": Case(["device.amp=fp8"], ["device.amp='fp8'", "bf16"]),
+    # (the rule table, cnnlab.config.RULES: issue 16's cases and their kin)
+    "negative seed": Case(["seed=-1"], ["seed=-1 is not allowed", "[0, 4294967295]"]),
+    "seed too large": Case(["seed=99999999999"], ["seed=99999999999 is not allowed", "[0, 4294967295]"]),
+    "negative weight decay": Case(["optimizer.weight_decay=-1"], ["optimizer.weight_decay=-1", ">= 0"]),
+    "momentum of 1 or more": Case(["optimizer.momentum=2"], ["optimizer.momentum=2", "[0, 1)"]),
+    "nesterov without momentum": Case(["optimizer.momentum=0"], ["optimizer.momentum=0", "nesterov"]),
+    "infinite lr": Case(["optimizer.lr=inf"], ["optimizer.lr=inf", "> 0"]),
+    "drop rate of 1 or more": Case(["model.drop_rate=1.5"], ["model.drop_rate=1.5", "[0, 1)"]),
+    "negative aux weight": Case(["model=googlenet", "model.aux_weight=-1"], ["model.aux_weight=-1.0", ">= 0"]),
+    "negative crop padding": Case(["dataset.augment.crop_padding=-1"], ["dataset.augment.crop_padding=-1", ">= 0"]),
+    "crop padding as large as the image": Case(["dataset.augment.crop_padding=40"],
+                                               ["dataset.augment.crop_padding=40", "[0, 15]"]),
+    "zero limit": Case(["dataset.limit=0"], ["dataset.limit=0", "null or an integer >= 1"]),
+    "zero std": Case(["dataset.std=[0]"], ["dataset.std=[0.0]", "numbers > 0"]),
+    "a list key given a number": Case(["dataset.std=0.5"], ["dataset.std=0.5", "wrong type", "list of numbers"]),
+    "dataset root that is a file": Case(["dataset.root={tmp}/a_file"], ["a_file' is a file, not a folder"]),
     "missing mandatory value": Case(["model=timm"], ["model.arch has no value", "model.arch=<value>"]),
     "batch larger than the data": Case(["trainer.batch_size=1000"], ["trainer.batch_size=1000", "64 images"],
                                        slow=True),
+    "optimizer the schema does not know": Case(
+        ["optimizer._target_=torch.optim.RMSprop"],
+        ["optimizer.nesterov=True is not accepted by torch.optim.RMSprop", "~optimizer.nesterov"], slow=True),
     # -- data
     # Checked with the config, before torch is imported: fast.
     "imagefolder without a root": Case(["dataset=imagefolder"], ["dataset=imagefolder needs dataset.root=<folder>"]),
     "missing dataset root": Case(["dataset=imagefolder", "dataset.root={tmp}/nowhere"],
-                                 ["nowhere", "not a folder"], slow=True),
+                                 ["nowhere", "not a folder"]),
     "empty dataset root": Case(["dataset=imagefolder", "dataset.root={tmp}/empty"],
                                ["empty' has no class subfolders"], slow=True),
     "imagefolder with one class": Case(["dataset=imagefolder", "dataset.root={tmp}/one"],
@@ -193,3 +217,57 @@ def test_imagefolder_skips_a_corrupt_image_with_a_warning_and_other_files_silent
     assert any("broken.png" in w and "skipping" in w for w in warnings), log
     assert "notes.txt" not in log
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+# A bug that escapes train(cfg): a sitecustomize (imported at interpreter start) swaps
+# train for one that raises, then the real `python -m cnnlab.run` runs.
+_BUG = """
+import cnnlab.train
+
+
+def train(cfg):
+    raise RuntimeError("boom: something cnnlab did not expect\\nsecond line")
+
+
+cnnlab.train.train = train
+"""
+
+
+@pytest.mark.parametrize("full_error", [False, True], ids=["one line", "HYDRA_FULL_ERROR=1"])
+def test_a_bug_is_one_line_naming_the_log_that_holds_its_traceback(tmp_path, full_error):
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(_BUG)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path / 'hook'}", "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if full_error:
+        env["HYDRA_FULL_ERROR"] = "1"
+    res = subprocess.run([sys.executable, "-m", "cnnlab.run", *ARGS, f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    log = (tmp_path / "run" / "run.log").read_text()
+    if full_error:  # the developer's setting: the whole traceback on the terminal
+        assert res.returncode != 0 and "Traceback" in res.stderr and "second line" in res.stderr
+        return
+    assert res.returncode == 3
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: unexpected RuntimeError: boom: something cnnlab did not expect (a bug")
+    assert str(tmp_path / "run" / "run.log") in lines[0]
+    assert "Traceback" in log and "second line" in log
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"]], ids=["--help", "--cfg job"])
+def test_piped_into_head_exits_quietly(tmp_path, args):
+    """`--help | head -1`: the reader is gone before anything is written; no BrokenPipeError."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.run", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # like `head` that has read its line and left
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert err == "", err
+    # And as a user types it: head prints the first line, nothing else is said.
+    res = subprocess.run(["bash", "-c", f"{sys.executable} -m cnnlab.run {' '.join(args)} | head -1"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0 and res.stderr == "" and len(res.stdout.splitlines()) == 1

@@ -38,7 +38,7 @@ def _constant(opt):
     ("mix.switch_prob=-0.1", "[0, 1]"),
     ("ema.decay=1.0", "(0, 1)"),
     ("trainer.accumulate=0", ">= 1"),
-    ("scheduler.warmup_epochs=-1", "[0, trainer.epochs=5]"),
+    ("scheduler.warmup_epochs=-1", ">= 0"),
     ("scheduler.warmup_epochs=6", "[0, trainer.epochs=5]"),
     ("dataset.augment.policy=randaug", "randaugment, trivialaugment"),
     ("dataset.augment.random_erasing=2", "[0, 1]"),

@@ -74,18 +74,20 @@ def test_two_model_sweep_writes_the_report(two_model_sweep) -> None:
 
 
 def test_a_failing_job_does_not_stop_the_sweep_but_fails_the_exit_status(tmp_path: Path) -> None:
-    # drop_rate=5 makes nn.Dropout raise a ValueError (not a CnnlabError) while the
-    # model is built: the kind of exception that would abort a plain Hydra sweep.
+    # model._target_=builtins.dict "builds" a dict, so the next step (counting its
+    # parameters) raises an AttributeError (not a CnnlabError): the kind of exception
+    # that would abort a plain Hydra sweep. (A bad value such as model.drop_rate=5 is
+    # a ConfigError now, caught by the rule table before the job builds anything.)
     sweep_dir = tmp_path / "sweep"
-    proc = multirun(["model=alexnet", "model.drop_rate=0.0,5.0", *SMALL], sweep_dir)
+    proc = multirun(["model=alexnet", "model._target_=cnnlab.models.build_model,builtins.dict", *SMALL], sweep_dir)
     assert proc.returncode == 1, proc.stderr[-3000:]
     got = {r["overrides"].split()[1]: r for r in rows(sweep_dir)}
-    assert got["model.drop_rate=0.0"]["status"] == "completed"
-    failed = got["model.drop_rate=5.0"]
-    assert failed["status"] == "failed" and "dropout probability" in failed["error"]
+    assert got["model._target_=cnnlab.models.build_model"]["status"] == "completed"
+    failed = got["model._target_=builtins.dict"]
+    assert failed["status"] == "failed" and "AttributeError" in failed["error"]
     assert "1 of 2 jobs did not complete" in proc.stderr
     # The traceback is in the failed job's own log; its summary says why.
-    bad = next(p for p in job_dirs(sweep_dir) if "drop_rate=5.0" in p.name)
+    bad = next(p for p in job_dirs(sweep_dir) if "builtins.dict" in p.name)
     assert "Traceback" in (bad / "run.log").read_text()
     assert json.loads((bad / "summary.json").read_text())["status"] == "failed"
 
