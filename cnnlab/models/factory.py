@@ -76,6 +76,18 @@ def _is_ours(arch: str) -> bool:
     return timm.models.model_entrypoint(arch).__module__.startswith("cnnlab.")
 
 
+def _takes(model: nn.Module, key: str) -> bool:
+    """Whether ``model``'s ``__init__``, or a base class's, names ``key``.
+
+    A class that swallows ``**kwargs`` accepts any keyword but ignores the size: only
+    a named parameter means the model sized itself from it.
+    """
+    import inspect
+
+    return any(key in inspect.signature(c.__init__).parameters
+               for c in type(model).__mro__ if "__init__" in vars(c) and c is not nn.Module)
+
+
 def _create_timm(arch: str, img_size: int, **kw: Any) -> tuple[nn.Module, bool]:
     """``timm.create_model`` with ``img_size`` where the model takes one; (model, took it).
 
@@ -83,8 +95,6 @@ def _create_timm(arch: str, img_size: int, **kw: Any) -> tuple[nn.Module, bool]:
     ``img_size`` and size their position embeddings, windows and grids from it; the
     others reject it at the call, before any layer is built, and are built without.
     """
-    import inspect
-
     import timm
 
     if _is_ours(arch):  # MogaNet takes small_input instead
@@ -95,10 +105,7 @@ def _create_timm(arch: str, img_size: int, **kw: Any) -> tuple[nn.Module, bool]:
         if "img_size" not in str(e):
             raise
         return timm.create_model(arch, **kw), False
-    # A class that swallows **kwargs took the call but not the size: it counts as sized
-    # only if its __init__, or a base class's, names img_size.
-    sized = any("img_size" in inspect.signature(c.__init__).parameters
-                for c in type(model).__mro__ if "__init__" in vars(c) and c is not nn.Module)
+    sized = _takes(model, "img_size")
     if sized:
         log.info("small_input: %s: takes img_size=%d (sizes its own grid)", type(model).__name__, img_size)
     return model, sized
@@ -226,11 +233,14 @@ def _tv_get_model(tvm: Any, arch: str, img_size: int, **kw: Any) -> tuple[nn.Mod
     for key, value in (("image_size", img_size), ("input_size", (img_size, img_size))):
         try:
             model = tvm.get_model(arch, **kw, **{key: value})
-            log.info("small_input: %s: takes %s=%s (sizes its own grid)", type(model).__name__, key, value)
-            return model, True
         except TypeError as e:
             if f"'{key}'" not in str(e):
                 raise
+            continue
+        if not _takes(model, key):  # swallowed by **kwargs (MobileNetV3 takes any keyword)
+            return model, False
+        log.info("small_input: %s: takes %s=%s (sizes its own grid)", type(model).__name__, key, value)
+        return model, True
     return tvm.get_model(arch, **kw), False
 
 
