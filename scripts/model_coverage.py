@@ -152,6 +152,8 @@ def trial(row: Row, size: int, timeout_s: int, rules: _RuleLog) -> Trial:
         torch.manual_seed(0)
         model = build_model(row.model, row.source, row.model, num_classes=10, in_chans=3, img_size=size,
                             small_input=small).train()
+        if not row.params_m:  # not countable on the meta device (torchvision's RegNet computes widths)
+            row.params_m = sum(p.numel() for p in model.parameters()) / 1e6
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         x, y = torch.randn(2, 3, size, size), torch.tensor([0, 1])
         logits, extra = split_output(model(x))
