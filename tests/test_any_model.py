@@ -52,7 +52,7 @@ def _sgd_step(model: torch.nn.Module, side: int) -> torch.Tensor:
     loss = F.cross_entropy(logits, y) + sum(w * F.cross_entropy(a, y) for w, a in extra)
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     return loss
 
 
@@ -107,12 +107,20 @@ def test_the_suggested_size_works():
 
 
 def test_build_check_leaves_the_model_as_it_was():
-    """The build-time forward pass runs in eval mode with no grad: running stats untouched."""
-    model = _build("timm", "convnext_atto", small_input=False)
-    fresh = _build("timm", "convnext_atto", small_input=False)
-    assert model.training
-    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
-        assert torch.equal(a, b)
+    """The build-time pass runs in eval mode with no grad: BN stats, mode and the RNG untouched."""
+    from cnnlab.models.factory import check_input
+
+    model = _build("timm", "resnet10t").train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    check_input(model, "timm", "resnet10t", 3, 32)
+    assert model.training and torch.equal(rng, torch.get_rng_state())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    vit = _build("timm", "vit_tiny_patch16_224").train()  # sized for 32x32: a 64x64 image is refused
+    with pytest.raises(ModelError, match="vit_tiny_patch16_224.*can't take 64x64 images"):
+        check_input(vit, "timm", "vit_tiny_patch16_224", 3, 64)
+    assert vit.training
 
 
 @pytest.mark.slow  # a whole `cnnlab.run` process: ~10-25 s
