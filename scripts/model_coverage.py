@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     "million parameters (CPU time)")
     ap.add_argument("--max-params-fallback", type=float, default=150.0,
                     help="the same limit for a model that did not train at 32x32")
-    ap.add_argument("--timeout", type=int, default=300, help="seconds per build + step")
+    ap.add_argument("--timeout", type=int, default=180, help="seconds per build + step")
     ap.add_argument("--picks", help="JSON file of {timm module: model}: read if it exists (skips the "
                     "parameter counts), else written with this run's picks")
     args = ap.parse_args(argv)
