@@ -11,7 +11,7 @@ EPOCHS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint sweep bench soak ddp-smoke tensorboard clean
+.PHONY: help install run test test-all lint sweep bench soak coverage ddp-smoke tensorboard clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,6 +56,11 @@ bench: $(STAMP) ## Loader, loop and ceiling benchmarks -> docs/benchmarks.{json,
 
 soak: $(STAMP) ## 20 x (kill -9 a tiny run at a random moment, auto-resume): must end bit-identical (~10 min CPU; SOAK_ARGS="--trials 5")
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
+
+# A benchmark, not a test: one timm model per family and every torchvision model, one
+# train step each at 32x32 (small_input) and at the native size (scripts/model_coverage.py).
+coverage: $(STAMP) ## Which timm/torchvision models train -> docs/model_coverage.md (~40 min CPU; COVERAGE_ARGS="--families resnet,vgg --torchvision none")
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python scripts/model_coverage.py $(COVERAGE_ARGS)
 
 # torchrun, 2 processes x 1 thread, gloo: one DDP run, one run folder (docs/distributed.md).
 ddp-smoke: $(STAMP) ## Train the default experiment with DDP on 2 CPU processes (torchrun, gloo); NPROC=4 for more

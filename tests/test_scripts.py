@@ -37,3 +37,24 @@ def test_bench_compare_times_the_report_over_generated_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "python -m cnnlab.compare (fresh process, csv+md+png)" in res.stdout
     assert "report callback at the end of a 10-job sweep" in res.stdout
+
+
+def test_model_coverage_on_five_families(tmp_path):
+    """scripts/model_coverage.py on five small timm families: the table, the summary, no traceback.
+
+    starnet and lcnetv2 take the general small-input rule, swiftformer takes img_size,
+    efficientformer (fixed 224x224) refuses 32x32 in one line and trains at 224.
+    """
+    out = tmp_path / "coverage.md"
+    families = "starnet,lcnetv2,shvit,swiftformer,efficientformer"
+    res = _script("model_coverage.py", "--families", families, "--torchvision", "none", "--out", str(out),
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    md = out.read_text()
+    rows = {ln.split(" | ")[1]: ln for ln in md.splitlines() if ln.startswith("| timm |")}
+    assert sorted(rows) == sorted(families.split(","))
+    assert "general rule: stem strides" in rows["starnet"] and "| yes | yes (224) |" in rows["starnet"]
+    assert "takes img_size=32" in rows["swiftformer"]
+    assert "| no | yes (224) |" in rows["efficientformer"] and "dataset.image_size=224" in rows["efficientformer"]
+    assert not [r for r in rows.values() if "**error**" in r]
+    assert "- timm: 5/5 families (100%) train at 32x32 or at their native size (4 at 32x32)" in md

@@ -2,7 +2,8 @@
 
 ImageNet stems downsample by 4 before the first block (a 7x7/2 conv and a 3x3/2
 max-pool in ResNet), so a 32x32 CIFAR image is 8x8 after the stem and 1x1 at the
-end. ``adapt_small_input`` applies the usual CIFAR-style changes per family:
+end. ``adapt_small_input`` applies the usual CIFAR-style changes where a family has
+a well-known one, and one general rule everywhere else:
 
 ===================  =========================================  ==================
 family               change                                     final map at 32x32
@@ -11,17 +12,31 @@ ResNet               7x7/2 conv + max-pool -> 3x3/1 conv         4x4 (was 1x1)
 ResNet, deep stem    first stem conv -> stride 1, no max-pool    4x4 (was 1x1)
 MobileNet V2/V3/V4   stride-2 stem conv -> stride 1              2x2 (was 1x1)
 GoogLeNet            7x7/2 conv1 -> 3x3/1 (pools kept)           2x2 (was 1x1)
-other                first conv -> stride 1                      (logged)
+any other            general rule: the stem's strides reduced    4x4 or 2x2 mostly
 ===================  =========================================  ==================
 
-The MobileNet rule (timm's ``conv_stem``) also covers timm's EfficientNet family.
+The MobileNet rule (timm's ``conv_stem``) also covers timm's EfficientNet family, and
+the deep-stem rule torchvision's ShuffleNetV2 (``conv1`` + ``maxpool`` too).
+
+The general rule (``_reduce_stem``): the strided convs and pools that come first in
+the model (definition order) are the stem. Their strides are divided, first layer
+first, until the final map at the input size reaches 4x4 or the stem's budget is
+spent: the reduction of the first timm ``feature_info`` level at or past /4 (the
+stride before the first stage; 4 for a torchvision model, which has no
+feature_info). Each candidate is checked with one forward pass at the input size,
+and the rule keeps the longest prefix of changes that runs: a strided block whose
+shortcut would no longer match is left alone. Models that took the input size
+themselves (timm's ``img_size``: ViT, DeiT, Swin, MaxViT, CoAtNet, LeViT, ...) are
+not changed here; the factory passes them the size instead.
+
 MogaNet takes ``small_input`` itself (stage-1 convs at stride 1: 4x4), and AlexNet
-has its own small stem (3x3). ``final_feature_map`` measures these; the tests and
-``python -m cnnlab.models`` check them.
+has its own small stem (3x3). ``final_feature_map`` measures these; the tests,
+``python -m cnnlab.models`` and scripts/model_coverage.py check them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -46,33 +61,150 @@ def _small_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=conv.bias is not None)
 
 
-def adapt_small_input(model: nn.Module) -> nn.Module:
+def adapt_small_input(model: nn.Module, img_size: int = 32) -> nn.Module:
     """Reduce the early downsampling of an ImageNet model for ~32x32 inputs (in place)."""
+    log.info("small_input: %s: %s", type(model).__name__, small_input_rule(model, img_size))
+    return model
+
+
+def small_input_rule(model: nn.Module, img_size: int = 32) -> str:
+    """Apply the small-input rule of ``model``'s family (in place); return what was done."""
     kind = type(model).__name__
     if hasattr(model, "conv1") and hasattr(model, "maxpool") and isinstance(model.conv1, nn.Conv2d):
         # ResNet (timm and torchvision share these names).
         model.conv1 = _small_conv(model.conv1)
         model.maxpool = nn.Identity()
-    elif hasattr(model, "conv1") and hasattr(model, "maxpool") and isinstance(model.conv1, nn.Sequential):
+        return "ResNet: conv1 -> 3x3/1, no max-pool"
+    if hasattr(model, "conv1") and hasattr(model, "maxpool") and isinstance(model.conv1, nn.Sequential):
         # timm's deep-stem ResNets (resnet*d, resnet*t): three 3x3 convs, the first at
         # stride 2, then the max-pool. Unstride the first and drop the pool: total /1.
         _first_conv(model.conv1)[2].stride = (1, 1)
         model.maxpool = nn.Identity()
-    elif hasattr(model, "conv_stem") and isinstance(model.conv_stem, nn.Conv2d):
+        return "deep stem: first stem conv -> stride 1, no max-pool"
+    if hasattr(model, "conv_stem") and isinstance(model.conv_stem, nn.Conv2d):
         # timm's MobileNetV3 / MobileNetV4 / EfficientNet family.
         model.conv_stem.stride = (1, 1)
-    elif kind in ("MobileNetV2", "MobileNetV3"):
+        return "MobileNet: conv_stem -> stride 1"
+    if kind in ("MobileNetV2", "MobileNetV3"):
         # torchvision: features[0] is Conv2dNormActivation(conv stride 2, BN, act).
         model.features[0][0].stride = (1, 1)
-    elif kind in ("GoogLeNet", "GoogLeNetAux"):
+        return "MobileNet: stem conv -> stride 1"
+    if kind in ("GoogLeNet", "GoogLeNetAux"):
         # torchvision's BasicConv2d: conv1.conv is 7x7/2. Keep the four max-pools,
         # so the inception blocks run at 8, 4 and 2 pixels instead of 28/14/7 at 224.
         model.conv1.conv = _small_conv(model.conv1.conv)
-    else:
-        _, name, conv = _first_conv(model)
-        conv.stride = (1, 1)
-        log.warning("small_input: no rule for %s; set the first conv (%s) to stride 1", kind, name)
-    return model
+        return "GoogLeNet: conv1 -> 3x3/1"
+    return _reduce_stem(model, img_size)
+
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _stride(m: nn.Module) -> int:
+    s = m.stride
+    return int(s[0] if isinstance(s, tuple) else s)
+
+
+def _set_stride(m: nn.Module, s: int) -> None:
+    m.stride = (s, s) if isinstance(m, nn.Conv2d) else s
+
+
+def _budgets(model: nn.Module, img_size: int) -> tuple[int, int]:
+    """(stem budget, wanted reduction): how much stride may go, and how much should.
+
+    From timm's ``feature_info`` (each level's ``reduction``): the stem is what comes
+    before the first level at /4 or more, and the final map is ``img_size`` over the
+    last level's reduction; 4x4 is wanted. torchvision models have no feature_info:
+    an ImageNet stem is /4 and their final reduction /32.
+    """
+    info = getattr(model, "feature_info", None)
+    reductions = [int(f["reduction"]) for f in info] if isinstance(info, list) and info else []
+    stem = next((r for r in reductions if r >= 4), 4)
+    final = reductions[-1] if reductions else 32
+    wanted = max(1, -(-4 * final // img_size))  # ceil: the factor that gives a 4x4 final map
+    return stem, wanted
+
+
+def _runs(model: nn.Module, img_size: int, in_chans: int) -> bool:
+    """One eval forward pass of a zero image, on the model's device: does it run?"""
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, in_chans, img_size, img_size, device=p.device if p is not None else "cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+        return True
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - any failure means "this change doesn't fit"
+        return False
+    finally:
+        model.train(was_training)
+
+
+def _strided_layers(model: nn.Module, in_chans: int) -> list[tuple[str, nn.Module, int, int]]:
+    """(name, layer, stride, input reduction) of every strided conv and pool, in call order.
+
+    Found with forward hooks on one zero image at 128, else 224, pixels (an ImageNet
+    model runs at both); the input reduction is the probe side over the layer's input
+    side, so parallel branches (a block's conv and its strided shortcut) share one.
+    """
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, *_POOLS)) and _stride(m) > 1]
+    for side in (128, 224):
+        # id(layer) -> (name, layer, stride, input side); dicts keep insertion (= call) order.
+        seen: dict[int, tuple[str, nn.Module, int, int]] = {}
+        handles = [m.register_forward_hook(functools.partial(_record, seen, n)) for n, m in layers]
+        try:
+            if _runs(model, side, in_chans):
+                return [(n, m, s, max(1, side // x)) for n, m, s, x in seen.values()]
+        finally:
+            for h in handles:
+                h.remove()
+    return []
+
+
+def _record(seen: dict, name: str, m: nn.Module, args: tuple, _out: object) -> None:
+    """Forward hook: the first input side a strided layer sees."""
+    if id(m) not in seen and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+        seen[id(m)] = (name, m, _stride(m), int(args[0].shape[-1]))
+
+
+def _reduce_stem(model: nn.Module, img_size: int) -> str:
+    """The general rule (module docstring): divide the stem's strides, keep what runs."""
+    budget, wanted = _budgets(model, img_size)
+    try:
+        in_chans = _first_conv(model)[2].in_channels
+    except ValueError:
+        in_chans = 3
+    # The stem's strided layers, grouped by the reduction of their input (call order).
+    groups: dict[int, list[tuple[str, nn.Module, int]]] = {}
+    for name, m, s, level in _strided_layers(model, in_chans):
+        if level < budget:
+            groups.setdefault(level, []).append((name, m, s))
+    # Planned cuts, one per group: each layer's stride divided by ``cut``.
+    plan: list[tuple[int, list[tuple[str, nn.Module, int]]]] = []
+    left = min(budget, wanted)
+    for level in sorted(groups):
+        cut = min(max(s for _, _, s in groups[level]), left, budget // level)
+        if cut <= 1:
+            break
+        plan.append((cut, groups[level]))
+        left //= cut
+
+    def apply(k: int) -> None:
+        for i, (cut, members) in enumerate(plan):
+            for _, m, s in members:
+                _set_stride(m, max(1, s // cut) if i < k else s)
+
+    for k in range(len(plan), 0, -1):
+        apply(k)
+        if _runs(model, img_size, in_chans):
+            done = ", ".join(f"{n} /{s}->/{max(1, s // cut)}" for cut, ms in plan[:k] for n, _, s in ms)
+            return f"general rule: stem strides {done}"
+    apply(0)
+    return "general rule: no stem stride could be reduced and still run; unchanged"
 
 
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)

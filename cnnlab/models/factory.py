@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +14,8 @@ from cnnlab.errors import CnnlabError, ModelError
 from cnnlab.models.adapt import adapt_small_input, set_in_chans_torchvision
 from cnnlab.models.registry import LEGACY_ARCHS, cnnlab_models, extra_kwargs, is_cnnlab_model
 from cnnlab.models.weights import reachable as _reachable
+
+log = logging.getLogger("cnnlab.models.adapt")  # the small-input decisions, in one logger
 
 
 def _closest(name: str, names: list[str]) -> str:
@@ -46,10 +49,107 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
+def _takes(model: nn.Module, key: str) -> bool:
+    """Whether ``model``'s ``__init__``, or a base class's, names ``key``.
+
+    A class that swallows ``**kwargs`` accepts any keyword but ignores the size: only
+    a named parameter means the model sized itself from it.
+    """
+    import inspect
+
+    return any(key in inspect.signature(c.__init__).parameters
+               for c in type(model).__mro__ if "__init__" in vars(c) and c is not nn.Module)
+
+
+def _create_timm(arch: str, img_size: int, **kw: Any) -> tuple[nn.Module, bool]:
+    """``timm.create_model`` with ``img_size`` where the model takes one; (model, took it).
+
+    The model's class decides: ViT, DeiT, Swin, MaxViT, CoAtNet, EVA, LeViT ... take
+    ``img_size`` and size their position embeddings, windows and grids from it; the
+    others reject it at the call, before any layer is built, and are built without.
+    """
+    import timm
+
+    if is_cnnlab_model(arch):  # AlexNet takes img_size (its classifier's width), MogaNet does not
+        size = {"img_size": img_size} if "img_size" in extra_kwargs(arch) else {}
+        return timm.create_model(arch, **kw, **size), False
+    try:
+        model = timm.create_model(arch, img_size=img_size, **kw)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        return timm.create_model(arch, **kw), False
+    sized = _takes(model, "img_size")
+    if sized:
+        log.info("small_input: %s: takes img_size=%d (sizes its own grid)", type(model).__name__, img_size)
+    return model, sized
+
+
+def _size_hint(source: str, arch: str) -> tuple[str, int]:
+    """(what the model says about its input size, the dataset.image_size to suggest)."""
+    if source == "timm":
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(arch)
+        side = int(cfg.input_size[-1]) if cfg is not None else 224
+        if cfg is not None and cfg.fixed_input_size:
+            return f"fixed input size {side}x{side} in its pretrained_cfg", side
+        if cfg is not None and cfg.min_input_size:
+            low = int(cfg.min_input_size[-1])
+            return f"minimum input size {low}x{low} in its pretrained_cfg", max(low, 224)
+        return f"trained at {side}x{side}", side
+    from torchvision import models as tvm
+
+    try:
+        meta = tvm.get_model_weights(arch).DEFAULT.meta
+        low = int(meta["min_size"][-1])
+        return f"minimum input size {low}x{low} in its weights' meta", max(low, 224)
+    except (KeyError, ValueError, AttributeError):
+        return "trained at 224x224", 224
+
+
+def _size_error(source: str, arch: str, img_size: int, why: BaseException) -> ModelError:
+    """The one-line refusal of a model that can't take ``img_size`` x ``img_size`` images."""
+    said, side = _size_hint(source, arch)
+    return ModelError(
+        f"model.arch={arch!r} ({source}) can't take {img_size}x{img_size} images ({said}; "
+        f"{_first_line(why)}); use dataset.image_size={side}, which resizes every dataset's images"
+    )
+
+
+def check_input(model: nn.Module, source: str, arch: str, in_chans: int, img_size: int) -> None:
+    """Run one zero image through ``model`` (eval, no grad); a failure is a one-line ModelError.
+
+    This is the build-time check that a model takes the dataset's images, so a size it
+    can't take fails before training starts, not with a traceback at the first step.
+    Skipped on the meta device (``cnnlab.inspect`` builds there). Uses no randomness
+    and leaves the model's state (running stats, train/eval mode) as it was.
+    """
+    import torch
+
+    p = next(model.parameters(), None)
+    if p is None or p.device.type == "meta":
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, img_size, img_size, device=p.device, dtype=p.dtype))
+    except (torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - shape errors come as RuntimeError, AssertionError, ...
+        raise _size_error(source, arch, img_size, e) from None
+    finally:
+        model.train(was_training)
+
+
 def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, drop_rate: float,
-                drop_path_rate: float, **cnnlab_kw: Any) -> nn.Module:
-    """``timm.create_model``; ``cnnlab_kw`` (small_input, img_size, batch_norm) go to cnnlab's
-    own models, each only to the models that take it."""
+                drop_path_rate: float, img_size: int = 224, **cnnlab_kw: Any) -> tuple[nn.Module, bool]:
+    """The timm model, and whether it took ``img_size`` (then small_input leaves it alone).
+
+    ``cnnlab_kw`` (small_input, batch_norm; img_size too) go to cnnlab's own models, each
+    only to the models that take it.
+    """
     import timm
 
     if not timm.is_model(arch) and arch in LEGACY_ARCHS:
@@ -65,12 +165,18 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, dr
         kw["drop_path_rate"] = drop_path_rate
     kw.update({k: cnnlab_kw[k] for k in extra_kwargs(arch) if k in cnnlab_kw})
     if not pretrained:
-        return timm.create_model(arch, **kw)
+        try:
+            return _create_timm(arch, img_size, **kw)
+        except TypeError as e:  # an argument this model doesn't take (drop_path_rate, in_chans ...)
+            raise ModelError(f"timm {arch!r} can't be built with these settings ({_first_line(e)})") from None
+        except (ValueError, AssertionError, RuntimeError) as e:
+            # e.g. a window or patch size that doesn't divide the image: one line, and the fix.
+            raise _size_error("timm", arch, img_size, e) from None
     if is_cnnlab_model(arch):
         # cnnlab's models fetch their weights from the authors' release, not the HF hub, and
         # fail offline in one line themselves (cnnlab.models.weights).
         try:
-            return timm.create_model(arch, pretrained=True, **kw)
+            return timm.create_model(arch, pretrained=True, **kw), False
         except CnnlabError:
             raise
         except Exception as e:  # noqa: BLE001 - download, unpickling and shape errors
@@ -82,7 +188,7 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, dr
 
     try:
         with _hub_offline_unless_reachable():
-            return timm.create_model(arch, pretrained=True, **kw)
+            return _create_timm(arch, img_size, pretrained=True, **kw)
     except LocalEntryNotFoundError:
         raise ModelError(
             f"model.pretrained=true: the weights of timm {arch!r} are not in the Hugging Face cache "
@@ -110,8 +216,29 @@ def _check_torchvision_download(arch: str, url: str) -> None:
         )
 
 
+def _tv_get_model(tvm: Any, arch: str, img_size: int, **kw: Any) -> tuple[nn.Module, bool]:
+    """``tvm.get_model`` with the input size where the model's class takes one; (model, took it).
+
+    torchvision's ViT takes ``image_size`` (a side) and its MaxViT ``input_size`` (H, W);
+    the others reject both at the call, before any layer is built.
+    """
+    for key, value in (("image_size", img_size), ("input_size", (img_size, img_size))):
+        try:
+            model = tvm.get_model(arch, **kw, **{key: value})
+        except TypeError as e:
+            if f"'{key}'" not in str(e):
+                raise
+            continue
+        if not _takes(model, key):  # swallowed by **kwargs (MobileNetV3 takes any keyword)
+            return model, False
+        log.info("small_input: %s: takes %s=%s (sizes its own grid)", type(model).__name__, key, value)
+        return model, True
+    return tvm.get_model(arch, **kw), False
+
+
 def _build_torchvision(arch: str, pretrained: bool, num_classes: int, in_chans: int,
-                       drop_rate: float, aux_logits: bool) -> nn.Module:
+                       drop_rate: float, aux_logits: bool, img_size: int = 224) -> tuple[nn.Module, bool]:
+    """The torchvision model, and whether it took ``img_size`` (then small_input leaves it alone)."""
     from torchvision import models as tvm
 
     names = tvm.list_models(module=tvm)
@@ -130,16 +257,18 @@ def _build_torchvision(arch: str, pretrained: bool, num_classes: int, in_chans: 
         if pretrained:
             weights = tvm.get_model_weights(arch).DEFAULT
             _check_torchvision_download(arch, weights.url)
-            model = tvm.get_model(arch, weights=weights, **kw)
+            model, sized = tvm.get_model(arch, weights=weights, **kw), False
         else:
-            model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kw)
-    except (OSError, RuntimeError) as e:
+            model, sized = _tv_get_model(tvm, arch, img_size, weights=None, num_classes=num_classes, **kw)
+    except TypeError as e:  # an argument this model doesn't take
+        raise ModelError(f"torchvision {arch!r} can't be built with these settings ({_first_line(e)})") from None
+    except (OSError, RuntimeError, ValueError, AssertionError) as e:
         if pretrained:
             raise ModelError(
                 f"pretrained weights for torchvision {arch!r} could not be downloaded ({type(e).__name__}); "
                 "go online once (they are cached in ~/.cache/torch), or use model.pretrained=false"
             ) from None
-        raise
+        raise _size_error("torchvision", arch, img_size, e) from None
     if pretrained and num_classes != 1000:
         from cnnlab.models.adapt import reset_torchvision_head
 
@@ -150,7 +279,7 @@ def _build_torchvision(arch: str, pretrained: bool, num_classes: int, in_chans: 
         from cnnlab.models.adapt import googlenet_with_aux_loss
 
         model = googlenet_with_aux_loss(model)
-    return model
+    return model, sized
 
 
 def build_model(
@@ -186,14 +315,18 @@ def build_model(
                              f"{', '.join(cnnlab_models())}, or model.source=timm")
         source = "timm"
     if source == "timm":
-        model = _build_timm(arch, pretrained, num_classes, in_chans, drop_rate, drop_path_rate,
-                            small_input=small_input, img_size=img_size, batch_norm=batch_norm)
-        if small_input and "small_input" not in extra_kwargs(arch):
-            adapt_small_input(model)
+        model, sized = _build_timm(arch, pretrained, num_classes, in_chans, drop_rate, drop_path_rate,
+                                   img_size=img_size, small_input=small_input, batch_norm=batch_norm)
+        # A model that took img_size has sized itself for the input; cnnlab's take small_input.
+        if small_input and not sized and "small_input" not in extra_kwargs(LEGACY_ARCHS.get(arch, arch)):
+            adapt_small_input(model, img_size)
+        check_input(model, source, arch, in_chans, img_size)
     elif source == "torchvision":
-        model = _build_torchvision(arch, pretrained, num_classes, in_chans, drop_rate, aux_logits)
-        if small_input:
-            adapt_small_input(model)
+        model, sized = _build_torchvision(arch, pretrained, num_classes, in_chans, drop_rate, aux_logits,
+                                          img_size)
+        if small_input and not sized:
+            adapt_small_input(model, img_size)
+        check_input(model, source, arch, in_chans, img_size)
     else:
         raise ModelError(f"model.source={source!r}: choose one of cnnlab, timm, torchvision")
     if aux_logits and hasattr(model, "aux_weight"):
