@@ -19,13 +19,16 @@ help: ## List the targets
 # pip's "WARNING: Location '...' is ignored" lines (an index in pip's config that has
 # no page for a package) are noise to someone running `make run`: they are dropped;
 # every other line pip prints, errors included, shows, and pip's exit status is kept.
+# PYTHONWARNINGS=ignore silences setuptools' framed "Editable installation" screen, a
+# Python warning of the build backend; errors are not warnings and still show.
 PIP_FILTER := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+PIP := PYTHONWARNINGS=ignore $(BIN)/pip
 
 $(STAMP): pyproject.toml
 	@echo "installing cnnlab and its dependencies into $(VENV) (first time: about 2 minutes)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@set -o pipefail; $(BIN)/pip install --quiet --upgrade pip $(PIP_FILTER)
-	@set -o pipefail; $(BIN)/pip install --quiet -e '.[dev,sweep]' $(PIP_FILTER)
+	@set -o pipefail; $(PIP) install --quiet --upgrade pip $(PIP_FILTER)
+	@set -o pipefail; $(PIP) install --quiet -e '.[dev,sweep]' $(PIP_FILTER)
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install cnnlab with its dev tools and sweep launchers (idempotent)
