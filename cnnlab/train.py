@@ -29,7 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import validate
-from cnnlab.errors import CheckpointError, CnnlabError, ConfigError
+from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.lifecycle.record import Outcome, RunRecord
 from cnnlab.lifecycle.resume import LoopState, resume_config
 
@@ -373,6 +373,7 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import make_loaders
     from cnnlab.device import resolve_device
+    from cnnlab.models.factory import instantiate_model
     from cnnlab.recipes.ema import WeightEma
     from cnnlab.recipes.mix import make_mixer
 
@@ -397,7 +398,7 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
         num_workers=dc.num_workers, rank=ddp.rank, world_size=ddp.world_size)
 
     # ---- model
-    model = _instantiate_model(cfg, num_classes=data.num_classes, in_chans=data.in_chans,
+    model = instantiate_model(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
                                img_size=data.image_size)
     from cnnlab.models.profile import count_macs, count_params  # timm: imported once data is in
 
@@ -512,26 +513,6 @@ def _without(node: DictConfig, key: str) -> DictConfig:
 
 def _optimizer_name(cfg: DictConfig) -> str:
     return str(cfg.optimizer._target_).rsplit(".", 1)[-1]
-
-
-def _instantiate_model(cfg: DictConfig, **kwargs: Any):
-    """``instantiate(cfg.model)``, re-raising a user error (bad weights file, unknown arch) as itself.
-
-    Hydra wraps whatever the target raises in an InstantiationException whose text is
-    a repr and a traceback hint; ours already say what is wrong in one line.
-    """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(cfg.model, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        while cause is not None and not isinstance(cause, CnnlabError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
 
 
 def _saver(cfg: DictConfig, p: Parts, state: LoopState, folder: Path, is_main: bool) -> Callable[[int, bool], None]:

@@ -42,6 +42,19 @@ def run_cli(args: list[str], cwd: str | os.PathLike, timeout: float = 240, modul
                           text=True, timeout=timeout, env=full_env)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, as the subprocesses run (OMP_NUM_THREADS=1): the same
+    kernels, so the same bits, and on 2 shared cores often faster. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own empty cnnlab cache (the inspector's tables), never ~/.cache."""

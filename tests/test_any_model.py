@@ -28,12 +28,7 @@ ISSUE_MODELS = [("timm", "vit_tiny_patch16_224"), ("timm", "deit_tiny_patch16_22
                 ("torchvision", "inception_v3")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _build(source: str, arch: str, img_size: int = 32, small_input: bool = True) -> torch.nn.Module:

@@ -100,12 +100,7 @@ def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     return F.cross_entropy(logits, y) + sum(w * F.cross_entropy(a, y) for w, a in extra), list(extra)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # Module scope with params: pytest runs every test of one case together, so each model is

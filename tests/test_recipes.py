@@ -17,12 +17,7 @@ from cnnlab.errors import ConfigError
 CPU = resolve_device("cpu", "none", False, False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _constant(opt):

@@ -34,13 +34,7 @@ from cnnlab.train import train
 BASE = [*TINY, "dataset.image_size=16", "trainer.deterministic=true", "trainer.epochs=3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as in the subprocesses (OMP_NUM_THREADS=1): same kernels, same bits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _cfg(run_dir: Path, *overrides: str):

@@ -43,13 +43,7 @@ SLOW = {"moganet_base", "moganet_large"}  # 44M / 82M params: seconds per build 
 MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in cnnlab_models()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One intra-op thread: as fast for these tiny inputs, and leaves a core to the others."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _create(name: str, size: int = SIZE, **kw) -> torch.nn.Module:

@@ -132,27 +132,17 @@ def check_classes(trained: list[str], other: list[str], trained_on: str, other_n
 
 def build_model(ck: dict[str, Any], num_classes: int, device: Any = "cpu") -> Any:
     """The checkpoint's model, rebuilt from its own config node and loaded strictly, in eval mode."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from cnnlab.errors import CnnlabError
     from cnnlab.lifecycle.checkpoint import check_compatible, extract_state_dict
+    from cnnlab.models.factory import instantiate_model
 
     cfg = ck["config"]
     ds = cfg["dataset"]
     node = OmegaConf.create(cfg["model"])
-    try:
-        # No download and no other weights file: the checkpoint's weights replace them.
-        model = instantiate(node, num_classes=num_classes, in_chans=int(ds["in_chans"]),
-                            img_size=int(ds["image_size"]), pretrained=False, checkpoint=None)
-    except InstantiationException as e:
-        cause = e.__cause__
-        while cause is not None and not isinstance(cause, CnnlabError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
+    # No download and no other weights file: the checkpoint's weights replace them.
+    model = instantiate_model(node, num_classes=num_classes, in_chans=int(ds["in_chans"]),
+                              img_size=int(ds["image_size"]), pretrained=False, checkpoint=None)
     sd = extract_state_dict(ck)
     check_compatible(model, sd, "the checkpoint")
     model.load_state_dict(sd, strict=True)

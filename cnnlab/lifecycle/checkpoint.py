@@ -151,15 +151,20 @@ def extract_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
-    sd = {}
-    for k, v in obj.items():
+    return tensors_only(obj)
+
+
+def tensors_only(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensor entries of a state dict, without DDP's and torch.compile's key prefixes."""
+    out = {}
+    for k, v in sd.items():
         if not isinstance(v, torch.Tensor):
             continue
         for p in _WRAPPER_PREFIXES:
             if k.startswith(p):
                 k = k[len(p):]
-        sd[k] = v
-    return sd
+        out[k] = v
+    return out
 
 
 def check_compatible(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:

@@ -336,3 +336,24 @@ def build_model(
 
         load_weights_file(model, checkpoint)  # ours, or the MogaNet release format
     return model
+
+
+def instantiate_model(node: Any, **kwargs: Any) -> nn.Module:
+    """``hydra.utils.instantiate(node, **kwargs)`` for a model node, re-raising a user error as itself.
+
+    Hydra wraps whatever the target raises in an InstantiationException whose text is
+    a repr and a traceback hint; ours (a bad weights file, an unknown arch) already say
+    what is wrong in one line.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, CnnlabError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

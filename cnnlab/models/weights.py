@@ -35,9 +35,6 @@ from cnnlab.errors import ModelError
 # The globals a release checkpoint needs beyond tensors and plain data: the training args.
 RELEASE_SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 
-# Prefixes that DDP and torch.compile add to state-dict keys.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
 
 @contextmanager
 def release_safe_globals() -> Iterator[None]:
@@ -82,15 +79,9 @@ def release_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
     """
     if is_release_format(obj):
         obj = obj["state_dict_ema"] if isinstance(obj.get("state_dict_ema"), dict) else obj["state_dict"]
-    out: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        for p in _WRAPPER_PREFIXES:
-            if k.startswith(p):
-                k = k[len(p):]
-        out[k] = v
-    return out
+    from cnnlab.lifecycle.checkpoint import tensors_only
+
+    return tensors_only(obj)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
