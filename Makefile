@@ -62,7 +62,7 @@ soak: $(STAMP) ## 20 x (kill -9 a tiny run at a random moment, auto-resume): mus
 
 # A benchmark, not a test: one timm model per family and every torchvision model, one
 # train step each at 32x32 (small_input) and at the native size (scripts/model_coverage.py).
-coverage: $(STAMP) ## Which timm/torchvision models train -> docs/model_coverage.md (~40 min CPU; COVERAGE_ARGS="--families resnet,vgg --torchvision none")
+coverage: $(STAMP) ## Which timm/torchvision models train -> docs/model_coverage.md (25-40 min CPU; COVERAGE_ARGS="--families resnet,vgg --torchvision none")
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python scripts/model_coverage.py $(COVERAGE_ARGS)
 
 # torchrun, 2 processes x 1 thread, gloo: one DDP run, one run folder (docs/distributed.md).

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cnnlab.errors import ConfigError
+from cnnlab.recipes.policy import POLICIES  # standard library only at import
 
 
 @dataclass
@@ -176,7 +177,6 @@ def register_schema() -> None:
 # --------------------------------------------------------------------------- the rules
 SEED_MAX = 2**32 - 1  # numpy's seed range: np.random.seed rejects anything outside [0, 2**32 - 1]
 IMAGE_SIZE_MAX = 4096  # one 3x4096x4096 uint8 image is 48 MiB: beyond this no batch fits anywhere
-AUGMENT_POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
 DATASET_NAMES = ("digits", "imagefolder", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn")
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
@@ -365,7 +365,7 @@ RULES: dict[str, Rule] = {
     "dataset.augment.pad_mode": choice("zero", "reflect"),
     "dataset.augment.flip": flag(),
     "dataset.augment.cutout": integer(0),
-    "dataset.augment.policy": choice(*AUGMENT_POLICIES),
+    "dataset.augment.policy": choice(*POLICIES),
     "dataset.augment.random_erasing": fraction(hi_open=False),
     # -- optimizer: torch.optim.SGD / Adam / AdamW keys (any other target's: build_errors)
     "optimizer._target_": target("torch.optim.SGD"),
@@ -423,7 +423,7 @@ RULES: dict[str, Rule] = {
     "paths.root_dir": path("folder", "use a folder"),
     "paths.data_dir": path("folder", "use a folder"),
     "paths.output_dir": path("folder", "use null or a folder", null=True),
-    # -- fit diagnosis thresholds (cnnlab/fit.py)
+    # -- fit diagnosis thresholds (cnnlab/reporting/fit.py)
     "fit.underfit_train_acc": fraction(hi_open=False),
     "fit.overfit_gap": fraction(hi_open=False),
     "fit.still_improving_epochs": integer(0),

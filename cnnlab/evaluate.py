@@ -34,7 +34,7 @@ per_class.csv, confusion.csv, confusion.png, reliability.png, misclassified.png
   checkpoint=best      best | last
   split=test           test | val | train | all (every image once)
   dataset=NAME ...     another dataset with the model's classes, e.g.
-                       dataset=imagefolder dataset.root=~/more_digits; dataset.KEY=VALUE
+                       dataset=imagefolder dataset.root=$HOME/more_digits; dataset.KEY=VALUE
                        alone changes the run's own dataset (e.g. dataset.limit=100)
   out=null             another output folder (must be new or empty)
   batch_size=null      null: the run's trainer.eval_batch_size

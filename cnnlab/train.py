@@ -11,8 +11,9 @@ schedule and the device policy from the config, then hands them to the epoch loo
 and finally evaluates the best checkpoint on the test split. What can end a run
 early (a signal, a NaN, out of memory, a bad resume) and what the run folder then
 says lives in cnnlab/lifecycle/; this file only says *when* each of those happens.
-This is the only module that reads the DictConfig; everything it calls takes plain
-arguments.
+This is the composition root: it reads the DictConfig and hands plain arguments to
+the passes, the loop and the lifecycle (the config's own helpers, ``validate`` and
+Hydra's ``instantiate``, take config nodes).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import validate
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.errors import ConfigError
 from cnnlab.lifecycle.record import Outcome, RunRecord
 from cnnlab.lifecycle.resume import LoopState, resume_config
 
@@ -342,11 +343,7 @@ def _check(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} has no value: set it on the command line, e.g. {missing[0]}=<value>")
-    validate(cfg)
-    weights = cfg.model.get("checkpoint")
-    if weights and not Path(weights).is_file():
-        what = "is a folder, not a weights file" if Path(weights).is_dir() else "no such file"
-        raise CheckpointError(f"model.checkpoint={weights!r}: {what}")
+    validate(cfg)  # ranges, choices and paths (model.checkpoint, resume, dataset.root): cnnlab/config.py
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -447,12 +444,7 @@ def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord, is_main: bo
     state = restore_training(ck, source, p.model, p.optimizer, p.scheduler, p.scaler, p.train_loader,
                              optimizer_name=_optimizer_name(cfg))
     if p.ema is not None:
-        if "ema" in ck:
-            p.ema.load_state_dict(ck["ema"])  # the same average, bit for bit
-        else:
-            log.warning("resume: %s holds no EMA weights (saved with ema.enabled=false): the EMA "
-                        "starts from the resumed weights", source)
-            p.ema.load_state_dict({"weights": ck["model"], "updates": 0})
+        _load_ema(p.ema, ck, source)
     record.tracker.truncate_metrics(ck["epoch"])
     record.resumed(state, source)
     if cfg.trainer.save_checkpoints and is_main:
@@ -485,6 +477,17 @@ def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int) -> tup
     return optimizer, scheduler
 
 
+def _load_ema(ema: Any, ck: dict[str, Any], source: Path) -> None:
+    """The checkpoint's EMA state, bit for bit; one saved with ema.enabled=false starts the EMA
+    from its weights (a resume that turned EMA on, or a best.pt from before it)."""
+    if "ema" in ck:
+        ema.load_state_dict(ck["ema"])
+        return
+    log.warning("%s holds no EMA weights (saved with ema.enabled=false): the EMA starts from its "
+                "weights", source)
+    ema.load_state_dict({"weights": ck["model"], "updates": 0})
+
+
 def _make_optimizer(opt_cfg: DictConfig, model, policy):
     """Instantiate the partial optimizer; use the fused CUDA kernel where torch has one.
 
@@ -499,7 +502,9 @@ def _make_optimizer(opt_cfg: DictConfig, model, policy):
 
     make = instantiate(_without(opt_cfg, "no_weight_decay_norm_bias"))
     kwargs = {}
-    if policy.fused_optimizer and "fused" in inspect.signature(make.func).parameters:
+    # fused unless the config chose: optimizer.fused=false, or foreach (torch refuses both at once)
+    chosen = opt_cfg.get("fused") is not None or opt_cfg.get("foreach")
+    if policy.fused_optimizer and not chosen and "fused" in inspect.signature(make.func).parameters:
         kwargs["fused"] = True
     params = param_groups(model, float(opt_cfg.get("weight_decay") or 0.0),
                           bool(opt_cfg.get("no_weight_decay_norm_bias") or False))
@@ -561,7 +566,7 @@ def _test_best(p: Parts, record: RunRecord, state: LoopState, folder: Path, ddp:
         ck = load_checkpoint(best, p.policy.device)
         unwrap(p.model).load_state_dict(ck["model"])
         if p.ema is not None:
-            p.ema.load_state_dict(ck["ema"])
+            _load_ema(p.ema, ck, best)
     ddp.broadcast_module(p.model)  # DDP: every rank tests rank 0's best weights
     if p.ema is not None:
         ddp.broadcast_module(p.ema.module)

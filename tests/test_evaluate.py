@@ -406,3 +406,21 @@ def test_test_report_under_ddp_gathers_every_shard(tmp_path):
         assert got["test_per_class"] == single["test_per_class"]
         assert got["test_macro_f1"] == pytest.approx(single["test_macro_f1"])
     assert (tmp_path / "ddp" / "confusion.csv").read_text() == (tmp_path / "single" / "confusion.csv").read_text()
+
+
+def test_evaluate_uses_the_ema_weights_the_run_tested_with(tmp_path):
+    """With ema.enabled the run's val and test use the EMA's weights; evaluate must too."""
+    from cnnlab.evaluate import evaluate_run
+    from cnnlab.lifecycle.checkpoint import eval_state_dict, extract_state_dict, load_checkpoint
+    from cnnlab.train import train
+
+    run = tmp_path / "run"
+    # decay 0.999 over 8 steps: the average is still mostly the initial weights, far from the live ones.
+    summary = train(compose([*TINY, "dataset.image_size=16", "trainer.epochs=2", "ema.enabled=true",
+                             "ema.decay=0.999", "optimizer.lr=0.2"], output_dir=run))
+    ck = load_checkpoint(run / "checkpoints" / "best.pt")
+    live, ema = extract_state_dict(ck), eval_state_dict(ck)
+    assert any(not (live[k] == ema[k]).all() for k in live)  # two different sets of weights
+    _, m = evaluate_run(str(run), tensorboard=False)
+    assert m["accuracy"] == pytest.approx(summary["test_acc"])
+    assert m["loss"] == pytest.approx(summary["test_loss"], rel=1e-4)

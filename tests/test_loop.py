@@ -140,3 +140,13 @@ def test_record_keeps_a_run_whose_resume_did_not_fit(tmp_path):
         raise CheckpointError("disk full")
     assert record.summary["status"] == "failed" and record.summary["error"] == "disk full"
     assert record.saved_epoch == 3
+
+
+def test_turning_ema_on_at_resume_tests_an_ema_less_best_checkpoint(tmp_path):
+    """best.pt saved with ema.enabled=false (no "ema" key) still tests: the EMA starts from its weights."""
+    run = tmp_path / "run"
+    frozen = ["optimizer.lr=1e-12", "model.batch_norm=false"]  # epoch 2 cannot beat epoch 1: best.pt stays
+    assert train_mod.train(compose([*BASE, *frozen, "trainer.epochs=1"], output_dir=run))["status"] == "completed"
+    summary = train_mod.train(compose([*BASE, *frozen, "trainer.epochs=2", "ema.enabled=true", f"resume={run}"],
+                                      output_dir=run))
+    assert summary["status"] == "completed" and summary["best_epoch"] == 1 and summary.get("ema") is True

@@ -134,7 +134,7 @@ def build_model(ck: dict[str, Any], num_classes: int, device: Any = "cpu") -> An
     """The checkpoint's model, rebuilt from its own config node and loaded strictly, in eval mode."""
     from omegaconf import OmegaConf
 
-    from cnnlab.lifecycle.checkpoint import check_compatible, extract_state_dict
+    from cnnlab.lifecycle.checkpoint import check_compatible, eval_state_dict
     from cnnlab.models.factory import instantiate_model
 
     cfg = ck["config"]
@@ -143,7 +143,7 @@ def build_model(ck: dict[str, Any], num_classes: int, device: Any = "cpu") -> An
     # No download and no other weights file: the checkpoint's weights replace them.
     model = instantiate_model(node, num_classes=num_classes, in_chans=int(ds["in_chans"]),
                               img_size=int(ds["image_size"]), pretrained=False, checkpoint=None)
-    sd = extract_state_dict(ck)
+    sd = eval_state_dict(ck)  # the EMA's weights when the run trained with ema.enabled, as its test did
     check_compatible(model, sd, "the checkpoint")
     model.load_state_dict(sd, strict=True)
     return model.to(device).eval()

@@ -300,7 +300,8 @@ def run_feature_maps(args: list[str]) -> int:
     from cnnlab.data import load_dataset
     from cnnlab.errors import CheckpointError
     from cnnlab.lessons.featuremaps import log_feature_maps
-    from cnnlab.lifecycle.checkpoint import load_checkpoint, load_weights
+    from cnnlab.lifecycle.checkpoint import load_checkpoint
+    from cnnlab.models.weights import load_weights_file
 
     validate(cfg)
     ck = load_checkpoint(ckpt)  # first: a wrong path fails before the dataset is decoded
@@ -317,7 +318,7 @@ def run_feature_maps(args: list[str]) -> int:
     model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
                         img_size=data.image_size, pretrained=False, checkpoint=None)
     try:
-        load_weights(model, ckpt)
+        load_weights_file(model, ckpt)
     except CheckpointError as e:
         # Name what the checkpoint was trained as, when it says so (cnnlab.train saves its config).
         trained = ck.get("config") if isinstance(ck.get("config"), dict) else {}

@@ -11,7 +11,8 @@ What a training checkpoint holds (:func:`training_state`): model, optimizer,
 scheduler and GradScaler state dicts, the epoch, the loop's counters
 (:class:`cnnlab.lifecycle.resume.LoopState`: the best metric, time, early stopping),
 the RNG states (python, numpy, torch, cuda and the loader's data-order generator),
-the resolved config and the model's name.
+the resolved config, the model's name and the dataset's class names; with
+``ema.enabled`` also ``ema`` (the average's weights and update count).
 
 The order of the writes is part of the format (:func:`save_epoch`): ``last.pt`` at
 epoch 0, before any step, so even a run stopped in its first epoch resumes exactly;
@@ -154,6 +155,12 @@ def extract_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
     return tensors_only(obj)
 
 
+def eval_state_dict(ck: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a run validated and tested with: the EMA's (``ema.enabled``), else the model's."""
+    ema = ck.get("ema")
+    return tensors_only(ema["weights"]) if isinstance(ema, dict) and "weights" in ema else extract_state_dict(ck)
+
+
 def tensors_only(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The tensor entries of a state dict, without DDP's and torch.compile's key prefixes."""
     out = {}
@@ -190,11 +197,3 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load model weights from a file (state dict or a checkpoint holding one), strictly."""
-    sd = extract_state_dict(load_checkpoint(path))
-    model = unwrap(model)
-    check_compatible(model, sd, f"weights file {str(path)!r}")
-    model.load_state_dict(sd, strict=True)

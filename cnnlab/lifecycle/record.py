@@ -93,7 +93,8 @@ class RunRecord:
     ``previous`` is the summary the folder held before this launch (None: a new
     folder); ``resume_epoch`` the epoch of the checkpoint resumed from (None: a
     fresh start). ``completed`` is the last completed epoch: the resumed one at
-    first, 0 once a fresh run's epoch-0 checkpoint exists.
+    first; a fresh run's is None until train sets it to 0 after the epoch-0 checkpoint
+    (or where that checkpoint would be, with trainer.save_checkpoints=false).
     """
 
     def __init__(self, tracker: Any, run_dir: Path, previous: dict[str, Any] | None,

@@ -191,10 +191,15 @@ def restore_training(ck: dict[str, Any], source: Path, model: Any, optimizer: An
     model.load_state_dict(ck["model"])
     try:
         optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"checkpoint {str(source)!r}: its optimizer state does not fit "
                               f"optimizer={optimizer_name} ({e}); resume with the run's own optimizer") from None
+    try:
+        scheduler.load_state_dict(ck["scheduler"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {str(source)!r}: its schedule state does not fit this scheduler "
+                              f"({type(e).__name__}: {e}); resume with the run's own scheduler and "
+                              "scheduler.warmup_epochs (0 and > 0 build different schedules)") from None
     if scaler.is_enabled() and ck.get("scaler"):
         scaler.load_state_dict(ck["scaler"])
     set_rng_state(ck["rng"], loader)
