@@ -167,9 +167,16 @@ def _print(out_dir: Path, m: dict[str, Any]) -> None:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     """The Hydra app: read the keys, call :func:`evaluate_run`, print the result."""
+    from cnnlab.config import choice, flag, integer
+    from cnnlab.evaluation.app import check_dataset_overrides, check_keys
+
     raw = OmegaConf.to_container(cfg, resolve=True)
+    check_keys(raw, {"batch_size": integer(1, null=True), "device": choice("auto", "cpu", "cuda", "mps"),
+                     "mistakes": integer(0, 256), "tensorboard": flag()})
     ds = raw.get("dataset")
     is_new = isinstance(ds, dict) and "name" in ds and _group_chosen()
+    if isinstance(ds, dict):
+        check_dataset_overrides(ds)  # dataset=<name>, or dataset.KEY=VALUE on the run's own dataset
     if is_new:
         from cnnlab.config import DatasetConfig
 

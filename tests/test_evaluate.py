@@ -424,3 +424,23 @@ def test_evaluate_uses_the_ema_weights_the_run_tested_with(tmp_path):
     _, m = evaluate_run(str(run), tensorboard=False)
     assert m["accuracy"] == pytest.approx(summary["test_acc"])
     assert m["loss"] == pytest.approx(summary["test_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("arg, says", [
+    ("batch_size=abc", "batch_size='abc' is not allowed: use null or an integer >= 1"),
+    ("mistakes=-1", "mistakes=-1 is not allowed: use an integer in [0, 256]"),
+    ("tensorboard=maybe", "tensorboard='maybe' is not allowed: use true or false"),
+    ("dataset.limt=100", "dataset.limt: Key 'limt' not in 'DatasetConfig'"),
+    ("dataset.val_split=abc", "dataset.val_split: Value 'abc'"),
+    ("dataset.limit=0", "dataset.limit=0 is not allowed: use null or an integer >= 1"),
+])
+def test_evaluate_keys_are_checked_before_anything_is_loaded(arg, says, tmp_path):
+    res = run_cli([f"run={tmp_path}", arg], cwd=tmp_path, module="cnnlab.evaluate")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and says in lines[0], res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_predict_batch_size_is_checked(tmp_path):
+    res = run_cli([f"run={tmp_path}", f"images={tmp_path}", "batch_size=0"], cwd=tmp_path, module="cnnlab.predict")
+    assert res.returncode == 2 and res.stderr.strip() == "error: batch_size=0 is not allowed: use an integer >= 1"

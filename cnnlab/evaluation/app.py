@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 
 def dataset_overrides(argv: list[str]) -> list[str]:
@@ -72,6 +73,43 @@ def one_line_errors(fn: Callable[..., object]) -> Callable[..., object]:
             sys.exit(2)
 
     return task
+
+
+def check_keys(values: dict[str, Any], rules: dict[str, Any], prefix: str = "") -> None:
+    """Refuse, in one line, a value its rule does not allow.
+
+    ``rules``: key -> a rule of :mod:`cnnlab.config` (the run's own rule kinds and wording).
+    Keys absent from ``values`` are skipped.
+    """
+    from cnnlab.errors import ConfigError
+
+    for key, rule in rules.items():
+        if key in values and not rule.allows(values[key]):
+            raise ConfigError(f"{prefix}{key}={values[key]!r} is not allowed: {rule.allowed}")
+
+
+def check_dataset_overrides(overrides: dict[str, Any]) -> None:
+    """``dataset.KEY=VALUE`` on top of the run's own dataset: a key the schema knows, of its
+    type and in its range (the run's rules), or one line saying what is allowed."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.config import RULES, DatasetConfig
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cnnlab.errors import ConfigError
+
+    try:
+        OmegaConf.merge(OmegaConf.structured({"dataset": DatasetConfig}), {"dataset": overrides})
+    except OmegaConfBaseException as e:  # an unknown key, a wrong type
+        from cnnlab.cli_errors import describe_error
+
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        key = getattr(e, "full_key", None)
+        raise ConfigError(describe_error(e) or (f"{key}: {first}" if key else first)) from None
+    flat = {f"dataset.{k}": v for k, v in overrides.items() if not isinstance(v, dict)}
+    flat |= {f"dataset.{k}.{kk}": vv for k, v in overrides.items() if isinstance(v, dict) for kk, vv in v.items()}
+    check_keys(flat, {k: r for k, r in RULES.items() if k in flat})
 
 
 def next_free(path: str | os.PathLike, is_dir: bool) -> str:
