@@ -92,11 +92,9 @@ def check_dataset_overrides(overrides: dict[str, Any]) -> None:
     """``dataset.KEY=VALUE`` on top of the run's own dataset: a key the schema knows, of its
     type and in its range (the run's rules), or one line saying what is allowed."""
     from omegaconf import OmegaConf
-
-    from cnnlab.config import RULES, DatasetConfig
-
     from omegaconf.errors import OmegaConfBaseException
 
+    from cnnlab.config import RULES, DatasetConfig
     from cnnlab.errors import ConfigError
 
     try:
