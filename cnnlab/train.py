@@ -64,6 +64,11 @@ class EpochSums:
         return int(self.first_bad_step.item())
 
 
+def trained_batches(batches: int, accumulate: int) -> int:
+    """The batches a training pass runs: whole groups of ``accumulate`` (a partial last group is skipped)."""
+    return batches // accumulate * accumulate
+
+
 def _autocast(policy: Any) -> Any:
     import torch
 
@@ -96,7 +101,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, policy, grad_clip=None,
     if scaler is None:
         scaler = torch.amp.GradScaler(policy.device.type, enabled=False)
     sums = EpochSums.zeros(policy.device)
-    batches = len(loader) // accumulate * accumulate
+    batches = trained_batches(len(loader), accumulate)
     for step, (x, y) in enumerate(loader):
         if step >= batches:
             break
@@ -216,7 +221,7 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
     from cnnlab.lifecycle.guards import all_finite, oom_hint
     from cnnlab.progress import epoch_progress
 
-    steps_per_epoch = len(p.train_loader) // s.accumulate * s.accumulate  # the batches a pass runs
+    steps_per_epoch = trained_batches(len(p.train_loader), s.accumulate)
     outcome = Outcome("finished", max(s.epochs, start_epoch - 1))
     for epoch in range(start_epoch, s.epochs + 1):
         if stop.requested:
@@ -320,7 +325,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             settings = LoopSettings(**{f.name: tc[f.name] for f in fields(LoopSettings)})
             outcome = run_epochs(p, settings, state, start_epoch, record, ddp, stop, save)
 
-            steps_per_epoch = len(p.train_loader) // tc.accumulate * tc.accumulate
+            steps_per_epoch = trained_batches(len(p.train_loader), tc.accumulate)
             if outcome.kind == "interrupted":
                 raise record.interrupted(outcome, stop.signum or 2, steps_per_epoch)
             if outcome.kind == "diverged":
