@@ -150,3 +150,16 @@ def test_turning_ema_on_at_resume_tests_an_ema_less_best_checkpoint(tmp_path):
     summary = train_mod.train(compose([*BASE, *frozen, "trainer.epochs=2", "ema.enabled=true", f"resume={run}"],
                                       output_dir=run))
     assert summary["status"] == "completed" and summary["best_epoch"] == 1 and summary.get("ema") is True
+
+
+def test_a_schedule_that_does_not_fit_the_checkpoint_says_so(tmp_path):
+    """warm-up 0 -> 1 at a resume builds another schedule (SequentialLR): the message names it."""
+    from cnnlab.errors import CheckpointError
+
+    run = tmp_path / "run"
+    assert train_mod.train(compose([*BASE, "trainer.epochs=1"], output_dir=run))["status"] == "completed"
+    with pytest.raises(CheckpointError, match="schedule state does not fit") as e:
+        train_mod.train(compose([*BASE, "trainer.epochs=2", "scheduler.warmup_epochs=1", f"resume={run}"],
+                                output_dir=run))
+    assert "scheduler.warmup_epochs" in str(e.value) and "optimizer state" not in str(e.value)
+    assert read_summary(run)["status"] == "completed"  # the run it named is left as it was
