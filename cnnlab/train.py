@@ -179,8 +179,8 @@ class Parts:
 
     model: Any          # the bare model (weights, checkpoints, feature maps)
     train_model: Any    # what training steps call: DDP's wrapper and/or torch.compile
-    step_model: Any     # compiled or bare, never DDP (no collective per batch)
-    eval_model: Any     # what evaluation calls: step_model, or the EMA's weights (ema.enabled)
+    eval_model: Any     # what evaluation calls: never DDP (no collective per batch); compiled
+                        # with device.compile; the EMA's weights with ema.enabled
     optimizer: Any
     scheduler: Any
     scaler: Any         # a GradScaler, enabled only for fp16
@@ -426,7 +426,7 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
     m = cfg.mix
     mixer = make_mixer(m.mixup_alpha, m.cutmix_alpha, m.prob, m.switch_prob, cfg.loss.label_smoothing,
                        data.num_classes, ddp.local_batch(tc.batch_size))
-    return Parts(model, train_model, step_model, eval_model, optimizer, scheduler, scaler, policy,
+    return Parts(model, train_model, eval_model, optimizer, scheduler, scaler, policy,
                  train_loader, val_loader, test_loader, list(data.classes), ema, mixer,
                  cfg.loss.label_smoothing)
 
