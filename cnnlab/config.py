@@ -105,6 +105,7 @@ class TrainerConfig:
     save_checkpoints: bool = True
     progress: str = "auto"  # auto | bar | log
     accumulate: int = 1  # micro-batches per optimizer step: effective batch = batch_size x accumulate
+    bn_recalibrate: int = 0  # >0: re-estimate BatchNorm statistics over this many train batches before val
 
 
 @dataclass
@@ -410,6 +411,7 @@ RULES: dict[str, Rule] = {
     "trainer.save_checkpoints": flag(),
     "trainer.progress": choice("auto", "bar", "log"),
     "trainer.accumulate": integer(1),
+    "trainer.bn_recalibrate": integer(0),
     # -- training recipes (cnnlab/recipes/, docs/recipes.md)
     "loss.label_smoothing": fraction(),
     "mix.mixup_alpha": number(0),

@@ -207,6 +207,7 @@ class LoopSettings:
     save_checkpoints: bool
     progress: str
     accumulate: int  # micro-batches per optimizer step
+    bn_recalibrate: int  # train batches to re-estimate BatchNorm statistics from before val (0: off)
 
 
 def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, record: RunRecord,
@@ -220,6 +221,7 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
     """
     from cnnlab.lifecycle.guards import all_finite, oom_hint
     from cnnlab.progress import epoch_progress
+    from cnnlab.recipes.bn import recalibrate_bn
 
     steps_per_epoch = trained_batches(len(p.train_loader), s.accumulate)
     outcome = Outcome("finished", max(s.epochs, start_epoch - 1))
@@ -247,6 +249,8 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
             outcome = Outcome("diverged", epoch, steps=bad_step)
             break
 
+        if s.bn_recalibrate:  # precise BN: statistics of the current weights (cnnlab/recipes/bn.py)
+            recalibrate_bn(p.ema.module if p.ema is not None else p.model, p.train_loader, s.bn_recalibrate)
         ddp.sync_buffers(p.model)  # DDP: evaluate (and save) rank 0's BatchNorm statistics
         if p.ema is not None:
             ddp.sync_buffers(p.ema.module)

@@ -368,3 +368,29 @@ def test_the_dataloader_path_runs_the_policy_per_image_before_the_float_conversi
     assert kinds.index(v2.RandAugment) == kinds.index(v2.RandomHorizontalFlip) + 1
     assert kinds.index(v2.RandAugment) < kinds.index(v2.ToDtype)  # on the uint8 image
     assert v2.RandAugment not in [type(t) for t in image_transform([0.5], [0.5], (3, 16, 16), Augment()).transforms]
+
+
+def test_bn_recalibrate_gives_the_statistics_of_the_current_weights():
+    """After recalibrate_bn the running mean/var are the batch statistics of the frozen weights."""
+    from cnnlab.recipes.bn import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    batches = [(torch.randn(8, 3, 8, 8) * 3 + 1, torch.zeros(8, dtype=torch.long)) for _ in range(3)]
+    bn = model[1]
+    weights = [p.detach().clone() for p in model.parameters()]
+    recalibrate_bn(model, batches, 2)  # the first 2 batches only
+    with torch.no_grad():
+        feats = [model[0](x) for x, _ in batches[:2]]  # 2 x (8, 4, 6, 6)
+    # A cumulative average over the batches of each batch's mean and (unbiased) variance.
+    torch.testing.assert_close(bn.running_mean, torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([f.var((0, 2, 3)) for f in feats]).mean(0))
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+    assert bn.momentum == 0.1 and model.training  # restored
+
+
+def test_bn_recalibrate_off_by_default_and_on_in_a_run(tmp_path):
+    assert compose([]).trainer.bn_recalibrate == 0
+    summary = train_mod.train(compose([*TINY, "dataset.image_size=16", "trainer.bn_recalibrate=2"],
+                                      output_dir=tmp_path / "run"))
+    assert summary["status"] == "completed"
