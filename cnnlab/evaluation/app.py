@@ -111,14 +111,24 @@ def check_dataset_overrides(overrides: dict[str, Any]) -> None:
 
 
 def next_free(path: str | os.PathLike, is_dir: bool) -> str:
-    """``path`` if free, else ``path-2``, ``path-3``, ... (before a file's suffix): never overwrite."""
+    """``path`` if free, else ``path-2``, ``path-3``, ... (before a file's suffix): never overwrite.
+
+    A folder is claimed as it is found (``mkdir`` without ``exist_ok``), so two evaluations
+    started at once get two folders; a file is claimed by its writer (``open(..., "x")``).
+    """
     from pathlib import Path
 
     p = Path(path)
-    if not p.exists():
-        return str(p)
     stem, suffix = (p.name, "") if is_dir else (p.stem, p.suffix)
-    n = 2
-    while (p.with_name(f"{stem}-{n}{suffix}")).exists():
+    candidate, n = p, 1
+    while True:
+        if is_dir:
+            try:
+                candidate.mkdir(parents=True)
+                return str(candidate)
+            except FileExistsError:
+                pass
+        elif not candidate.exists():
+            return str(candidate)
         n += 1
-    return str(p.with_name(f"{stem}-{n}{suffix}"))
+        candidate = p.with_name(f"{stem}-{n}{suffix}")
