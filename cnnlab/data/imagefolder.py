@@ -47,22 +47,35 @@ def _scan(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
-def _decode(samples: list[tuple[str, int]], in_chans: int, image_size: int) -> Split:
-    """Decode, convert and resize every image; skip (and name) the ones that fail."""
+# What PIL raises for a file it cannot decode (not an image, truncated, unknown format).
+UNREADABLE = (OSError, ValueError, SyntaxError)
+
+
+def read_image(path: str | os.PathLike, in_chans: int, image_size: int) -> torch.Tensor:
+    """One image file as uint8 (C, S, S): decoded by PIL, converted to grey "L" (in_chans=1)
+    or "RGB", bilinear-resized to image_size x image_size. Raises one of ``UNREADABLE``.
+
+    The one reader of image files: the in-memory path, the per-batch path and
+    ``cnnlab.predict`` all see the same pixels.
+    """
     import numpy as np
     from PIL import Image
 
-    mode = "L" if in_chans == 1 else "RGB"
+    with Image.open(path) as im:
+        im = im.convert("L" if in_chans == 1 else "RGB").resize((image_size, image_size), Image.BILINEAR)
+        arr = np.array(im, dtype=np.uint8)  # (S, S) or (S, S, 3), a writable copy
+    return torch.from_numpy(arr).reshape(image_size, image_size, -1).permute(2, 0, 1)
+
+
+def _decode(samples: list[tuple[str, int]], in_chans: int, image_size: int) -> Split:
+    """Read every image; skip (and name) the ones that fail."""
     xs, ys = [], []
     for path, label in samples:
         try:
-            with Image.open(path) as im:
-                im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError) as e:
+            xs.append(read_image(path, in_chans, image_size))
+        except UNREADABLE as e:
             log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
             continue
-        xs.append(torch.from_numpy(arr.copy()).reshape(image_size, image_size, -1).permute(2, 0, 1))
         ys.append(label)
     if not xs:
         return Split(torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8),
@@ -70,19 +83,15 @@ def _decode(samples: list[tuple[str, int]], in_chans: int, image_size: int) -> S
     return Split(torch.stack(xs), torch.tensor(ys, dtype=torch.long))
 
 
-def read_image(path: str, mode: str, image_size: int) -> Any:
-    """One file as a PIL image in ``mode`` ("L" or "RGB") at image_size x image_size.
+def _read_or_fail(path: str, in_chans: int, image_size: int) -> torch.Tensor:
+    """``read_image``, failing in one line: a file read at batch time can't be skipped.
 
-    The same decode, conversion and bilinear resize as the in-memory path, so both
-    paths see the same pixels. Module-level (with functools.partial) so that
-    DataLoader workers started by spawn can pickle it.
+    Module-level (with functools.partial) so that DataLoader workers started by spawn
+    can pickle it.
     """
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            return im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-    except (OSError, ValueError, SyntaxError) as e:
+        return read_image(path, in_chans, image_size)
+    except UNREADABLE as e:
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace it") from None
 
 
@@ -139,18 +148,13 @@ class FileSplit:
         return FileSplit(self.root, self.samples[:n], self.classes, self.in_chans, self.image_size)
 
     def dataset(self, transform: Callable | None = None) -> Any:
-        """A torchvision ImageFolder over these files; items are (transform(PIL image), label)."""
-        mode = "L" if self.in_chans == 1 else "RGB"
-        loader = partial(read_image, mode=mode, image_size=self.image_size)
+        """A torchvision ImageFolder over these files; items are (transform(uint8 image), label)."""
+        loader = partial(_read_or_fail, in_chans=self.in_chans, image_size=self.image_size)
         return _Files(self.root, self.samples, self.classes, loader, transform)
 
     def read(self, i: int) -> torch.Tensor:
         """Image ``i`` as uint8 (C, S, S)."""
-        import numpy as np
-
-        mode = "L" if self.in_chans == 1 else "RGB"
-        arr = np.asarray(read_image(self.samples[i][0], mode, self.image_size), dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).reshape(self.image_size, self.image_size, -1).permute(2, 0, 1)
+        return _read_or_fail(self.samples[i][0], self.in_chans, self.image_size)
 
 
 def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
