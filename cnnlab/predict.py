@@ -56,26 +56,21 @@ def find_images(images: str | None) -> list[Path]:
 
 
 def read_images(files: list[Path], in_chans: int, image_size: int) -> tuple[list[Path], Any]:
-    """Decode, convert and resize; skip (with a warning naming it) each file PIL cannot read.
-
-    Returns the files kept and their images as uint8 (N, C, S, S).
-    """
-    import numpy as np
+    """Read each file as the image-folder loader does; skip (with a warning naming it) each
+    file PIL cannot read. Returns the files kept and their images as uint8 (N, C, S, S)."""
     import torch
-    from PIL import Image
 
-    mode = "L" if in_chans == 1 else "RGB"
-    kept, arrays = [], []
+    from cnnlab.data.imagefolder import UNREADABLE, read_image
+
+    kept, images = [], []
     for f in files:
         try:
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert(mode).resize((image_size, image_size), Image.BILINEAR), np.uint8)
-        except (OSError, ValueError, SyntaxError) as e:
+            images.append(read_image(f, in_chans, image_size))
+        except UNREADABLE as e:
             print(f"warning: skipping {f}: not an image PIL can read ({type(e).__name__})", file=sys.stderr)
             continue
         kept.append(f)
-        arrays.append(torch.from_numpy(arr.copy()).reshape(image_size, image_size, -1).permute(2, 0, 1))
-    x = torch.stack(arrays) if arrays else torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8)
+    x = torch.stack(images) if images else torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8)
     return kept, x
 
 

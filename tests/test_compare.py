@@ -229,3 +229,30 @@ def test_pareto_front() -> None:
     pts = [(1.0, 0.5), (2.0, 0.7), (3.0, 0.6), (4.0, 0.9), (1.5, 0.4)]
     assert compare.pareto_front(pts) == [0, 1, 3]  # cheapest first; (3, .6) and (1.5, .4) are dominated
     assert compare.pareto_front(pts, larger_x_better=True) == [3]  # larger x is better: (4, .9) beats all
+
+
+def test_missing_numbers_are_empty_cells_never_placeholders(tmp_path: Path) -> None:
+    """A run with no finished epoch has no best val accuracy: None in the Run, an empty
+    cell in the CSV and the tables; an older summary's -1/epoch-0 placeholder reads the same."""
+    s = tmp_path / "sweep"
+    for seed in (0, 1):
+        make_run(s / f"{seed}_new", overrides=["model=alexnet", f"seed={seed}"],
+                 summary=summary(status="running", test_acc=None, best_val_acc=None, best_epoch=None,
+                                 epochs_completed=0, images_per_second=None))
+        make_run(s / f"{seed}_old", overrides=["model=resnet18", f"seed={seed}"],
+                 summary=summary("resnet18", test_acc=0.5 + seed / 10, best_val_acc=-1.0, best_epoch=0))
+    report = build_report([s])
+    assert all(r.best_val_acc is None and r.best_epoch is None for r in report.runs)
+    # The group with a mean test accuracy comes first; the one without, last (not at -1).
+    assert [g.model for g in report.groups] == ["resnet18", "alexnet"]
+    write_report(report, s, plot=False)
+    with open(s / "comparison.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["best_val_acc"] == "" and r["best_epoch"] == "" for r in rows)
+    assert [r["images_per_second"] for r in rows if r["model"] == "alexnet"] == ["", ""]
+    md = (s / "comparison.md").read_text()
+    assert not any("-1" in line for line in md.splitlines() if line.startswith("| "))
+    assert "| 55.00 ± 7.07% |" in md
+    assert compare.fmt(None, "%") == compare.fmt(None, "si") == ""
+    assert [compare.fmt(v, "si") for v in (5_400_000, 2_470, 350)] == ["5.40M", "2.47k", "350"]
+    assert compare.fmt(5_400_000, "tick") == "5.4M" and compare.fmt(0.9, "%") == "90.00%"

@@ -328,11 +328,17 @@ def test_run_generic_entry_without_arch_exits_2_with_one_line(tmp_path):
 
 def test_pretrained_offline_fails_fast(monkeypatch, tmp_path):
     """pretrained=true with no network and no cache: a one-line ModelError within seconds."""
+    import urllib.error
+
     import huggingface_hub.constants as hf
 
     import cnnlab.models.factory as factory
 
-    monkeypatch.setattr(factory, "_reachable", lambda url, timeout=3.0: False)
+    def refused(*a, **k):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(factory, "_reachable", lambda url, timeout=3.0: False)  # the HF hub's probe
+    monkeypatch.setattr(torch.hub, "urlopen", refused)  # torchvision's download is tried, and refused
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", False)
     old_hub = torch.hub.get_dir()

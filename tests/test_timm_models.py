@@ -293,10 +293,15 @@ def _url() -> str:
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    """An empty torch.hub dir, and no network: weights come from there or nowhere."""
+    """An empty torch.hub dir, and a refused network: weights come from there or nowhere."""
+    import urllib.error
+
+    def refused(*a, **k):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
-    monkeypatch.setattr(weights, "reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(torch.hub, "urlopen", refused)  # what torch.hub.download_url_to_file calls
     yield Path(torch.hub.get_dir())
     torch.hub.set_dir(old)
 
@@ -378,16 +383,39 @@ def test_release_checkpoint_refuses_other_globals(hub, tmp_path):
 
 
 def test_pretrained_offline_fails_in_one_line(hub):
-    """Not downloaded, server unreachable: one line naming the URL, where to put the file,
-    and model.checkpoint, at once (no download attempt)."""
+    """Not downloaded, the download refused: one line naming the URL, where to put the file,
+    and model.checkpoint."""
     url = timm.get_pretrained_cfg("moganet_tiny").url
     with pytest.raises(ModelError) as ei:
         build_model("moganet_tiny", "timm", "moganet_tiny", 10, pretrained=True)
     msg = str(ei.value)
     assert "\n" not in msg and url in msg and str(weights.cached_path(url)) in msg
     assert "model.checkpoint=<file>" in msg and "model.pretrained=true" in msg
+    assert not any(weights.cached_path(url).parent.glob("*")), "nothing half-written is left"
     with pytest.raises(ModelError, match="moganet_tiny.in1k_256"):
         timm.create_model("moganet_tiny.in1k_256", pretrained=True)
+
+
+def test_pretrained_is_downloaded_once_into_the_cache(hub, tmp_path, monkeypatch):
+    """The download is tried (served here from a local file) and lands where timm looks;
+    the next build reads the cache."""
+    import urllib.request
+
+    sd = _seeded(0).state_dict()
+    served = tmp_path / "served.pth.tar"
+    torch.save(_release(sd), served)
+    asked = []
+
+    def serve(req, *a, **k):
+        asked.append(req.full_url)
+        return urllib.request.urlopen(served.as_uri())
+
+    monkeypatch.setattr(torch.hub, "urlopen", serve)
+    for _ in range(2):
+        model = build_model(VARIANT, "timm", VARIANT, 1000, img_size=224, pretrained=True)
+    assert asked == [_url()]
+    assert weights.cached_path(_url()).read_bytes() == served.read_bytes()
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
 
 
 def test_pretrained_adapts_classes_and_channels(hub):

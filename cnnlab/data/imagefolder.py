@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -47,22 +47,35 @@ def _scan(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
-def _decode(samples: list[tuple[str, int]], in_chans: int, image_size: int) -> Split:
-    """Decode, convert and resize every image; skip (and name) the ones that fail."""
+# What PIL raises for a file it cannot decode (not an image, truncated, unknown format).
+UNREADABLE = (OSError, ValueError, SyntaxError)
+
+
+def read_image(path: str | os.PathLike, in_chans: int, image_size: int) -> torch.Tensor:
+    """One image file as uint8 (C, S, S): decoded by PIL, converted to grey "L" (in_chans=1)
+    or "RGB", bilinear-resized to image_size x image_size. Raises one of ``UNREADABLE``.
+
+    The one reader of image files: the in-memory path, the per-batch path and
+    ``cnnlab.predict`` all see the same pixels.
+    """
     import numpy as np
     from PIL import Image
 
-    mode = "L" if in_chans == 1 else "RGB"
+    with Image.open(path) as im:
+        im = im.convert("L" if in_chans == 1 else "RGB").resize((image_size, image_size), Image.BILINEAR)
+        arr = np.array(im, dtype=np.uint8)  # (S, S) or (S, S, 3), a writable copy
+    return torch.from_numpy(arr).reshape(image_size, image_size, -1).permute(2, 0, 1)
+
+
+def _decode(samples: list[tuple[str, int]], in_chans: int, image_size: int) -> Split:
+    """Read every image; skip (and name) the ones that fail."""
     xs, ys = [], []
     for path, label in samples:
         try:
-            with Image.open(path) as im:
-                im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError) as e:
+            xs.append(read_image(path, in_chans, image_size))
+        except UNREADABLE as e:
             log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
             continue
-        xs.append(torch.from_numpy(arr.copy()).reshape(image_size, image_size, -1).permute(2, 0, 1))
         ys.append(label)
     if not xs:
         return Split(torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8),
@@ -70,19 +83,15 @@ def _decode(samples: list[tuple[str, int]], in_chans: int, image_size: int) -> S
     return Split(torch.stack(xs), torch.tensor(ys, dtype=torch.long))
 
 
-def read_image(path: str, mode: str, image_size: int) -> Any:
-    """One file as a PIL image in ``mode`` ("L" or "RGB") at image_size x image_size.
+def _read_or_fail(path: str, in_chans: int, image_size: int) -> torch.Tensor:
+    """``read_image``, failing in one line: a file read at batch time can't be skipped.
 
-    The same decode, conversion and bilinear resize as the in-memory path, so both
-    paths see the same pixels. Module-level (with functools.partial) so that
-    DataLoader workers started by spawn can pickle it.
+    Module-level (with functools.partial) so that DataLoader workers started by spawn
+    can pickle it.
     """
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            return im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-    except (OSError, ValueError, SyntaxError) as e:
+        return read_image(path, in_chans, image_size)
+    except UNREADABLE as e:
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); remove or replace it") from None
 
 
@@ -134,23 +143,21 @@ class FileSplit:
         return torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def take(self, n: int | None) -> FileSplit:
-        if n is None or n >= len(self):
-            return self
-        return FileSplit(self.root, self.samples[:n], self.classes, self.in_chans, self.image_size)
+        return self if n is None or n >= len(self) else self.subset(range(n))
+
+    def subset(self, idx: Iterable[int] | torch.Tensor) -> FileSplit:
+        """The files numbered ``idx``, in that order."""
+        rows = idx.tolist() if isinstance(idx, torch.Tensor) else idx
+        return FileSplit(self.root, [self.samples[i] for i in rows], self.classes, self.in_chans, self.image_size)
 
     def dataset(self, transform: Callable | None = None) -> Any:
-        """A torchvision ImageFolder over these files; items are (transform(PIL image), label)."""
-        mode = "L" if self.in_chans == 1 else "RGB"
-        loader = partial(read_image, mode=mode, image_size=self.image_size)
+        """A torchvision ImageFolder over these files; items are (transform(uint8 image), label)."""
+        loader = partial(_read_or_fail, in_chans=self.in_chans, image_size=self.image_size)
         return _Files(self.root, self.samples, self.classes, loader, transform)
 
     def read(self, i: int) -> torch.Tensor:
         """Image ``i`` as uint8 (C, S, S)."""
-        import numpy as np
-
-        mode = "L" if self.in_chans == 1 else "RGB"
-        arr = np.asarray(read_image(self.samples[i][0], mode, self.image_size), dtype=np.uint8)
-        return torch.from_numpy(arr.copy()).reshape(self.image_size, self.image_size, -1).permute(2, 0, 1)
+        return _read_or_fail(self.samples[i][0], self.in_chans, self.image_size)
 
 
 def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
@@ -178,7 +185,8 @@ def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
             if cls != classes:
                 raise DataError(f"dataset.root={root!r}: {p}/ has classes {cls}, train/ has {classes}")
     need_mb = n_files * in_chans * image_size * image_size / 2**20  # uint8 bytes
-    if need_mb > memory_budget_mb:
+    on_disk = need_mb > memory_budget_mb
+    if on_disk:
         if loader != "dataloader":
             raise DataError(
                 f"dataset.root={root!r}: {n_files} images at {image_size}px need {need_mb:,.1f} MB, over "
@@ -187,35 +195,22 @@ def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
             )
         log.info("%s: %d images need %.0f MB, over the %d MB budget: reading them from disk per batch",
                  root, n_files, need_mb, memory_budget_mb)
-        return _file_splits(root, found, classes, pre_split, in_chans, image_size,
-                            val_split, test_split, split_seed)
+
+    def read(part: str) -> Any:
+        """One folder's images: decoded into memory, or as its file list when over the budget."""
+        samples = found[part][1]
+        if on_disk:
+            return FileSplit(os.path.join(root, part), samples, classes, in_chans, image_size)
+        return _decode(samples, in_chans, image_size)
+
     if pre_split:
-        train = _decode(found["train"][1], in_chans, image_size)
-        val = _decode(found["val"][1], in_chans, image_size)
-        test = _decode(found["test"][1], in_chans, image_size) if "test" in found else val
+        train, val = read("train"), read("val")
+        test = read("test") if "test" in found else val
     else:
-        every = _decode(found["."][1], in_chans, image_size)
-        train, val, test = seeded_split(every.x, every.y, [val_split, test_split], split_seed)
+        every = read(".")
+        idx = torch.arange(len(every))
+        parts = seeded_split(idx, idx, [val_split, test_split], split_seed)  # each split's image numbers
+        train, val, test = (every.subset(p.y) if on_disk else Split(every.x[p.y], every.y[p.y]) for p in parts)
     if len(train) == 0:
         raise DataError(f"dataset.root={root!r}: no readable training images (see the warnings above)")
     return ImageSplits(train, val, test, classes)
-
-
-def _file_splits(root: str, found: dict[str, tuple[list[str], list[tuple[str, int]]]],
-                 classes: list[str], pre_split: bool, in_chans: int, image_size: int,
-                 val_split: float, test_split: float, split_seed: int) -> ImageSplits:
-    """The splits as file lists, cut exactly as the in-memory path cuts them."""
-    def files(part: str, samples: list[tuple[str, int]]) -> FileSplit:
-        return FileSplit(os.path.join(root, part), samples, classes, in_chans, image_size)
-
-    if pre_split:
-        train = files("train", found["train"][1])
-        val = files("val", found["val"][1])
-        test = files("test", found["test"][1]) if "test" in found else val
-    else:
-        samples = found["."][1]
-        # Split the sample numbers with the same seeded permutation as seeded_split on tensors.
-        idx = torch.arange(len(samples))
-        parts = seeded_split(idx, idx, [val_split, test_split], split_seed)
-        train, val, test = (files(".", [samples[i] for i in p.y.tolist()]) for p in parts)
-    return ImageSplits(train, val, test, classes)  # type: ignore[arg-type]

@@ -32,17 +32,16 @@ def _open(name: str, root: str, train: bool, download: bool) -> Any:
     cls_name, archive, folder = _SOURCES[name]
     cls = getattr(tvd, cls_name)
     kwargs: dict[str, Any] = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
+    where = os.path.normpath(os.path.join(root, folder))
     try:
-        return cls(root=root, download=download, **kwargs)
+        return cls(root=root, download=download, **kwargs)  # downloads (if asked) and checks the files
     except RuntimeError:
         # torchvision raises RuntimeError("Dataset not found ...") when files are missing.
-        where = os.path.normpath(os.path.join(root, folder))
         raise DataError(
             f"{name} is not in {root!r} and dataset.download=false: set dataset.download=true, "
             f"or place {archive} in {where} and set dataset.download=true (nothing is then downloaded)"
         ) from None
     except OSError as e:  # URLError is an OSError: no network
-        where = os.path.normpath(os.path.join(root, folder))
         raise DataError(
             f"{name}: download failed ({type(e).__name__}: {str(e)[:80]}); offline, place {archive} "
             f"in {where} and rerun"

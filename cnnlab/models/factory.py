@@ -13,6 +13,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError, ModelError
 from cnnlab.models.adapt import adapt_small_input, set_in_chans_torchvision
 from cnnlab.models.registry import LEGACY_ARCHS, cnnlab_models, extra_kwargs, is_cnnlab_model
+from cnnlab.models.weights import download_weights
 from cnnlab.models.weights import reachable as _reachable
 
 log = logging.getLogger("cnnlab.models.adapt")  # the small-input decisions, in one logger
@@ -202,20 +203,6 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, dr
         ) from None
 
 
-def _check_torchvision_download(arch: str, url: str) -> None:
-    """Fail at once, not after a hung download, when weights are neither cached nor reachable."""
-    import os
-
-    import torch
-
-    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
-    if not os.path.isfile(cached) and not _reachable(url):
-        raise ModelError(
-            f"model.pretrained=true: the weights of torchvision {arch!r} are not cached ({cached}) "
-            "and their server can't be reached; go online once, or use model.pretrained=false"
-        )
-
-
 def _tv_get_model(tvm: Any, arch: str, img_size: int, **kw: Any) -> tuple[nn.Module, bool]:
     """``tvm.get_model`` with the input size where the model's class takes one; (model, took it).
 
@@ -256,7 +243,7 @@ def _build_torchvision(arch: str, pretrained: bool, num_classes: int, in_chans: 
     try:
         if pretrained:
             weights = tvm.get_model_weights(arch).DEFAULT
-            _check_torchvision_download(arch, weights.url)
+            download_weights(f"torchvision {arch!r}", weights.url, check_hash=True)
             model, sized = tvm.get_model(arch, weights=weights, **kw), False
         else:
             model, sized = _tv_get_model(tvm, arch, img_size, weights=None, num_classes=num_classes, **kw)

@@ -118,7 +118,12 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether ``url``'s host accepts a TCP connection: a cheap online test."""
+    """Whether ``url``'s host accepts a TCP connection.
+
+    Only for the Hugging Face hub, which retries a failed request five times with
+    backoff (24 s offline, measured) and has no setting for it; every other download is
+    tried, and its failure reported (``download_weights``).
+    """
     import socket
     from urllib.parse import urlparse
 
@@ -131,33 +136,37 @@ def reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def cached_path(url: str) -> Path:
-    """Where timm (via torch.hub) keeps the download of ``url``: ``<hub dir>/checkpoints/<name>``."""
+    """Where timm and torchvision (via torch.hub) keep the download of ``url``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
-def require_weights(variant: str, url: str) -> None:
-    """Raise a one-line ModelError when ``url`` is neither downloaded yet nor reachable.
+def download_weights(name: str, url: str, check_hash: bool = False) -> Path:
+    """Download ``url`` into torch.hub's cache unless it is there; a failure is one ModelError line.
 
-    Offline, the download would otherwise fail after DNS and connection timeouts with a
-    urllib traceback; the message names the URL and both ways of placing the file.
+    timm and torchvision then load the cached file without the network. ``check_hash``:
+    the file name holds a prefix of its sha256 (torchvision's files), checked as
+    torchvision would. The message names the URL and where to put the file offline.
     """
-    if not url:
-        raise ModelError(
-            f"model.pretrained=true: cnnlab has no published weights for {variant!r}; use "
-            "model.pretrained=false, or model.checkpoint=<file> for a weights file of your own"
-        )
     cached = cached_path(url)
-    if cached.is_file() or reachable(url):
-        return
-    raise ModelError(
-        f"model.pretrained=true: the {variant} weights are not downloaded and their server can't be "
-        f"reached; download {url} and put it at {cached}, or pass the file as model.checkpoint=<file>"
-    )
+    if cached.is_file():
+        return cached
+    found = torch.hub.HASH_REGEX.search(cached.name) if check_hash else None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), found.group(1) if found else None)
+    except (OSError, RuntimeError) as e:  # URLError (offline, HTTP 404), a hash mismatch
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelError(
+            f"model.pretrained=true: the {name} weights could not be downloaded ({type(e).__name__}: "
+            f"{first}); offline, download {url} and put it at {cached}, or pass the file as "
+            "model.checkpoint=<file>, or use model.pretrained=false"
+        ) from None
+    return cached
 
 
 def check_weight_source(variant: str, kwargs: dict[str, Any]) -> None:
-    """For a timm entrypoint's ``pretrained=True``: fail in one line, before any download,
-    when the chosen weights can't be had (none published, or offline and not downloaded).
+    """For a timm entrypoint's ``pretrained=True``: have the chosen weights in the cache
+    before timm loads them, or fail in one line (none published, or the download failed).
 
     ``kwargs`` are the entrypoint's: ``pretrained_cfg`` (a tag such as ``"in1k_256"``, or a
     cfg) and ``pretrained_cfg_overlay`` (e.g. ``dict(file=PATH)``) pick the weights.
@@ -172,4 +181,9 @@ def check_weight_source(variant: str, kwargs: dict[str, Any]) -> None:
     if cfg.get("file") or cfg.get("state_dict") or cfg.get("hf_hub_id"):
         return  # a local file, a state dict or a hub id: timm loads it
     name = f"{variant}.{cfg['tag']}" if cfg.get("tag") else variant
-    require_weights(name, cfg.get("url") or "")
+    if not cfg.get("url"):
+        raise ModelError(
+            f"model.pretrained=true: cnnlab has no published weights for {name!r}; use "
+            "model.pretrained=false, or model.checkpoint=<file> for a weights file of your own"
+        )
+    download_weights(name, cfg["url"])

@@ -12,6 +12,10 @@ bad run folder: a failed, diverged, interrupted or still-running run keeps the
 status its summary says, and a run whose summary.json is missing or garbled (it
 died before writing one, or is being written) is shown as ``incomplete``.
 
+``FIELDS`` lists the run's fields once: where summary.json keeps each, its CSV
+column, its table header and how it is shown. A missing value is None everywhere
+(an empty cell), never a placeholder number.
+
 This module never imports torch (it only reads files), and matplotlib only when
 a plot is drawn, so a report over 200 runs takes well under a second plus the plot.
 """
@@ -25,19 +29,53 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from cnnlab.lifecycle.record import read_summary
 
-# The columns of comparison.csv, in order. Accuracies are fractions in [0, 1].
-COLUMNS = [
-    "model", "dataset", "overrides", "params", "macs", "best_val_acc", "test_acc", "best_epoch",
-    "epochs", "train_seconds", "images_per_second", "status", "fit", "error", "run_dir",
-]
-# Statuses that count as "the job did not finish well" (the multirun exits non-zero).
-OK_STATUS = "completed"
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a run: a ``Run`` attribute and a comparison.csv column, of that name."""
+
+    name: str
+    header: str | None  # the runs table's column; None: in the CSV only
+    key: str | None = None  # where summary.json keeps it ("fit.verdict": inside "fit"); None: not there
+    kind: type = float  # int, float or str: anything else read is None
+    how: str = ""  # how fmt() shows it in a table
+
+
+# The fields in comparison.csv's column order. Accuracies are fractions in [0, 1].
+FIELDS = (
+    Field("model", "model", "model", str),
+    Field("dataset", "dataset", "dataset", str),
+    Field("overrides", "overrides"),  # .hydra/overrides.yaml, space-separated
+    Field("params", "params", "params", int, "si"),
+    Field("macs", "MACs", "macs", int, "si"),
+    Field("best_val_acc", "best val acc", "best_val_acc", float, "%"),
+    Field("test_acc", "test acc", "test_acc", float, "%"),
+    Field("best_epoch", "best epoch", "best_epoch", int),
+    Field("epochs", "epochs", "epochs_completed", int),
+    Field("train_seconds", "train s", "train_seconds", float, ".1f"),
+    Field("images_per_second", "images/s", "images_per_second", float, ".0f"),
+    Field("status", "status", "status", str),
+    Field("fit", "fit", "fit.verdict", str),
+    Field("error", None, "error", str),
+    Field("run_dir", None),  # relative to the report's folder when inside it
+)
+COLUMNS = [f.name for f in FIELDS]
+FIELD = {f.name: f for f in FIELDS}
+# The seed-group table's numbers: the mean over the group (± the sample std for accuracies).
+GROUP_STATS = ("params", "best_val_acc", "test_acc", "train_seconds")
+# (field, axis label, whether a larger value is the better one)
+PARETO_AXES = (("params", "parameters", False), ("macs", "MACs per image", False),
+               ("images_per_second", "training images/s", True))
+MAX_PER_CLASS_RUNS = 12
+
+OK_STATUS = "completed"  # any other status: the job did not finish well (the multirun exits 1)
 INCOMPLETE = "incomplete"
 REPORT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
 # Folders inside a run folder that never hold another run: skipping them keeps the
@@ -47,30 +85,15 @@ _SKIP_DIRS = {".hydra", "tb", "checkpoints", ".submitit", "__pycache__", ".git",
 _SEED_KEYS = ("seed", "+seed", "++seed")
 
 
-@dataclass
-class Run:
-    """One run folder, read and normalised; fields absent from disk are None."""
+class Run(SimpleNamespace):
+    """One run folder: an attribute per ``FIELDS`` name (None when absent from disk), and
+    ``seed``, ``curve`` ((epoch, val_acc) pairs of metrics.csv) and ``per_class``
+    ({class: test accuracy})."""
 
-    run_dir: Path
-    model: str | None = None
-    dataset: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    params: int | None = None
-    macs: int | None = None
-    best_val_acc: float | None = None
-    test_acc: float | None = None
-    best_epoch: int | None = None
-    epochs: int | None = None
-    train_seconds: float | None = None
-    images_per_second: float | None = None
-    status: str = INCOMPLETE
-    fit: str | None = None
-    error: str | None = None
-    seed: int | None = None
-    # (epoch, val_acc) pairs from metrics.csv, in file order.
-    curve: list[tuple[int, float]] = field(default_factory=list)
-    # class name -> test accuracy of that class (summary.json's test_per_class, or a per_class.csv).
-    per_class: dict[str, float] | None = None
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(**dict.fromkeys(COLUMNS), seed=None, per_class=None)
+        self.run_dir, self.overrides, self.status = run_dir, [], INCOMPLETE
+        self.curve: list[tuple[int, float]] = []
 
     @property
     def ok(self) -> bool:
@@ -84,19 +107,14 @@ class Run:
 
     def row(self, base: Path | None = None) -> dict[str, Any]:
         """This run as one comparison.csv row (run_dir relative to ``base`` when inside it)."""
-        run_dir = str(self.run_dir)
+        row = {name: getattr(self, name) for name in COLUMNS}
+        row["overrides"] = " ".join(self.overrides)
         if base is not None:
             try:
-                run_dir = str(self.run_dir.resolve().relative_to(base.resolve())) or "."
+                row["run_dir"] = str(self.run_dir.resolve().relative_to(base.resolve())) or "."
             except ValueError:
                 pass
-        return {
-            "model": self.model, "dataset": self.dataset, "overrides": " ".join(self.overrides),
-            "params": self.params, "macs": self.macs, "best_val_acc": self.best_val_acc,
-            "test_acc": self.test_acc, "best_epoch": self.best_epoch, "epochs": self.epochs,
-            "train_seconds": self.train_seconds, "images_per_second": self.images_per_second,
-            "status": self.status, "fit": self.fit, "error": self.error, "run_dir": run_dir,
-        }
+        return row
 
 
 @dataclass
@@ -110,7 +128,7 @@ class Group:
 
     def stat(self, attr: str) -> tuple[float | None, float | None, int]:
         """(mean, sample std or None, n) of a numeric field over the runs that have it."""
-        vals = [getattr(r, attr) for r in self.runs if _finite(getattr(r, attr))]
+        vals = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
         if not vals:
             return None, None, 0
         mean, std = mean_std(vals)
@@ -140,10 +158,6 @@ def mean_std(vals: Sequence[float]) -> tuple[float, float | None]:
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _num(v: Any, kind: type = float) -> Any:
     """``v`` as an int/float, or None for null, NaN, text and other junk."""
     if v is None or isinstance(v, bool):
@@ -155,6 +169,16 @@ def _num(v: Any, kind: type = float) -> Any:
     if not math.isfinite(x):
         return None
     return int(x) if kind is int else x
+
+
+def _read(summary: dict[str, Any], f: Field) -> Any:
+    """Field ``f`` from summary.json, as its kind, or None when absent or junk."""
+    v: Any = summary
+    for part in (f.key or "").split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    if f.kind is str:
+        return v if isinstance(v, str) and v else None
+    return _num(v, f.kind)
 
 
 def _load_yaml(path: Path) -> Any:
@@ -210,9 +234,8 @@ def read_metrics(path: Path) -> tuple[list[tuple[int, float]], bool]:
 def read_run(run_dir: str | os.PathLike) -> Run:
     """Read one run folder into a Run; never raises for a bad or partial folder."""
     d = Path(run_dir)
-    run = Run(run_dir=d)
+    run = Run(d)
     notes: list[str] = []
-
     summary: dict[str, Any] = {}
     try:
         loaded = read_summary(d)
@@ -222,33 +245,20 @@ def read_run(run_dir: str | os.PathLike) -> Run:
         if loaded is None:
             notes.append("no summary.json (the job never started training, or is starting)")
         summary = loaded or {}
+    for f in FIELDS:
+        if f.key:
+            setattr(run, f.name, _read(summary, f))
+    run.status = run.status or INCOMPLETE
+    # Summaries written before "no best epoch yet" was null say -1 and epoch 0.
+    if run.best_val_acc is not None and run.best_val_acc < 0:
+        run.best_val_acc = None
+    run.best_epoch = run.best_epoch or None
 
     try:
         ov = _load_yaml(d / ".hydra" / "overrides.yaml") if (d / ".hydra" / "overrides.yaml").exists() else []
         run.overrides = [str(o) for o in ov] if isinstance(ov, list) else []
     except Exception:  # noqa: BLE001 - any YAML error: show the run without overrides
         notes.append("overrides.yaml unreadable")
-
-    run.model = summary.get("model") if isinstance(summary.get("model"), str) else None
-    run.dataset = summary.get("dataset") if isinstance(summary.get("dataset"), str) else None
-    run.params = _num(summary.get("params"), int)
-    run.macs = _num(summary.get("macs"), int)
-    run.best_val_acc = _num(summary.get("best_val_acc"))
-    if run.best_val_acc is not None and run.best_val_acc < 0:
-        run.best_val_acc = None  # the loop's "no epoch yet" sentinel
-    run.test_acc = _num(summary.get("test_acc"))
-    run.best_epoch = _num(summary.get("best_epoch"), int) or None
-    run.epochs = _num(summary.get("epochs_completed"), int)
-    run.train_seconds = _num(summary.get("train_seconds"))
-    run.images_per_second = _num(summary.get("images_per_second"))
-    run.error = summary.get("error") if isinstance(summary.get("error"), str) else None
-    fit = summary.get("fit")
-    if isinstance(fit, dict):
-        fit = fit.get("verdict")
-    run.fit = str(fit) if fit not in (None, "") else None
-    status = summary.get("status")
-    run.status = status if isinstance(status, str) and status else INCOMPLETE
-
     # Only .hydra/config.yaml knows the seed, and the model/dataset when there's no summary.
     cfg_path = d / ".hydra" / "config.yaml"
     seed_ov = [o.split("=", 1)[1] for o in run.overrides if o.split("=", 1)[0] in _SEED_KEYS]
@@ -269,18 +279,16 @@ def read_run(run_dir: str | os.PathLike) -> Run:
         run.curve, clean = read_metrics(metrics_path)
         if not clean:
             notes.append("metrics.csv has unreadable rows")
-            if run.status == OK_STATUS:
+            if run.ok:
                 run.status = INCOMPLETE  # a finished run whose history is damaged
-    elif run.status == OK_STATUS and (run.epochs or 0) > 0:
+    elif run.ok and (run.epochs or 0) > 0:
         notes.append("metrics.csv missing")
         run.status = INCOMPLETE
     if run.epochs is None and run.curve:
         run.epochs = len(run.curve)
     if run.best_val_acc is None and run.curve:
         run.best_epoch, run.best_val_acc = max(run.curve, key=lambda ea: ea[1])
-
     run.per_class = read_per_class(d, summary, run.dataset)
-
     if notes:
         run.error = "; ".join(([run.error] if run.error else []) + notes)
     return run
@@ -325,16 +333,11 @@ def read_per_class(d: Path, summary: dict[str, Any], dataset: str | None) -> dic
     return None
 
 
+
 def _sort_key(r: Run) -> tuple:
     # Best test accuracy first; runs without one after, by val accuracy; then the
     # runs that did not complete (their test accuracy, if any, is not comparable).
-    return (
-        not r.ok,
-        r.test_acc is None,
-        -(r.test_acc or 0.0),
-        -(r.best_val_acc or 0.0),
-        str(r.run_dir),
-    )
+    return (not r.ok, r.test_acc is None, -(r.test_acc or 0.0), -(r.best_val_acc or 0.0), str(r.run_dir))
 
 
 def build_report(paths: Iterable[str | os.PathLike]) -> Report:
@@ -344,27 +347,29 @@ def build_report(paths: Iterable[str | os.PathLike]) -> Report:
     for r in runs:
         by_key.setdefault(r.group_key, []).append(r)
     groups = [Group(k[0], k[1], k[2], rs) for k, rs in by_key.items() if len(rs) > 1]
-    groups.sort(key=lambda g: -(g.stat("test_acc")[0] or -1.0))
+    # Best mean test accuracy first; groups without one last.
+    groups.sort(key=lambda g: (g.stat("test_acc")[0] is None, -(g.stat("test_acc")[0] or 0.0)))
     return Report(runs=runs, groups=groups)
 
 
 # --------------------------------------------------------------------------- writing
-def _pct(v: float | None) -> str:
-    return "" if v is None else f"{100 * v:.2f}%"
+def fmt(v: Any, how: str = "") -> str:
+    """The one number formatter: a table cell, a label or an axis tick; "" for None.
 
-
-def _si(v: float | None) -> str:
-    """2.47M, 35.1k: counts short enough for a table cell."""
+    ``how``: "%" (0.9 -> 90.00%), "si" (5400000 -> 5.40M, 350 -> 350), "tick" (an axis
+    tick: 5.4M, 0.5), a format spec (".1f"), or "" (str).
+    """
     if v is None:
         return ""
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.2f}{unit}"
-    return f"{v:.0f}"
-
-
-def _num_str(v: float | None, fmt: str) -> str:
-    return "" if v is None else format(v, fmt)
+    if how == "%":
+        return f"{100 * v:.2f}%"
+    if how in ("si", "tick"):
+        spec = ".3g" if how == "tick" else ".2f"
+        for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(v) >= div:
+                return f"{v / div:{spec}}{unit}"
+        return f"{v:{'.3g' if how == 'tick' else '.0f'}}"
+    return format(v, how)
 
 
 def _cell(s: Any) -> str:
@@ -378,13 +383,6 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _mean_std(g: Group, attr: str) -> str:
-    mean, std, n = g.stat(attr)
-    if mean is None:
-        return ""
-    return _pct(mean) if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}%"
-
-
 def common_overrides(runs: Sequence[Run]) -> list[str]:
     """The overrides every run has (with two runs or more), in the first run's order."""
     if len(runs) < 2:
@@ -394,45 +392,37 @@ def common_overrides(runs: Sequence[Run]) -> list[str]:
 
 
 def runs_table(report: Report) -> str:
-    """The per-run Markdown table (also what the callback prints).
+    """The per-run Markdown table (also what the callback prints): the FIELDS with a header.
 
     The overrides column leaves out those that every run shares (the sweep's fixed
     settings), which ``render_markdown`` states once above the table.
     """
     common = set(common_overrides(report.runs))
-    header = ["#", "model", "dataset", "overrides", "params", "MACs", "best val acc", "test acc",
-              "best epoch", "epochs", "train s", "images/s", "status", "fit"]
-    rows = [
-        [i, r.model or "", r.dataset or "", " ".join(o for o in r.overrides if o not in common),
-         _si(r.params), _si(r.macs),
-         _pct(r.best_val_acc), _pct(r.test_acc), r.best_epoch or "", "" if r.epochs is None else r.epochs,
-         _num_str(r.train_seconds, ".1f"), _num_str(r.images_per_second, ".0f"), r.status, r.fit or ""]
-        for i, r in enumerate(report.runs, 1)
-    ]
-    return _md_table(header, rows)
+    shown = [f for f in FIELDS if f.header]
+    rows = []
+    for i, r in enumerate(report.runs, 1):
+        row = r.row() | {"overrides": " ".join(o for o in r.overrides if o not in common)}
+        rows.append([i, *(fmt(row[f.name], f.how) for f in shown)])
+    return _md_table(["#", *(f.header for f in shown)], rows)
 
 
 def groups_table(report: Report) -> str:
     """Mean ± sample std over the seeds of each repeated configuration."""
     common = set(common_overrides(report.runs))
-    header = ["model", "dataset", "overrides (without seed)", "runs", "seeds", "params",
-              "best val acc", "test acc", "train s"]
+    stats = [FIELD[name] for name in GROUP_STATS]
     rows = []
     for g in report.groups:
         seeds = ",".join(str(s) for s in sorted(r.seed for r in g.runs if r.seed is not None))
-        n_ok = sum(r.ok for r in g.runs)
-        mean_s = g.stat("train_seconds")[0]
         rest = " ".join(o for o in g.overrides.split(" ") if o and o not in common)
-        rows.append([g.model, g.dataset, rest, f"{n_ok}/{len(g.runs)} completed", seeds,
-                     _si(g.stat("params")[0]), _mean_std(g, "best_val_acc"), _mean_std(g, "test_acc"),
-                     _num_str(mean_s, ".1f")])
-    return _md_table(header, rows)
-
-
-MAX_PER_CLASS_RUNS = 12
-# (Run attribute, axis label, whether a larger value is the better one)
-PARETO_AXES = (("params", "parameters", False), ("macs", "MACs per image", False),
-               ("images_per_second", "training images/s", True))
+        cells = []
+        for f in stats:
+            mean, std, _ = g.stat(f.name)
+            with_std = f.how == "%" and std is not None
+            cells.append(f"{100 * mean:.2f} ± {fmt(std, '%')}" if with_std else fmt(mean, f.how))
+        rows.append([g.model, g.dataset, rest, f"{sum(r.ok for r in g.runs)}/{len(g.runs)} completed",
+                     seeds, *cells])
+    return _md_table(["model", "dataset", "overrides (without seed)", "runs", "seeds",
+                      *(f.header for f in stats)], rows)
 
 
 def per_class_table(report: Report) -> str:
@@ -443,13 +433,13 @@ def per_class_table(report: Report) -> str:
     labels = _labels(runs)
     classes: list[str] = []
     for r in runs:
-        classes += [c for c in r.per_class or {} if c not in classes]
+        classes += [c for c in r.per_class if c not in classes]
     rows = []
     for c in classes:
-        accs = [(r.per_class or {}).get(c) for r in runs]
+        accs = [r.per_class.get(c) for r in runs]
         best = max((a for a in accs if a is not None), default=None)
         winners = [labels[id(r)] for r, a in zip(runs, accs, strict=True) if a is not None and a == best]
-        cells = ["" if a is None else (f"**{_pct(a)}**" if a == best and len(runs) > 1 else _pct(a)) for a in accs]
+        cells = [f"**{fmt(a, '%')}**" if a == best and len(runs) > 1 else fmt(a, "%") for a in accs]
         rows.append([c, *cells, ", ".join(winners)])
     header = ["class", *[f"#{report.runs.index(r) + 1} {labels[id(r)]}" for r in runs], "best"]
     return _md_table(header, rows)
@@ -471,21 +461,17 @@ def pareto_front(points: Sequence[tuple[float, float]], larger_x_better: bool = 
     return front
 
 
-def _pareto_runs(report: Report, attr: str, larger_better: bool) -> list[Run]:
-    runs = [r for r in report.runs if r.ok and r.test_acc is not None and _finite(getattr(r, attr))]
-    return [runs[i] for i in pareto_front([(getattr(r, attr), r.test_acc) for r in runs], larger_better)]
-
-
 def pareto_text(report: Report) -> str:
-    """One line per cost axis: the runs on its Pareto front, cheapest first."""
+    """One line per cost axis: the completed runs on its Pareto front, cheapest first."""
     labels = _labels(report.runs)
     lines = []
     for attr, name, larger in PARETO_AXES:
-        front = _pareto_runs(report, attr, larger)
+        runs = [r for r in report.runs if r.ok and r.test_acc is not None and getattr(r, attr) is not None]
+        front = [runs[i] for i in pareto_front([(getattr(r, attr), r.test_acc) for r in runs], larger)]
         if front:
-            fmt = (lambda v: f"{v:.0f}") if attr == "images_per_second" else _si
             lines.append(f"- test accuracy vs {name}: " + " → ".join(
-                f"{labels[id(r)]} ({fmt(getattr(r, attr))}, {_pct(r.test_acc)})" for r in front))
+                f"{labels[id(r)]} ({fmt(getattr(r, attr), FIELD[attr].how)}, {fmt(r.test_acc, '%')})"
+                for r in front))
     return "\n".join(lines)
 
 
@@ -566,14 +552,6 @@ def _labels(runs: list[Run]) -> dict[int, str]:
     return out
 
 
-def _tick(v: float) -> str:
-    """A short count for an axis tick: 500k, 2.5M, 10M."""
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.3g}{unit}"
-    return f"{v:.3g}"
-
-
 def _acc_ylim(ax: Any, values: list[float]) -> None:
     """An accuracy axis around the data, at least 0.1 tall, inside [0, 1]."""
     if not values:
@@ -592,7 +570,7 @@ def _cost_panel(ax: Any, report: Report, series: dict[tuple, list[Run]], colors:
     # slow, and the report should add little to a sweep.
     xs, ys, errs, cols, oks = [], [], [], [], []
     for i, rs in enumerate(series.values()):
-        done = [r for r in rs if r.test_acc is not None and _finite(getattr(r, attr)) and getattr(r, attr) > 0]
+        done = [r for r in rs if r.test_acc is not None and (getattr(r, attr) or 0) > 0]
         if not done:
             continue
         x = mean_std([getattr(r, attr) for r in done])[0]
@@ -624,12 +602,12 @@ def _cost_panel(ax: Any, report: Report, series: dict[tuple, list[Run]], colors:
         ax.set_xscale("log")
         ax.margins(x=0.15)  # room for the labels of the end points
         # "5.4M" ticks: readable, and plain text (log-axis mathtext labels are slow to draw).
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _tick(v)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt(v, "tick")))
         ax.xaxis.set_minor_formatter(FuncFormatter(
-            lambda v, _pos: _tick(v) if ax.get_xlim()[1] / ax.get_xlim()[0] < 10 else ""))
-    _acc_ylim(ax, [r.test_acc for r in report.runs if r.test_acc is not None and _finite(getattr(r, attr))])
+            lambda v, _pos: fmt(v, "tick") if ax.get_xlim()[1] / ax.get_xlim()[0] < 10 else ""))
+    _acc_ylim(ax, [r.test_acc for r in report.runs if r.test_acc is not None and getattr(r, attr) is not None])
     ax.grid(alpha=0.3)
-    n_missing = sum(r.test_acc is None or not _finite(getattr(r, attr)) for r in report.runs)
+    n_missing = sum(r.test_acc is None or getattr(r, attr) is None for r in report.runs)
     if n_missing:
         ax.text(0.01, 0.01, f"{n_missing} run(s) without a test accuracy or {name} not shown",
                 transform=ax.transAxes, fontsize=7, color="gray")
