@@ -108,10 +108,13 @@ def describe(e: BaseException) -> str | None:
         key = oc.full_key or ""
         if isinstance(oc, (oce.ConfigAttributeError, oce.ConfigKeyError)) and key:  # trainer.epoch=3
             return f"{key} is not a config key{_near_keys(oc)}"
-        if isinstance(oc, oce.MissingMandatoryValue) and key:  # a ??? read directly
-            return f"{key} has no value (it is ???): set it, e.g. {key}=<value>"
-        shown = f"{key}={oc.value!r}: " if key and oc.value is not None else f"{key}: " if key else ""
-        return f"{shown}{first_line(oc)}{_cfg_hydra_hint()}"
+        if key and oc.value is not None:  # trainer.epochs=abc, model.name='${'
+            return f"{key}={oc.value!r}: {first_line(oc)}"
+        # An interpolation read by `key` failed: the innermost OmegaConf error says why.
+        said = first_line(found[-1]) + (f" (reading {key})" if key else "")
+        if any(isinstance(c, oce.MissingMandatoryValue) for c in found):  # model=timm: model.arch is ???
+            return f"{said}: it is ??? in the config; set it on the command line"
+        return said + _cfg_hydra_hint()
     if isinstance(e, he.ConfigCompositionException):  # Hydra's own words, on one line
         return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     for c in chain:
