@@ -345,7 +345,7 @@ def test_fuzz_random_bad_overrides(world, capsys):
         ("optimizer.momentum=2", ["optimizer.momentum=2 is not allowed", "[0, 1)"]),
         ("model.aux_weight=-1", ["model.aux_weight=-1.0 is not allowed", ">= 0"]),
         ("dataset.std=[0]", ["dataset.std=[0.0] is not allowed", "> 0"]),
-        ("trainer.epochs=2.5", ["trainer.epochs=2.5: wrong type", "use an integer >= 1"]),
+        ("trainer.epochs=2.5", ["trainer.epochs=2.5: ", "Integer"]),  # the key, the value, OmegaConf's words
         ("optimizer.lr=inf", ["optimizer.lr=inf is not allowed", "> 0"]),
     ],
 )
