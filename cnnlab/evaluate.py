@@ -13,6 +13,7 @@ listed in :mod:`cnnlab.evaluation.report`. Keys: conf/evaluate.yaml.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.evaluation.app import cli as run_cli
-from cnnlab.evaluation.app import dataset_overrides, next_free, one_line_errors
+from cnnlab.errors import hydra_task, run_main
+from cnnlab.evaluation.app import app, dataset_overrides, next_free
 
 USAGE = """\
 usage: python -m cnnlab.evaluate run=<run folder or checkpoint file> [key=value ...]
@@ -164,7 +165,7 @@ def _print(out_dir: Path, m: dict[str, Any]) -> None:
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
-@one_line_errors
+@hydra_task
 def main(cfg: DictConfig) -> None:
     """The Hydra app: read the keys, call :func:`evaluate_run`, print the result."""
     from cnnlab.config import choice, flag, integer
@@ -195,9 +196,9 @@ def _group_chosen() -> bool:
     return HydraConfig.get().runtime.choices.get("dataset") not in (None, "null")
 
 
-def cli() -> None:
-    run_cli(main, USAGE, rewrite=dataset_overrides)
+def cli() -> int:
+    return run_main(app, main, USAGE, dataset_overrides)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -19,8 +19,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.evaluation.app import cli as run_cli
-from cnnlab.evaluation.app import next_free, one_line_errors
+from cnnlab.errors import hydra_task, run_main
+from cnnlab.evaluation.app import app, next_free
 
 USAGE = """\
 usage: python -m cnnlab.predict run=<run folder or checkpoint file> images=<file or folder> [key=value ...]
@@ -151,7 +151,7 @@ def format_table(rows: list[dict[str, Any]], topk: int, root: Path | None = None
 
 
 @hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
-@one_line_errors
+@hydra_task
 def main(cfg: DictConfig) -> None:
     from cnnlab.config import choice, integer
     from cnnlab.evaluation.app import check_keys
@@ -168,9 +168,9 @@ def main(cfg: DictConfig) -> None:
     print(f"wrote {path} ({len(rows)} images)")
 
 
-def cli() -> None:
-    run_cli(main, USAGE)
+def cli() -> int:
+    return run_main(app, main, USAGE)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -465,11 +465,11 @@ def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int) -> tup
     """The optimizer and its per-optimizer-step schedule (warm-up: cnnlab/schedulers.py).
 
     A ``_target_`` the schema does not know is checked by what it raises when built:
-    one line naming the key (cnnlab/build_errors.py).
+    one line naming the section and target (cnnlab.errors.construction_errors).
     """
     from hydra.utils import instantiate
 
-    from cnnlab.build_errors import construction_errors
+    from cnnlab.errors import construction_errors
     from cnnlab.schedulers import with_warmup
 
     tc = cfg.trainer

@@ -1,9 +1,9 @@
 """The bad-input catalogue (docs/errors.md), every entry run as a user would run it.
 
 Each case runs ``python -m cnnlab.run <tiny settings> <the bad input>`` in a fresh
-folder and checks four things: a non-zero exit; exactly one line on stderr,
-``error: ...``, naming the problem (the needles); no traceback anywhere; and no run
-folder whose summary claims success. Cases that need torch (data, weights, devices)
+folder and checks four things: exit status 2; exactly one line on stderr,
+``error: ...``, naming the key and the value (the needles, not the library's wording);
+no traceback anywhere; and no run folder whose summary claims success. Cases that need torch (data, weights, devices)
 take 10-30 s each on 2 cores and are marked slow; the composition and range cases
 take about 2 s.
 """
@@ -43,19 +43,17 @@ CASES: dict[str, Case] = {
     "unknown optimizer": Case(["optimizer=sgdd"], ["optimizer=sgdd", "adamw"]),
     "unknown scheduler": Case(["scheduler=cosin"], ["scheduler=cosin", "cosine"]),
     "unknown device": Case(["device=tpu"], ["device=tpu", "cpu", "cuda"]),
-    "wrong type (int)": Case(["trainer.epochs=abc"], ["trainer.epochs=abc", "wrong type", "Integer",
-                                                      "use an integer >= 1"]),
+    "wrong type (int)": Case(["trainer.epochs=abc"], ["trainer.epochs='abc'", "Integer"]),
     "wrong type (float)": Case(["optimizer.lr=fast"], ["optimizer.lr='fast'", "a number > 0"]),
-    "wrong type (bool)": Case(["model.pretrained=maybe"], ["model.pretrained=maybe", "bool", "use true or false"]),
+    "wrong type (bool)": Case(["model.pretrained=maybe"], ["model.pretrained='maybe'", "bool"]),
     "unknown key": Case(["trainer.epoch=3"], ["trainer.epoch", "not a config key", "trainer.epochs"]),
     "unparsable override": Case(["trainer.epochs=["], ["'trainer.epochs=['", "cannot be parsed", "key=value"]),
     # ({{ }} is one brace after the {tmp} formatting)
     "interpolation naming no key": Case(["trainer.epochs=${{trainer.epoch}}"],
-                                        ["an interpolation in trainer.epochs names no key", "trainer.epoch"]),
+                                        ["trainer.epochs", "'trainer.epoch'"]),
     "interpolation of an unset variable": Case(["seed=${{oc.env:CNNLAB_NO_SUCH_VARIABLE}}"],
-                                               ["an interpolation in seed cannot be resolved",
-                                                "CNNLAB_NO_SUCH_VARIABLE", "${{oc.env:VAR,default}}"]),
-    "broken interpolation": Case(["model.name='${{'"], ["model.name='${{': a broken interpolation"]),
+                                               ["seed", "CNNLAB_NO_SUCH_VARIABLE"]),
+    "broken interpolation": Case(["model.name='${{'"], ["model.name='${{': "]),
     "--cfg hydra --resolve": Case(["--cfg", "hydra", "--resolve"], ["use `--cfg all --resolve`"]),
     # -- range and choice checks (cnnlab.config.validate), before torch is imported
     "zero epochs": Case(["trainer.epochs=0"], ["trainer.epochs=0", ">= 1"]),
@@ -78,14 +76,14 @@ CASES: dict[str, Case] = {
                                                ["dataset.augment.crop_padding=40", "[0, 15]"]),
     "zero limit": Case(["dataset.limit=0"], ["dataset.limit=0", "null or an integer >= 1"]),
     "zero std": Case(["dataset.std=[0]"], ["dataset.std=[0.0]", "numbers > 0"]),
-    "a list key given a number": Case(["dataset.std=0.5"], ["dataset.std=0.5", "wrong type", "list of numbers"]),
+    "a list key given a number": Case(["dataset.std=0.5"], ["dataset.std=0.5: ", "list"]),
     "dataset root that is a file": Case(["dataset.root={tmp}/a_file"], ["a_file' is a file, not a folder"]),
-    "missing mandatory value": Case(["model=timm"], ["model.arch has no value", "model.arch=<value>"]),
+    "missing mandatory value": Case(["model=timm"], ["model.arch", "???"]),
     "batch larger than the data": Case(["trainer.batch_size=1000"], ["trainer.batch_size=1000", "64 images"],
                                        slow=True),
     "optimizer the schema does not know": Case(
         ["optimizer._target_=torch.optim.RMSprop"],
-        ["optimizer.nesterov=True is not accepted by torch.optim.RMSprop", "~optimizer.nesterov"], slow=True),
+        ["optimizer (torch.optim.RMSprop): ", "nesterov"], slow=True),
     # -- data
     # Checked with the config, before torch is imported: fast.
     "imagefolder without a root": Case(["dataset=imagefolder"], ["dataset=imagefolder needs dataset.root=<folder>"]),
@@ -180,7 +178,7 @@ def test_bad_input_fails_in_one_line(name, tmp_path):
     args = [*ARGS, *(o.format(tmp=tmp_path) for o in case.overrides)]
     res = _cli(args, tmp_path, case.env)
 
-    assert res.returncode != 0
+    assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr + res.stdout
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-3000:]

@@ -430,8 +430,8 @@ def test_evaluate_uses_the_ema_weights_the_run_tested_with(tmp_path):
     ("batch_size=abc", "batch_size='abc' is not allowed: use null or an integer >= 1"),
     ("mistakes=-1", "mistakes=-1 is not allowed: use an integer in [0, 256]"),
     ("tensorboard=maybe", "tensorboard='maybe' is not allowed: use true or false"),
-    ("dataset.limt=100", "dataset.limt: Key 'limt' not in 'DatasetConfig'"),
-    ("dataset.val_split=abc", "dataset.val_split: Value 'abc'"),
+    ("dataset.limt=100", "dataset.limt is not a config key; did you mean dataset.limit?"),
+    ("dataset.val_split=abc", "dataset.val_split='abc': "),
     ("dataset.limit=0", "dataset.limit=0 is not allowed: use null or an integer >= 1"),
 ])
 def test_evaluate_keys_are_checked_before_anything_is_loaded(arg, says, tmp_path):

@@ -1,9 +1,8 @@
 """What ``python -m cnnlab.evaluate`` and ``python -m cnnlab.predict`` share around Hydra.
 
-``cli`` answers ``--help`` from a static text (no Hydra, no torch: instant), runs the
-Hydra app with HYDRA_FULL_ERROR set so Hydra raises instead of printing, and turns a
-user error (ours, or Hydra's composition errors, through ``cnnlab.cli_errors``) into
-one line ``error: ...`` with exit status 2. A bug keeps its traceback.
+``app`` answers ``--help`` from a static text (no Hydra, no torch: instant) and runs
+the Hydra app; both run inside :func:`cnnlab.errors.run_main`, the boundary of every
+entry point (a user error is one line ``error: ...`` with exit status 2).
 """
 
 from __future__ import annotations
@@ -27,52 +26,16 @@ def dataset_overrides(argv: list[str]) -> list[str]:
     return [f"+{a}" if a.startswith("dataset.") and "=" in a else a for a in argv]
 
 
-def cli(main: Callable[[], object], usage: str, rewrite: Callable[[list[str]], list[str]] | None = None) -> None:
-    """Run a Hydra ``main``; ``--help`` prints ``usage``; user errors are one line, exit 2."""
+def app(main: Callable[[], object], usage: str, rewrite: Callable[[list[str]], list[str]] | None = None) -> int:
+    """Run a Hydra ``main``; ``--help`` prints ``usage``; ``rewrite`` edits the command line first."""
     args = sys.argv[1:]
     if {"--help", "-h"} & set(args):
         print(usage)
-        return
+        return 0
     if rewrite is not None:
         sys.argv = [sys.argv[0], *rewrite(args)]
-    from cnnlab.cli_errors import describe_error
-
-    user_wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:
-        message = None if user_wants_traceback else describe_error(e, argv=sys.argv[1:])
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        if not user_wants_traceback:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-
-
-def one_line_errors(fn: Callable[..., object]) -> Callable[..., object]:
-    """Wrap a Hydra task: a CnnlabError becomes ``error: ...`` on stderr and exit 2.
-
-    Inside the task, because Hydra logs "Error executing job ..." for whatever escapes it.
-    """
-    import functools
-
-    @functools.wraps(fn)
-    def task(*args: object, **kwargs: object) -> object:
-        from cnnlab.errors import CnnlabError
-
-        try:
-            return fn(*args, **kwargs)
-        except CnnlabError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    return task
+    main()
+    return 0
 
 
 def check_keys(values: dict[str, Any], rules: dict[str, Any], prefix: str = "") -> None:
@@ -92,19 +55,11 @@ def check_dataset_overrides(overrides: dict[str, Any]) -> None:
     """``dataset.KEY=VALUE`` on top of the run's own dataset: a key the schema knows, of its
     type and in its range (the run's rules), or one line saying what is allowed."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     from cnnlab.config import RULES, DatasetConfig
-    from cnnlab.errors import ConfigError
 
-    try:
-        OmegaConf.merge(OmegaConf.structured({"dataset": DatasetConfig}), {"dataset": overrides})
-    except OmegaConfBaseException as e:  # an unknown key, a wrong type
-        from cnnlab.cli_errors import describe_error
-
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        key = getattr(e, "full_key", None)
-        raise ConfigError(describe_error(e) or (f"{key}: {first}" if key else first)) from None
+    # An unknown key or a wrong type raises OmegaConf's error: cnnlab.errors.describe says it.
+    OmegaConf.merge(OmegaConf.structured({"dataset": DatasetConfig}), {"dataset": overrides})
     flat = {f"dataset.{k}": v for k, v in overrides.items() if not isinstance(v, dict)}
     flat |= {f"dataset.{k}.{kk}": vv for k, v in overrides.items() if isinstance(v, dict) for kk, vv in v.items()}
     check_keys(flat, {k: r for k, r in RULES.items() if k in flat})

@@ -23,7 +23,6 @@ then after each completed epoch ``best.pt`` (when the epoch is the best so far)
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, first_line
 from cnnlab.lifecycle.atomic import write_atomic
 
 # Prefixes that wrappers add to state-dict keys: DDP's and torch.compile's.
@@ -49,7 +48,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
         write_atomic(path, lambda f: torch.save(state, f), suffix=".tmp")
     except (OSError, RuntimeError) as e:
         # A full disk surfaces as OSError or as torch's "PytorchStreamWriter failed".
-        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:120]
+        why = getattr(e, "strerror", None) or first_line(e)
         raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({why}); the previous "
                               "checkpoint there is intact: free space, then resume") from None
 
@@ -122,28 +121,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _describe_load_error(path: Path, e: Exception) -> str:
-    """One line saying why ``torch.load(path, weights_only=True)`` failed."""
+    """One line saying why ``torch.load(path, weights_only=True)`` failed: torch's own first line,
+    or, for a pickle that would run code, the globals it would import (torch's own list)."""
     import pickle
 
-    text = str(e)
-    if isinstance(e, pickle.UnpicklingError) and "weights only" in text.lower():
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        if found:
-            what = f"loading it would import {found.group(1)}"
-        else:
-            unsupported = re.search(r"(Unsupported [^\n.]*)", text)
-            what = f"it is not plain data ({unsupported.group(1) if unsupported else 'unknown content'})"
+    if isinstance(e, pickle.UnpicklingError):
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not a zip checkpoint: torch's own line says why
+            names = []
+        what = f"loading it would import {', '.join(names)}" if names else f"torch says: {first_line(e)}"
         return (f"{str(path)!r} was refused: {what}; a checkpoint may hold only tensors and plain data "
                 "(torch.load weights_only=True), so a file from elsewhere cannot run code here")
     size = path.stat().st_size
-    if size == 0:
-        return f"{str(path)!r} is empty (0 bytes), not a checkpoint"
     with open(path, "rb") as f:
         zip_magic = f.read(4) == b"PK\x03\x04"
-    first = (text.splitlines()[0].split(". ")[0] if text else type(e).__name__)[:100]
     if zip_magic:
-        return f"{str(path)!r} is truncated or corrupt ({size} bytes; torch says: {first})"
-    return f"{str(path)!r} is not a torch checkpoint (neither a zip archive nor a pickle torch can read)"
+        return f"{str(path)!r} is truncated or corrupt ({size} bytes; torch says: {first_line(e)})"
+    return f"{str(path)!r} is not a torch checkpoint ({size} bytes: neither a zip archive nor a pickle torch can read)"
 
 
 def extract_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.compose import CONF_DIR, compose
+from cnnlab.errors import CnnlabError, run_main
 from cnnlab.units import human
 
 GENERIC = ("timm", "torchvision")  # take any architecture by name: nothing to tabulate
@@ -97,8 +98,6 @@ def _map_or_error(model: object, shape: tuple[int, int, int]) -> str:
         return "too small"
 
 
-
-
 def _map(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
@@ -132,7 +131,7 @@ def update_file(path: Path, table: str) -> None:
     """Replace the text between the BEGIN and END markers in ``path`` with ``table``."""
     text = path.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"error: {path} has no {BEGIN} ... {END} markers to put the table between")
+        raise CnnlabError(f"{path} has no {BEGIN} ... {END} markers to put the table between")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
@@ -163,4 +162,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

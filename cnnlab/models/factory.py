@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.errors import CnnlabError, ModelError
+from cnnlab.errors import CnnlabError, ModelError, first_line
 from cnnlab.models.adapt import adapt_small_input, set_in_chans_torchvision
 from cnnlab.models.registry import LEGACY_ARCHS, cnnlab_models, extra_kwargs, is_cnnlab_model
 from cnnlab.models.weights import download_weights
@@ -43,11 +43,6 @@ def _hub_offline_unless_reachable() -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE = False
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 def _takes(model: nn.Module, key: str) -> bool:
@@ -114,7 +109,7 @@ def _size_error(source: str, arch: str, img_size: int, why: BaseException) -> Mo
     said, side = _size_hint(source, arch)
     return ModelError(
         f"model.arch={arch!r} ({source}) can't take {img_size}x{img_size} images ({said}; "
-        f"{_first_line(why)}); use dataset.image_size={side}, which resizes every dataset's images"
+        f"{first_line(why)}); use dataset.image_size={side}, which resizes every dataset's images"
     )
 
 
@@ -169,7 +164,7 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, dr
         try:
             return _create_timm(arch, img_size, **kw)
         except TypeError as e:  # an argument this model doesn't take (drop_path_rate, in_chans ...)
-            raise ModelError(f"timm {arch!r} can't be built with these settings ({_first_line(e)})") from None
+            raise ModelError(f"timm {arch!r} can't be built with these settings ({first_line(e)})") from None
         except (ValueError, AssertionError, RuntimeError) as e:
             # e.g. a window or patch size that doesn't divide the image: one line, and the fix.
             raise _size_error("timm", arch, img_size, e) from None
@@ -182,7 +177,7 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, dr
             raise
         except Exception as e:  # noqa: BLE001 - download, unpickling and shape errors
             raise ModelError(
-                f"model.pretrained=true: the weights of {arch!r} could not be loaded ({_first_line(e)}); "
+                f"model.pretrained=true: the weights of {arch!r} could not be loaded ({first_line(e)}); "
                 "use model.pretrained=false, or model.checkpoint=<file> for a local weights file"
             ) from None
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -198,7 +193,7 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, dr
         ) from None
     except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
         raise ModelError(
-            f"model.pretrained=true: the weights of timm {arch!r} could not be loaded ({_first_line(e)}); "
+            f"model.pretrained=true: the weights of timm {arch!r} could not be loaded ({first_line(e)}); "
             "use model.pretrained=false, or model.checkpoint=<file> for a local weights file"
         ) from None
 
@@ -248,7 +243,7 @@ def _build_torchvision(arch: str, pretrained: bool, num_classes: int, in_chans: 
         else:
             model, sized = _tv_get_model(tvm, arch, img_size, weights=None, num_classes=num_classes, **kw)
     except TypeError as e:  # an argument this model doesn't take
-        raise ModelError(f"torchvision {arch!r} can't be built with these settings ({_first_line(e)})") from None
+        raise ModelError(f"torchvision {arch!r} can't be built with these settings ({first_line(e)})") from None
     except (OSError, RuntimeError, ValueError, AssertionError) as e:
         if pretrained:
             raise ModelError(
