@@ -34,6 +34,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from cnnlab.errors import ConfigError, run_main
 from cnnlab.lifecycle.record import read_summary
 
 
@@ -713,12 +714,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = build_report(args.paths)
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ConfigError(str(e)) from None
     if not report.runs:
-        print(f"error: no run folders (with summary.json or .hydra/) under {', '.join(args.paths)}",
-              file=sys.stderr)
-        return 2
+        raise ConfigError(f"no run folders (with summary.json or .hydra/) under {', '.join(args.paths)}")
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 else Path("."))
     if out.is_file():
         out = out.parent
@@ -729,5 +727,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if (args.strict and report.failed) else 0
 
 
+def cli() -> None:
+    """The console script and ``python -m cnnlab.compare``: :func:`main` inside the one error boundary."""
+    sys.exit(run_main(main))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()
