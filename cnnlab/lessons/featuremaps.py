@@ -21,8 +21,8 @@ pool, a patch embedding), and its output is logged. Squeeze-excitation branches 
 input is already 1x1) and global pools (adaptive pools, meant to end the trunk) are not
 stages. This works for the hand-written AlexNet, timm and torchvision models and MogaNet.
 
-The cost is one eval-mode forward of the few images under ``no_grad``, plus encoding a
-handful of small PNGs; channel and kernel counts are capped.
+The cost is one probe of the first image (eval mode, no_grad), plus encoding a handful
+of small PNGs; channel and kernel counts are capped.
 """
 
 from __future__ import annotations
@@ -78,9 +78,11 @@ def _grid(tiles: Any, nrow: int = 8) -> Any:
 
 
 def _taps(model: Any, x: Any, max_channels: int) -> tuple[list[_Tap], Any]:
-    """One forward of ``x`` (B, C, H, W) with hooks; the maps to show and the first conv."""
+    """One probe of ``x`` (B, C, H, W) with hooks; the maps to show and the first conv."""
     import torch
     from torch import nn
+
+    from cnnlab.models.profile import probe
 
     taps: list[_Tap] = []
     first_conv: list[nn.Conv2d] = []
@@ -108,13 +110,8 @@ def _taps(model: Any, x: Any, max_channels: int) -> tuple[list[_Tap], Any]:
                 taps.append(_Tap(name, type(m).__name__, t[0, :max_channels].detach().float().cpu().clone()))
         return fn
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
-               if name and not any(True for _ in m.children())]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, x, [(m, hook(name)) for name, m in model.named_modules()
+                     if name and not any(True for _ in m.children())])
     return taps, (first_conv[0] if first_conv else None)
 
 
@@ -147,7 +144,8 @@ def log_feature_maps(
     model was trained on normalised images); None = feed ``images`` as they are.
     ``writer_or_tracker``: a SummaryWriter or a RunTracker; nothing is written (and []
     is returned) when it has no TensorBoard writer. The model (its unwrapped module,
-    for DDP / torch.compile) runs in eval mode under no_grad; its mode is restored.
+    for DDP / torch.compile) is probed (:func:`cnnlab.models.profile.probe`): eval
+    mode, no_grad, its mode and the RNG states restored.
     """
     import torch
     import torch.nn.functional as F
@@ -166,19 +164,15 @@ def log_feature_maps(
         s = torch.tensor(list(std), device=x.device).view(1, -1, 1, 1)
         x = (x - m) / s
 
-    was_training = net.training
     threads = torch.get_num_threads()
-    net.eval()  # BatchNorm on running stats, no dropout: the maps of the deployed model
+    if param.device.type == "cpu":
+        # These tensors are tiny: with several threads the sync costs more than the math
+        # (measured 3x slower on 2 busy cores). Restored below.
+        torch.set_num_threads(1)
     try:
-        if param.device.type == "cpu":
-            # These tensors are tiny: with several threads the sync costs more than the math
-            # (measured 3x slower on 2 busy cores). Restored below.
-            torch.set_num_threads(1)
-        with torch.no_grad():
-            # Only the first image's maps are shown: forward it alone (B=1), not the batch.
-            taps, first_conv = _taps(net, x[:1].to(param.dtype), max_channels)
+        # Only the first image's maps are shown: forward it alone (B=1), not the batch.
+        taps, first_conv = _taps(net, x[:1].to(param.dtype), max_channels)
     finally:
-        net.train(was_training)
         torch.set_num_threads(threads)
 
     tags = []
