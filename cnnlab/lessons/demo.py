@@ -14,6 +14,7 @@ resolver evaluate and predict use (:mod:`cnnlab.evaluation.source`).
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,9 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
-def _cases(raw: Any, defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Validate the ``cases`` list: dicts with known keys; missing keys get ``defaults``."""
+def _cases(raw: Any, defaults: Mapping[str, Any], check: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+    """The ``cases`` list: dicts with known keys, missing keys from ``defaults``, each passing
+    ``check`` (all checked before anything is printed, so a bad value is one clean error)."""
     if not isinstance(raw, list) or not raw:
         raise LessonInputError(f"cases must be a non-empty list of mappings, got {raw!r}")
     cases = []
@@ -64,7 +66,12 @@ def _cases(raw: Any, defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise LessonInputError(
                 f"cases[{n}] has unknown key {unknown[0]!r}; known keys: {', '.join(defaults)}"
             )
-        cases.append({**defaults, **case})
+        case = {**defaults, **case}
+        try:
+            check(case)
+        except LessonInputError as err:
+            raise LessonInputError(f"cases[{n}]: {err}") from None
+        cases.append(case)
     return cases
 
 
@@ -90,13 +97,8 @@ def run_conv(cfg: Any) -> int:
     """Print input, kernel and, per case, the size formula and the output (hand vs torch)."""
     x = as_matrix(_plain(cfg.input), "input")
     k = as_matrix(_plain(cfg.kernel), "kernel")
-    cases = _cases(_plain(cfg.cases), {"stride": 1, "padding": 0, "dilation": 1})
-    # Validate every case before printing anything, so a bad value gives one clean error.
-    for n, c in enumerate(cases):
-        try:
-            check_conv_args(x, k, c["stride"], c["padding"], c["dilation"])
-        except LessonInputError as err:
-            raise LessonInputError(f"cases[{n}]: {err}") from None
+    cases = _cases(_plain(cfg.cases), {"stride": 1, "padding": 0, "dilation": 1},
+                   lambda c: check_conv_args(x, k, c["stride"], c["padding"], c["dilation"]))
 
     (h, w), (kh, kw) = (len(x), len(x[0])), (len(k), len(k[0]))
     print("2-D convolution by hand: slide the kernel over the input; each output value is")
@@ -165,17 +167,14 @@ def run_pool(cfg: Any) -> int:
     modes = _plain(cfg.modes)
     if not isinstance(modes, list) or not modes or any(m not in ("max", "avg") for m in modes):
         raise LessonInputError(f"modes must be a non-empty list of 'max'/'avg', got {modes!r}")
-    cases = _cases(
-        _plain(cfg.cases), {"kernel": 3, "stride": None, "padding": 0, "ceil_mode": False}
-    )
-    for n, c in enumerate(cases):
-        try:
-            check_int(c["kernel"], "kernel", 1)
-            if c["stride"] is None:  # PyTorch's default: stride = kernel size
-                c["stride"] = c["kernel"]
-            check_pool_args(x, c["kernel"], c["stride"], c["padding"], c["ceil_mode"])
-        except LessonInputError as err:
-            raise LessonInputError(f"cases[{n}]: {err}") from None
+
+    def check(c: dict[str, Any]) -> None:
+        check_int(c["kernel"], "kernel", 1)
+        if c["stride"] is None:  # PyTorch's default: stride = kernel size
+            c["stride"] = c["kernel"]
+        check_pool_args(x, c["kernel"], c["stride"], c["padding"], c["ceil_mode"])
+
+    cases = _cases(_plain(cfg.cases), {"kernel": 3, "stride": None, "padding": 0, "ceil_mode": False}, check)
 
     h, w = len(x), len(x[0])
     print("2-D pooling by hand: slide a window over the input; max pooling keeps the largest")
@@ -195,8 +194,8 @@ def run_pool(cfg: Any) -> int:
         else:
             print("output size: floor((H + 2p - d(k-1) - 1)/s) + 1 with d = 1")
             print("(a partial window at the edge is dropped)")
-        print(_indent(formula_text(h, k, s, p, 1, ceil, axis="H")))
-        print(_indent(formula_text(w, k, s, p, 1, ceil, axis="W")))
+        print(textwrap.indent(formula_text(h, k, s, p, 1, ceil, axis="H"), "  "))
+        print(textwrap.indent(formula_text(w, k, s, p, 1, ceil, axis="W"), "  "))
         for mode in modes:
             out = pool2d_by_hand(x, k, s, p, ceil, mode)
             title = "max pooling" if mode == "max" else "average pooling"
@@ -209,10 +208,6 @@ def run_pool(cfg: Any) -> int:
         first = cases[0]
         _explain_integer_pitfall(x, first["kernel"], first["ceil_mode"])
     return 0 if all_agree else 1
-
-
-def _indent(text: str, prefix: str = "  ") -> str:
-    return "\n".join(prefix + line for line in text.splitlines())
 
 
 # --------------------------------------------------------------------------- feature maps

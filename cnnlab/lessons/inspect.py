@@ -1,38 +1,28 @@
 """``python -m cnnlab.inspect [overrides | run=<run|checkpoint>]``: the layer-shape inspector.
 
 The course's "size of the output after pooling", for any model: a layer-by-layer table
-(layer, kind, output shape, params, MACs, and totals) at the dataset's input size, for
-the model the overrides of a run describe, or for the model a trained run holds::
+(layer, kind, output shape, params, MACs, totals) at the dataset's input size, for the
+model a run's overrides describe or the one a run trained (``run=``; rebuilt by
+:mod:`cnnlab.evaluation.source`, as evaluate and predict rebuild it). ``depth=N`` sums
+the rows into the modules N levels deep (``layer1.0.conv1`` -> ``layer1`` at depth 1).
+It flags the layer where the map first shrinks to 1x1 (an ImageNet stem, total stride
+32, turns 224x224 into 7x7 but 32x32 into 1x1 halfway); where the map is gone before a
+layer that can't take it, the forward pass fails and the table stops at that layer.
 
-    python -m cnnlab.inspect model=resnet18 dataset=cifar10 model.small_input=false
-    python -m cnnlab.inspect model=timm model.arch=convnext_atto depth=2
-    python -m cnnlab.inspect run=outputs/<date>/<run>     # its checkpoint's model and input
+How: one probe with hooks on every module (:func:`cnnlab.models.profile.trace_layers`),
+on the CPU with one thread: any model, no per-architecture code. The model is built on
+the meta device and given empty CPU memory, so its weights are never initialised (most
+of a large model's build time; shapes do not depend on values); a model that can't be
+built or run that way is built normally.
 
-``depth=N`` sums the rows into the modules N levels deep (``layer1.0.conv1`` ->
-``layer1`` at depth 1). The table flags the layer where the map first shrinks to 1x1:
-an ImageNet stem (total stride 32) turns 224x224 into 7x7 at the end, but 32x32 into
-1x1 halfway through. Where the map is gone before a layer that can't take it, the
-forward pass fails and the table stops at that layer.
+The printed table is cached (:mod:`cnnlab.cache`) under a hash of everything it depends
+on (the resolved model config, input shape, class count, ``depth``, the torch,
+torchvision and timm versions, the bytes of cnnlab/models/ and this file): a cached
+answer imports no torch. ``cache=false`` recomputes; ``--warm`` fills the cache for every
+conf/model entry on every dataset, with and without ``small_input``.
 
-How: one probe with hooks on every module (:func:`cnnlab.models.profile.trace_layers`,
-whose MAC count a run's summary uses too): any timm, torchvision or cnnlab model, with
-no per-architecture code. It runs on the CPU with one thread (for one small image,
-faster than the shape-only ``meta`` device, whose kernels are Python). The model is
-built on the meta device and then given empty CPU memory: its weights are never
-initialised (most of a large model's build time; shapes do not depend on values); a
-model that can't be built or run that way is built normally. ``run=`` rebuilds the
-model with :mod:`cnnlab.evaluation.source`, as evaluate and predict do.
-
-The printed table is cached (:mod:`cnnlab.cache`): computing it takes a fraction of a
-second, importing torch, torchvision and timm to do so about 7 s on 2 cores. The
-entry's name hashes everything the table depends on (the resolved model config, the
-input shape, the class count, ``depth``, the library versions and the bytes of
-cnnlab/models/ and this file), so a cached table is the one a fresh pass would give.
-``cache=false`` recomputes; ``--warm`` fills the cache for every conf/model entry on
-every dataset, with and without ``small_input``.
-
-(The module is named like the standard library's ``inspect``; that is safe because it is
-only ever imported as ``cnnlab.lessons.inspect``, never as a top-level module.)
+(Named like the standard library's ``inspect``: safe, as it is only ever imported as
+``cnnlab.lessons.inspect``.)
 """
 
 from __future__ import annotations
@@ -142,11 +132,8 @@ def trace(model: Any, input_shape: tuple[int, int, int]) -> Any:
 
 
 def _uninitialised(cfg: Any) -> tuple[Any, tuple[int, int, int]] | None:
-    """The model with CPU weights that were never initialised, or None where that fails.
-
-    MogaNet-Large builds in 1.4 s so, against 5.7 s initialised. A model whose
-    construction reads a tensor's value fails on the meta device: None.
-    """
+    """The model with CPU weights never initialised (MogaNet-Large: 1.4 s, against 5.7 s
+    initialised), or None where construction reads a tensor's value (meta has none)."""
     try:
         model, shape = build_model(cfg, device="meta")
     except Exception:  # noqa: BLE001 - any failure here only means "build it the usual way"
