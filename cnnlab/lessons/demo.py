@@ -236,14 +236,9 @@ FEATURE_MAPS_KEYS = {"run": None, "checkpoint": None, "out": None, "images": "8"
 
 def _feature_maps_args(args: list[str]) -> tuple[dict[str, Any], list[str]]:
     """The demo's own ``key=value`` arguments, checked, and the others."""
-    own: dict[str, Any] = dict(FEATURE_MAPS_KEYS)
-    others = []
-    for a in args:
-        key, sep, value = a.partition("=")
-        if sep and key in own:
-            own[key] = value
-        else:
-            others.append(a)
+    from cnnlab.lessons.inspect import own_args
+
+    own, others = own_args(args, FEATURE_MAPS_KEYS)
     if own["checkpoint"] not in (None, "best", "last"):  # the older spelling: checkpoint=<path>
         own["run"], own["checkpoint"] = own["run"] or own["checkpoint"], None
     own["images"] = check_int(int(own["images"]) if str(own["images"]).isdigit() else own["images"], "images", 1)

@@ -65,16 +65,21 @@ class Report:
     total_params: int
 
 
-def split_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
-    """The inspector's own ``depth=``, ``cache=``, ``run=``, ``checkpoint=``, and the Hydra overrides."""
-    own: dict[str, Any] = {"depth": None, "cache": "true", "run": None, "checkpoint": None}
-    overrides = []
+def own_args(argv: list[str], defaults: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A tool's own ``key=value`` arguments (the keys of ``defaults``), and the others."""
+    own, others = dict(defaults), []
     for a in argv:
         key, sep, value = a.partition("=")
         if sep and key in own:
             own[key] = value
         else:
-            overrides.append(a)
+            others.append(a)
+    return own, others
+
+
+def split_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """The inspector's own ``depth=``, ``cache=``, ``run=``, ``checkpoint=``, and the Hydra overrides."""
+    own, overrides = own_args(argv, {"depth": None, "cache": "true", "run": None, "checkpoint": None})
     if own["cache"].lower() not in ("true", "false"):
         raise ConfigError(f"cache={own['cache']}: cache must be true or false")
     own["cache"] = own["cache"].lower() == "true"
