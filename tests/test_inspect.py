@@ -337,6 +337,13 @@ def test_macs_count_attention_too():
     t = trace_layers(net, (3, 4, 4))
     assert t.macs == conv + attention and [r.macs for r in t.layers] == [conv, attention]
 
+    class FusedAttention(nn.Module):  # timm's ViTs: the fused kernel, counted on the CPU too
+        def forward(self, x):
+            t = x.flatten(2).transpose(1, 2)[:, None]  # (1, heads=1, HW, C)
+            return torch.nn.functional.scaled_dot_product_attention(t, t, t)
+
+    assert count_macs(nn.Sequential(nn.Conv2d(3, 8, 1), FusedAttention()), (3, 4, 4)) == conv + attention
+
 
 def test_the_probe_restores_mode_and_random_state():
     import torch

@@ -76,11 +76,21 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _flop_counter() -> Any:
+    """torch's FlopCounterMode, taught the CPU's fused attention kernel (torch 2.x counts
+    the CUDA kernels' FLOPs but not ``_scaled_dot_product_flash_attention_for_cpu``'s)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return sdpa_flop_count(q, k, v)  # the shapes: FlopCounterMode passes those
+
+    return FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa})
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """Multiply-accumulates for one image of ``input_shape`` (C, H, W); the forward's error is raised."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
+    with _flop_counter() as counter:
         probe(model, input_shape)
     return counter.get_total_flops() // 2
 
@@ -102,9 +112,7 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> Trace:
     (a map smaller than a kernel) does not propagate: the trace keeps the layers that
     ran, the one that failed, and the error.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
+    counter = _flop_counter()
     trace = Trace([])
     started: dict[str, tuple[int, tuple[int, int] | None]] = {}  # name -> (MACs so far, input side)
     running: list[str] = []  # the leaves that started, the last one running
