@@ -1,14 +1,12 @@
 """An on-disk cache of JSON answers that are slow only because of what they import.
 
-The layer-shape inspector's table takes a fraction of a second to compute, but
-computing it means importing torch, torchvision and timm (about 7 s on a 2-core
-CPU). The table is a pure function of the model config, the input shape, the
-library versions and our model code, so it is stored under a hash of all of those:
-a changed input gives a new name, and a stale entry is never read.
+The inspector's table takes a fraction of a second to compute, but importing torch,
+torchvision and timm to compute it about 7 s on 2 cores. An answer is stored under a
+hash of everything it depends on (config, input, library versions, our code): a changed
+input gives a new name, and a stale entry is never read.
 
-Where: ``$CNNLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/cnnlab``, else
-``~/.cache/cnnlab`` (the XDG convention that torch.hub and Hugging Face follow).
-Deleting the folder is always safe.
+Where: ``$CNNLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/cnnlab``, else ``~/.cache/cnnlab``
+(the XDG convention torch.hub and Hugging Face follow). Deleting it is always safe.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ def digest(obj: Any) -> str:
 
 
 def versions(*dists: str) -> dict[str, str | None]:
-    """Installed versions of ``dists`` from their metadata: no import of the packages."""
+    """Installed versions of ``dists`` from their metadata (None: not installed), importing none."""
     out: dict[str, str | None] = {}
     for d in dists:
         try:
@@ -47,12 +45,8 @@ def versions(*dists: str) -> dict[str, str | None]:
 
 
 def source_digest(*paths: Path) -> str:
-    """A hash of the bytes of the given files (the code an answer depends on)."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:24]
+    """A hash of the names and bytes of the given files (the code an answer depends on)."""
+    return digest([(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(paths)])
 
 
 def read(path: Path) -> Any | None:
@@ -63,16 +57,12 @@ def read(path: Path) -> Any | None:
         return None
 
 
-def write(path: Path, data: Any) -> bool:
-    """Store ``data`` atomically; False (and nothing written) when the folder is not writable.
-
-    A cache that cannot be written is not an error: the answer is still printed.
-    """
+def write(path: Path, data: Any) -> None:
+    """Store ``data`` atomically; a cache that can't be written is skipped, not an error."""
     from cnnlab.lifecycle.atomic import write_json_atomic
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, data)
     except OSError:
-        return False
-    return True
+        pass

@@ -265,6 +265,7 @@ def test_cli_unknown_demo_exits_2():
         (("conv", "input=[[1,2],[3]]"), "not rectangular"),
         (("conv", "cases.0.stride=0"), "stride must be a positive integer, got 0"),
         (("pool", "input=[[1,2],[3,4]]"), "bigger than the padded input"),
+        (("conv", "strides=2"), "Could not override 'strides'"),  # not a key of conf/demo/conv.yaml
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(args, needle):
@@ -272,3 +273,9 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle):
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr
+
+
+def test_cli_help_shows_the_demo_config():
+    res = _run("pool", "--help")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("# python -m cnnlab.demo pool") and "integer_pitfall: true" in res.stdout

@@ -125,47 +125,50 @@ def test_no_tensorboard_writes_nothing(tmp_path):
 @pytest.fixture
 def checkpoint(tmp_path):
     """A run folder with checkpoints/best.pt of a digits AlexNet, as cnnlab.train saves it."""
+    from omegaconf import OmegaConf
+
     from cnnlab.lifecycle.checkpoint import save_checkpoint
 
-    model, _ = _model("alexnet", dataset="digits")
+    model, cfg = _model("alexnet", dataset="digits")
     path = tmp_path / "run" / "checkpoints" / "best.pt"
-    save_checkpoint({"model": model.state_dict(), "epoch": 3,
-                     "config": {"model": {"name": "alexnet", "small_input": True},
-                                "dataset": {"name": "digits"}}}, path)
+    node = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "dataset")}
+    save_checkpoint({"model": model.state_dict(), "epoch": 3, "config": node}, path)
     return path
 
 
-def test_feature_maps_demo_on_a_checkpoint(checkpoint, capsys):
-    rc = demo_main(["cnnlab.demo", "feature_maps", "model=alexnet", "dataset=digits",
-                    f"checkpoint={checkpoint}", "images=4"])
+def test_feature_maps_demo_on_a_run(checkpoint, capsys):
+    rc = demo_main(["feature_maps", f"run={checkpoint.parents[1]}", "images=4"])
     out = capsys.readouterr().out
     assert rc == 0
     tb = checkpoint.parents[1] / "tb_feature_maps"
-    assert f"written to {tb}" in out
+    assert f"written to {tb}" in out and "alexnet on digits val, epoch 3" in out
     written = _images(tb)
     assert "feature_maps/kernels_features.0" in written and "feature_maps/map0_32x32_features.0" in written
     assert written["feature_maps/input"] == [(3, 4 * 64 + 10, 68)]  # step = the checkpoint's epoch
 
 
-def test_feature_maps_demo_takes_a_run_folder_and_out(checkpoint, tmp_path):
+def test_feature_maps_demo_keeps_the_older_invocation(checkpoint, tmp_path):
+    # checkpoint=<file or run folder> means run=<it>; model= and dataset= naming what the
+    # checkpoint holds are accepted (the checkpoint names them anyway).
     out = tmp_path / "elsewhere"
-    rc = demo_main(["cnnlab.demo", "feature_maps", f"checkpoint={checkpoint.parents[1]}",
+    rc = demo_main(["feature_maps", "model=alexnet", "dataset=digits", f"checkpoint={checkpoint}",
                     f"out={out}", "images=1", "split=test"])
     assert rc == 0 and "feature_maps/input" in _images(out)
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["model.batch_norm=false"], "trained as model.name=alexnet dataset=digits"),
+    (["model.batch_norm=false"], "trained as model=alexnet dataset=digits"),
+    (["model=resnet18"], "model=resnet18: the checkpoint names the model and the dataset"),
     (["images=0"], "images must be a positive integer"),
     (["split=holdout"], "split must be train, val or test"),
-    (["model=alexnett"], "closest: alexnet"),
+    (["checkpoint=last"], "use checkpoint=best"),
 ])
 def test_feature_maps_demo_errors_are_one_line(args, needle, checkpoint, capsys):
-    rc = demo_main(["cnnlab.demo", "feature_maps", f"checkpoint={checkpoint}", *args])
+    rc = demo_main(["feature_maps", f"run={checkpoint.parents[1]}", *args])
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and err.startswith("error: ") and err.count("\n") == 1
 
 
-def test_feature_maps_demo_needs_a_checkpoint(capsys):
-    assert demo_main(["cnnlab.demo", "feature_maps", "model=alexnet"]) == 2
-    assert "checkpoint= is required" in capsys.readouterr().err
+def test_feature_maps_demo_needs_a_run(capsys):
+    assert demo_main(["feature_maps", "images=2"]) == 2
+    assert "run= is required" in capsys.readouterr().err

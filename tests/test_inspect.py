@@ -55,24 +55,25 @@ def _real_forward(model, shape):
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS])
 def test_table_equals_a_real_forward(name):
-    from cnnlab.lessons.inspect import build_model, inspect_model
-    from cnnlab.models.profile import count_params
+    from cnnlab.lessons.inspect import build_model, find_gone, inspect_model
+    from cnnlab.models.profile import count_macs, count_params
 
     cfg = compose(_overrides(name))
     report = inspect_model(cfg)
     real, shape = build_model(cfg)  # a second model, traced by the hooks below
     assert shape == (3, 32, 32)
-    assert [(r.name, r.out_shape) for r in report.rows] == _real_forward(real, shape)
+    assert [(r.name, r.out_shape) for r in report.trace.layers] == _real_forward(real, shape)
     assert report.total_params == count_params(real)
-    assert report.failed_at is None
-    assert report.gone_at is None, "small_input models keep a map larger than 1x1"
+    assert report.trace.macs == count_macs(real, shape)
+    assert report.trace.failed is None
+    assert find_gone(report.trace.layers) is None, "small_input models keep a map larger than 1x1"
 
 
 def test_resnet18_imagenet_stem_flags_1x1():
-    from cnnlab.lessons.inspect import GONE, format_report, inspect_model
+    from cnnlab.lessons.inspect import GONE, find_gone, format_report, inspect_model
 
     report = inspect_model(compose(["model=resnet18", "dataset=cifar10", "model.small_input=false"]))
-    gone = report.rows[report.gone_at]
+    gone = report.trace.layers[find_gone(report.trace.layers)]
     assert gone.name == "layer4.0.conv1" and gone.in_hw == (2, 2) and gone.out_shape[1:] == (1, 1)
     text = format_report(report)
     assert [line for line in text.splitlines() if GONE in line][0].split()[1] == "layer4.0.conv1"
@@ -87,34 +88,36 @@ def test_a_forward_that_fails_stops_the_table_at_that_layer():
     # 8x8 -> conv 8x8 -> pool 3x3 -> pool 1x1 (the map is gone) -> pool: fails
     toy = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(3, 2), nn.MaxPool2d(3, 2),
                         nn.MaxPool2d(3, 2))
-    rows, failed, error, _ = trace(toy, (1, 8, 8))
-    assert [r.out_shape for r in rows] == [(4, 8, 8), (4, 3, 3), (4, 1, 1)]
-    assert failed.name == "3" and failed.in_hw == (1, 1) and "too small" in error
-    assert find_gone(rows) == 2
-    report = Report("toy", (1, 8, 8), True, rows, 40, failed, error, gone_at=2)
-    text = format_report(report)
+    t = trace(toy, (1, 8, 8))
+    assert [r.out_shape for r in t.layers] == [(4, 8, 8), (4, 3, 3), (4, 1, 1)]
+    assert t.failed.name == "3" and t.failed.in_hw == (1, 1) and "too small" in str(t.error)
+    assert find_gone(t.layers) == 2
+    assert t.macs == 4 * 8 * 8 * 9  # the conv's, up to the failure
+    text = format_report(Report("toy", (1, 8, 8), True, t, 40))
     assert "fails" in text and "input 1x1 is smaller than its window" in text
     assert "the forward pass fails at 3" in text
 
 
 def test_global_pools_and_se_branches_are_not_flagged():
     # MobileNetV3 has squeeze-excitation 1x1 convs and a global pool: neither is "the map gone".
-    from cnnlab.lessons.inspect import inspect_model
+    from cnnlab.lessons.inspect import find_gone, inspect_model
 
     report = inspect_model(compose(["model=mobilenet_v3_small", "dataset=cifar10"]))
-    assert any(r.out_shape[1:] == (1, 1) for r in report.rows if len(r.out_shape) == 3)
-    assert report.gone_at is None
+    assert any(r.out_shape[1:] == (1, 1) for r in report.trace.layers if len(r.out_shape) == 3)
+    assert find_gone(report.trace.layers) is None
 
 
 def test_depth_groups_rows_with_the_blocks_own_output():
-    from cnnlab.lessons.inspect import format_report, group_rows, inspect_model
+    from cnnlab.lessons.inspect import format_report, inspect_model, rows
 
     report = inspect_model(compose(["model=googlenet", "dataset=cifar10"]))
-    groups = {g.name: g for g in group_rows(report.rows, 1, report.module_shapes)}
+    groups = {g.name: g for g in rows(report, 1)}
     # An Inception block's output concatenates its branches: 64+128+32+32 = 256 channels.
+    block = [r for r in report.trace.layers if r.name.startswith("inception3a.")]
     assert groups["inception3a"].out_shape == (256, 8, 8)
-    assert groups["inception3a"].params == sum(r.params for r in report.rows
-                                               if r.name.startswith("inception3a."))
+    assert groups["inception3a"].params == sum(r.params for r in block)
+    assert groups["inception3a"].macs == sum(r.macs for r in block)
+    assert sum(g.macs for g in groups.values()) == report.trace.macs
     assert "inception3a" in format_report(report, depth=1)
 
 
@@ -231,10 +234,11 @@ def test_warm_caches_every_model_and_dataset_once(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("arg,needle", [
-    ("model=resnet19", "model='resnet19' is not an option (closest: resnet18"),
-    ("dataset=cifar11", "choose one of: cifar10, cifar100, digits"),
-    ("depth=x", "depth must be an integer"),
-    ("cache=maybe", "cache must be true or false"),
+    ("model=resnet19", "model=resnet19 is not an option of model: choose one of alexnet, googlenet"),
+    ("dataset=cifar11", "dataset=cifar11 is not an option of dataset: choose one of cifar10, cifar100, digits"),
+    ("depth=x", "depth=x: depth must be an integer"),
+    ("cache=maybe", "cache=maybe: cache must be true or false"),
+    ("run=no/such/run", "run='no/such/run': no such run folder or checkpoint file"),
 ])
 def test_cli_bad_names_are_one_line(arg, needle, tmp_path):
     res = run_cli([arg], cwd=tmp_path, module="cnnlab.inspect")
@@ -243,10 +247,12 @@ def test_cli_bad_names_are_one_line(arg, needle, tmp_path):
     assert "Traceback" not in res.stderr
 
 
-def test_alexnet_imagenet_stem_on_32x32_is_an_error_with_the_fix(tmp_path):
+def test_alexnet_imagenet_stem_on_32x32_is_an_error_with_the_fix(capsys):
     from cnnlab.lessons.inspect import main
 
     assert main(["model=alexnet", "model.small_input=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "use dataset.image_size=224" in err
 
 
 def test_the_module_name_does_not_shadow_the_standard_library():
@@ -258,10 +264,10 @@ def test_the_module_name_does_not_shadow_the_standard_library():
     assert str(REPO / "cnnlab") not in std_inspect.__file__
 
 
-def test_macs_count_conv_and_linear_only_and_profile_raises_what_the_forward_raised():
+def test_macs_count_conv_and_linear_only_and_count_macs_raises_what_the_forward_raised():
     from torch import nn
 
-    from cnnlab.models.profile import count_macs, profile_layers, trace_layers
+    from cnnlab.models.profile import count_macs, trace_layers
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, groups=1), nn.BatchNorm2d(8), nn.ReLU(),
                         nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.Flatten(),
@@ -272,7 +278,7 @@ def test_macs_count_conv_and_linear_only_and_profile_raises_what_the_forward_rai
 
     too_small = nn.Sequential(nn.MaxPool2d(4), nn.MaxPool2d(4))
     with pytest.raises(RuntimeError):
-        profile_layers(too_small, (1, 8, 8))
+        count_macs(too_small, (1, 8, 8))
     t = trace_layers(too_small, (1, 8, 8))  # the trace keeps what ran before the failure
     assert [s.out_shape for s in t.layers] == [(1, 2, 2)] and t.failed.name == "1"
     assert isinstance(t.error, RuntimeError) and t.failed.in_hw == (2, 2)
@@ -290,6 +296,7 @@ def test_uninitialised_weights_give_the_same_table_or_fall_back_to_a_real_build(
 
     cfg = compose(["model=resnet18", "dataset=cifar10"])
     ref = insp.inspect_model(cfg)
+    assert ref.trace.failed is None
     calls = []
     real_trace, real_build = insp.trace, insp.build_model
 
@@ -310,3 +317,81 @@ def test_uninitialised_weights_give_the_same_table_or_fall_back_to_a_real_build(
 
     monkeypatch.setattr(insp, "build_model", no_meta)
     assert insp.inspect_model(cfg) == ref
+
+
+def test_macs_count_attention_too():
+    # FlopCounterMode counts the matrix products of attention, which no Conv2d/Linear rule sees.
+    import torch
+    from torch import nn
+
+    from cnnlab.models.profile import count_macs, trace_layers
+
+    class Attention(nn.Module):
+        def forward(self, x):  # (1, C, H, W) -> tokens (1, HW, C) -> softmax(q k^T) v
+            t = x.flatten(2).transpose(1, 2)
+            return torch.softmax(t @ t.transpose(1, 2), -1) @ t
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), Attention())
+    conv, attention = 8 * 16 * 3, 2 * 16 * 16 * 8  # (16x8)@(8x16), then (16x16)@(16x8)
+    assert count_macs(net, (3, 4, 4)) == conv + attention
+    t = trace_layers(net, (3, 4, 4))
+    assert t.macs == conv + attention and [r.macs for r in t.layers] == [conv, attention]
+
+    class FusedAttention(nn.Module):  # timm's ViTs: the fused kernel, counted on the CPU too
+        def forward(self, x):
+            t = x.flatten(2).transpose(1, 2)[:, None]  # (1, heads=1, HW, C)
+            return torch.nn.functional.scaled_dot_product_attention(t, t, t)
+
+    assert count_macs(nn.Sequential(nn.Conv2d(3, 8, 1), FusedAttention()), (3, 4, 4)) == conv + attention
+
+
+def test_the_probe_restores_mode_and_random_state():
+    import torch
+    from torch import nn
+
+    from cnnlab.models.profile import probe
+
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+    seen = []
+    torch.manual_seed(0)
+    out = probe(net, torch.ones(1, 4), hooks=[(net[1], lambda m, i, o: seen.append(m.training))])
+    assert seen == [False] and net.training  # eval inside, train again after
+    assert not out.requires_grad
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after)  # the probe drew nothing from the stream
+    assert not net[1]._forward_hooks  # its hooks are gone
+
+
+def _alexnet_run(folder):
+    """A run folder with checkpoints/best.pt of a digits AlexNet, as cnnlab.train saves it."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import cnnlab.models  # noqa: F401  (registers cnnlab_alexnet in timm)
+    from cnnlab.lifecycle.checkpoint import save_checkpoint
+
+    cfg = compose(["model=alexnet", "dataset=digits"])
+    model = instantiate(cfg.model, num_classes=10, in_chans=1, img_size=32)
+    node = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "dataset")}
+    save_checkpoint({"model": model.state_dict(), "epoch": 3, "config": node,
+                     "class_names": [str(i) for i in range(10)]}, folder / "checkpoints" / "best.pt")
+    return folder
+
+
+def test_a_run_is_inspected_from_its_checkpoint(tmp_path, capsys):
+    from cnnlab.lessons.inspect import main
+
+    run = _alexnet_run(tmp_path / "run")
+    assert main([f"run={run}", "depth=1"]) == 0
+    from_run = capsys.readouterr().out
+    assert main(["model=alexnet", "dataset=digits", "depth=1", "cache=false"]) == 0
+    assert from_run == capsys.readouterr().out  # the same model, no model= or dataset= repeated
+    assert from_run.startswith("alexnet at 1x32x32 (model.small_input=true)")
+    assert main([f"run={run / 'checkpoints' / 'best.pt'}"]) == 0  # a checkpoint file too
+
+    assert main([f"run={run}", "model=resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run= takes the model and the input from the checkpoint" in err
+    assert main([f"run={run}", "checkpoint=last"]) == 2
+    assert "use checkpoint=best" in capsys.readouterr().err

@@ -93,15 +93,8 @@ def out_size(h: int, k: int, s: int = 1, p: int = 0, d: int = 1, ceil_mode: bool
     return n
 
 
-def formula_text(
-    h: int,
-    k: int,
-    s: int = 1,
-    p: int = 0,
-    d: int = 1,
-    ceil_mode: bool = False,
-    axis: str = "H",
-) -> str:
+def formula_text(h: int, k: int, s: int = 1, p: int = 0, d: int = 1, ceil_mode: bool = False,
+                 axis: str = "H") -> str:
     """The output-size formula with the numbers filled in (one line; two with ceil_mode).
 
     >>> formula_text(5, 3)
@@ -133,9 +126,7 @@ def formula_text(
 # --------------------------------------------------------------------------- convolution
 
 
-def check_conv_args(
-    x: Matrix, k: Matrix, stride: int, padding: int, dilation: int
-) -> tuple[int, int]:
+def check_conv_args(x: Matrix, k: Matrix, stride: int, padding: int, dilation: int) -> tuple[int, int]:
     """Validate conv hyper-parameters against the shapes; return the output shape."""
     check_int(stride, "stride", 1)
     check_int(padding, "padding", 0)
@@ -151,13 +142,21 @@ def check_conv_args(
     return out_size(h, kh, stride, padding, dilation), out_size(w, kw, stride, padding, dilation)
 
 
-def conv2d_by_hand(
-    x: Sequence[Sequence[float]],
-    k: Sequence[Sequence[float]],
-    stride: int = 1,
-    padding: int = 0,
-    dilation: int = 1,
-) -> Matrix:
+def _window(x: Matrix, kh: int, kw: int, i: int, j: int, stride: int, padding: int,
+            dilation: int) -> list[tuple[float, int, int]]:
+    """(input value, a, b) under kernel tap (a, b) for output[i][j]; 0 in the zero padding."""
+    h, w = _shape(x)
+    taps = []
+    for a in range(kh):
+        for b in range(kw):
+            # Position of this kernel tap in the *unpadded* input.
+            r, c = i * stride - padding + a * dilation, j * stride - padding + b * dilation
+            taps.append((x[r][c] if 0 <= r < h and 0 <= c < w else 0.0, a, b))
+    return taps
+
+
+def conv2d_by_hand(x: Sequence[Sequence[float]], k: Sequence[Sequence[float]], stride: int = 1,
+                   padding: int = 0, dilation: int = 1) -> Matrix:
     """2-D convolution with plain loops: each output is the sum of elementwise products.
 
     Like ``torch.nn.functional.conv2d`` this is really cross-correlation: the kernel is
@@ -165,53 +164,24 @@ def conv2d_by_hand(
     """
     xm, km = as_matrix(x, "input"), as_matrix(k, "kernel")
     h_out, w_out = check_conv_args(xm, km, stride, padding, dilation)
-    (h, w), (kh, kw) = _shape(xm), _shape(km)
-    out: Matrix = []
-    for i in range(h_out):
-        row = []
-        for j in range(w_out):
-            total = 0.0
-            for a in range(kh):
-                for b in range(kw):
-                    # Position of this kernel tap in the *unpadded* input.
-                    r = i * stride - padding + a * dilation
-                    c = j * stride - padding + b * dilation
-                    if 0 <= r < h and 0 <= c < w:  # outside = zero padding, adds nothing
-                        total += xm[r][c] * km[a][b]
-            row.append(total)
-        out.append(row)
-    return out
+    kh, kw = _shape(km)
+    return [[sum(v * km[a][b] for v, a, b in _window(xm, kh, kw, i, j, stride, padding, dilation))
+             for j in range(w_out)] for i in range(h_out)]
 
 
-def window_products_text(
-    x: Sequence[Sequence[float]],
-    k: Sequence[Sequence[float]],
-    i: int = 0,
-    j: int = 0,
-    stride: int = 1,
-    padding: int = 0,
-    dilation: int = 1,
-) -> str:
+def window_products_text(x: Sequence[Sequence[float]], k: Sequence[Sequence[float]], i: int = 0,
+                         j: int = 0, stride: int = 1, padding: int = 0, dilation: int = 1) -> str:
     """Spell out output[i][j] as its sum of products, e.g. 'out[0][0] = 1*1 + 2*2 + ... = 10'."""
     xm, km = as_matrix(x, "input"), as_matrix(k, "kernel")
-    (h, w), (kh, kw) = _shape(xm), _shape(km)
-    terms, total = [], 0.0
-    for a in range(kh):
-        for b in range(kw):
-            r = i * stride - padding + a * dilation
-            c = j * stride - padding + b * dilation
-            value = xm[r][c] if 0 <= r < h and 0 <= c < w else 0.0
-            terms.append(f"{_paren(value)}*{_paren(km[a][b])}")
-            total += value * km[a][b]
-    return f"out[{i}][{j}] = " + " + ".join(terms) + f" = {format_number(total)}"
+    taps = _window(xm, *_shape(km), i, j, stride, padding, dilation)
+    terms = " + ".join(f"{_paren(v)}*{_paren(km[a][b])}" for v, a, b in taps)
+    return f"out[{i}][{j}] = {terms} = {format_number(sum(v * km[a][b] for v, a, b in taps))}"
 
 
 # --------------------------------------------------------------------------- pooling
 
 
-def check_pool_args(
-    x: Matrix, kernel: int, stride: int, padding: int, ceil_mode: bool
-) -> tuple[int, int]:
+def check_pool_args(x: Matrix, kernel: int, stride: int, padding: int, ceil_mode: bool) -> tuple[int, int]:
     """Validate pooling hyper-parameters (PyTorch's rules); return the output shape."""
     check_int(kernel, "kernel", 1)
     check_int(stride, "stride", 1)
@@ -235,14 +205,8 @@ def check_pool_args(
     return h_out, w_out
 
 
-def pool2d_by_hand(
-    x: Sequence[Sequence[float]],
-    kernel: int,
-    stride: int | None = None,
-    padding: int = 0,
-    ceil_mode: bool = False,
-    mode: PoolMode = "max",
-) -> Matrix:
+def pool2d_by_hand(x: Sequence[Sequence[float]], kernel: int, stride: int | None = None, padding: int = 0,
+                   ceil_mode: bool = False, mode: PoolMode = "max") -> Matrix:
     """Max or average pooling with plain loops, matching nn.MaxPool2d / nn.AvgPool2d.
 
     ``stride`` defaults to ``kernel`` (non-overlapping windows), as in PyTorch. For
@@ -315,13 +279,8 @@ def max_abs_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> 
 # --------------------------------------------------------------------------- torch references
 
 
-def torch_conv2d(
-    x: Sequence[Sequence[float]],
-    k: Sequence[Sequence[float]],
-    stride: int = 1,
-    padding: int = 0,
-    dilation: int = 1,
-) -> Matrix:
+def torch_conv2d(x: Sequence[Sequence[float]], k: Sequence[Sequence[float]], stride: int = 1,
+                 padding: int = 0, dilation: int = 1) -> Matrix:
     """The same convolution via ``torch.nn.functional.conv2d`` (float64, so exact for ints)."""
     import torch
     import torch.nn.functional as F
@@ -334,14 +293,8 @@ def torch_conv2d(
     return out[0, 0].tolist()
 
 
-def torch_pool2d(
-    x: Sequence[Sequence[float]],
-    kernel: int,
-    stride: int | None = None,
-    padding: int = 0,
-    ceil_mode: bool = False,
-    mode: PoolMode = "max",
-) -> Matrix:
+def torch_pool2d(x: Sequence[Sequence[float]], kernel: int, stride: int | None = None, padding: int = 0,
+                 ceil_mode: bool = False, mode: PoolMode = "max") -> Matrix:
     """The same pooling via ``F.max_pool2d`` / ``F.avg_pool2d`` (float64)."""
     import torch
     import torch.nn.functional as F
@@ -352,9 +305,7 @@ def torch_pool2d(
     return out[0, 0].tolist()
 
 
-def integer_pool_check(
-    x: Sequence[Sequence[float]], kernel: int, ceil_mode: bool = False
-) -> dict[str, Any]:
+def integer_pool_check(x: Sequence[Sequence[float]], kernel: int, ceil_mode: bool = False) -> dict[str, Any]:
     """Pool an integer (torch.long) tensor, as the course did by accident, and report.
 
     Returns ``torch_version``, ``dtype``, ``max_error`` / ``avg_error`` /
@@ -369,22 +320,20 @@ def integer_pool_check(
     # torch.tensor infers int64 ("Long") from Python ints: the root of the course's error.
     xl = torch.tensor(rows)[None, None]
     report: dict[str, Any] = {"torch_version": torch.__version__, "dtype": str(xl.dtype)}
-    try:
-        F.max_pool2d(xl, kernel, ceil_mode=ceil_mode)
-        report["max_error"] = None
-    except RuntimeError as err:
-        report["max_error"] = str(err).splitlines()[0]
-    try:
-        report["avg_long"] = F.avg_pool2d(xl, kernel, ceil_mode=ceil_mode)[0, 0].tolist()
-        report["avg_error"] = None
-    except RuntimeError as err:
-        report["avg_long"] = None
-        report["avg_error"] = str(err).splitlines()[0]
-    try:
-        F.adaptive_max_pool2d(xl, 1)
-        report["adaptive_error"] = None
-    except RuntimeError as err:
-        report["adaptive_error"] = str(err).splitlines()[0]
+
+    def attempt(key: str, op: Any) -> Any:
+        """op()'s result, with report[key] = None; or None, with report[key] = its RuntimeError's text."""
+        try:
+            out, report[key] = op(), None
+            return out
+        except RuntimeError as err:
+            report[key] = str(err).splitlines()[0]
+            return None
+
+    attempt("max_error", lambda: F.max_pool2d(xl, kernel, ceil_mode=ceil_mode))
+    avg = attempt("avg_error", lambda: F.avg_pool2d(xl, kernel, ceil_mode=ceil_mode))
+    report["avg_long"] = avg[0, 0].tolist() if avg is not None else None
+    attempt("adaptive_error", lambda: F.adaptive_max_pool2d(xl, 1))
     xf = torch.tensor(rows, dtype=torch.float32)[None, None]
     report["avg_float"] = F.avg_pool2d(xf, kernel, ceil_mode=ceil_mode)[0, 0].tolist()
     return report

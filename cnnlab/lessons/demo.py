@@ -1,21 +1,20 @@
-"""Course explorers for convolution and pooling, as Hydra apps.
+"""The course demos: ``python -m cnnlab.demo conv|pool|feature_maps [key=value ...]``.
 
-Usage::
+    python -m cnnlab.demo conv [overrides]          # e.g. kernel='[[1]]' cases.0.stride=2
+    python -m cnnlab.demo pool [overrides]          # e.g. cases.0.kernel=2 modes='[max]'
+    python -m cnnlab.demo conv --help               # the demo's config file: keys and examples
+    python -m cnnlab.demo feature_maps run=<run folder or checkpoint>
 
-    python -m cnnlab.demo conv [hydra overrides]    # e.g. kernel='[[1]]' cases.0.stride=2
-    python -m cnnlab.demo pool [hydra overrides]    # e.g. cases.0.kernel=2 modes='[max]'
-    python -m cnnlab.demo conv --help               # Hydra's help: config and examples
-    python -m cnnlab.demo feature_maps model=alexnet dataset=digits checkpoint=<run>/checkpoints/best.pt
-
-The first argument picks the sub-demo from ``DEMOS``; everything after it goes to Hydra,
-which composes ``conf/demo/<name>.yaml`` with the overrides. ``feature_maps`` instead
-composes the run's own config (conf/config.yaml) with its overrides, so ``model=`` and
-``dataset=`` mean what they mean to ``cnnlab.run``, plus its own ``checkpoint=`` key.
+The first argument picks the demo from ``DEMOS``. ``conv`` and ``pool`` compose
+``conf/demo/<name>.yaml`` with the overrides (Hydra's compose API: nothing is written);
+``feature_maps`` rebuilds a trained model and its dataset from the checkpoint, with the
+resolver evaluate and predict use (:mod:`cnnlab.evaluation.source`).
 """
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,6 @@ from cnnlab.lessons.conv_explain import (
     window_products_text,
 )
 
-# Absolute path, so Hydra finds the configs whether this runs as ``python -m cnnlab.demo``
-# or is imported (a relative "../conf/demo" only resolves in the first case).
 DEMO_CONF_DIR = CONF_DIR / "demo"
 
 # Hand and torch results must agree to float64 round-off (inputs are small).
@@ -53,8 +50,9 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
-def _cases(raw: Any, defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Validate the ``cases`` list: dicts with known keys; missing keys get ``defaults``."""
+def _cases(raw: Any, defaults: Mapping[str, Any], check: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+    """The ``cases`` list: dicts with known keys, missing keys from ``defaults``, each passing
+    ``check`` (all checked before anything is printed, so a bad value is one clean error)."""
     if not isinstance(raw, list) or not raw:
         raise LessonInputError(f"cases must be a non-empty list of mappings, got {raw!r}")
     cases = []
@@ -68,7 +66,12 @@ def _cases(raw: Any, defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise LessonInputError(
                 f"cases[{n}] has unknown key {unknown[0]!r}; known keys: {', '.join(defaults)}"
             )
-        cases.append({**defaults, **case})
+        case = {**defaults, **case}
+        try:
+            check(case)
+        except LessonInputError as err:
+            raise LessonInputError(f"cases[{n}]: {err}") from None
+        cases.append(case)
     return cases
 
 
@@ -94,13 +97,8 @@ def run_conv(cfg: Any) -> int:
     """Print input, kernel and, per case, the size formula and the output (hand vs torch)."""
     x = as_matrix(_plain(cfg.input), "input")
     k = as_matrix(_plain(cfg.kernel), "kernel")
-    cases = _cases(_plain(cfg.cases), {"stride": 1, "padding": 0, "dilation": 1})
-    # Validate every case before printing anything, so a bad value gives one clean error.
-    for n, c in enumerate(cases):
-        try:
-            check_conv_args(x, k, c["stride"], c["padding"], c["dilation"])
-        except LessonInputError as err:
-            raise LessonInputError(f"cases[{n}]: {err}") from None
+    cases = _cases(_plain(cfg.cases), {"stride": 1, "padding": 0, "dilation": 1},
+                   lambda c: check_conv_args(x, k, c["stride"], c["padding"], c["dilation"]))
 
     (h, w), (kh, kw) = (len(x), len(x[0])), (len(k), len(k[0]))
     print("2-D convolution by hand: slide the kernel over the input; each output value is")
@@ -169,17 +167,14 @@ def run_pool(cfg: Any) -> int:
     modes = _plain(cfg.modes)
     if not isinstance(modes, list) or not modes or any(m not in ("max", "avg") for m in modes):
         raise LessonInputError(f"modes must be a non-empty list of 'max'/'avg', got {modes!r}")
-    cases = _cases(
-        _plain(cfg.cases), {"kernel": 3, "stride": None, "padding": 0, "ceil_mode": False}
-    )
-    for n, c in enumerate(cases):
-        try:
-            check_int(c["kernel"], "kernel", 1)
-            if c["stride"] is None:  # PyTorch's default: stride = kernel size
-                c["stride"] = c["kernel"]
-            check_pool_args(x, c["kernel"], c["stride"], c["padding"], c["ceil_mode"])
-        except LessonInputError as err:
-            raise LessonInputError(f"cases[{n}]: {err}") from None
+
+    def check(c: dict[str, Any]) -> None:
+        check_int(c["kernel"], "kernel", 1)
+        if c["stride"] is None:  # PyTorch's default: stride = kernel size
+            c["stride"] = c["kernel"]
+        check_pool_args(x, c["kernel"], c["stride"], c["padding"], c["ceil_mode"])
+
+    cases = _cases(_plain(cfg.cases), {"kernel": 3, "stride": None, "padding": 0, "ceil_mode": False}, check)
 
     h, w = len(x), len(x[0])
     print("2-D pooling by hand: slide a window over the input; max pooling keeps the largest")
@@ -199,8 +194,8 @@ def run_pool(cfg: Any) -> int:
         else:
             print("output size: floor((H + 2p - d(k-1) - 1)/s) + 1 with d = 1")
             print("(a partial window at the edge is dropped)")
-        print(_indent(formula_text(h, k, s, p, 1, ceil, axis="H")))
-        print(_indent(formula_text(w, k, s, p, 1, ceil, axis="W")))
+        print(textwrap.indent(formula_text(h, k, s, p, 1, ceil, axis="H"), "  "))
+        print(textwrap.indent(formula_text(w, k, s, p, 1, ceil, axis="W"), "  "))
         for mode in modes:
             out = pool2d_by_hand(x, k, s, p, ceil, mode)
             title = "max pooling" if mode == "max" else "average pooling"
@@ -215,128 +210,80 @@ def run_pool(cfg: Any) -> int:
     return 0 if all_agree else 1
 
 
-def _indent(text: str, prefix: str = "  ") -> str:
-    return "\n".join(prefix + line for line in text.splitlines())
-
-
 # --------------------------------------------------------------------------- feature maps
 
 FEATURE_MAPS_USAGE = """\
-usage: python -m cnnlab.demo feature_maps checkpoint=FILE_OR_RUN [out=DIR] [images=N]
-                                          [split=val|train|test] [run overrides...]
+usage: python -m cnnlab.demo feature_maps run=RUN_OR_CHECKPOINT [checkpoint=best|last] [out=DIR]
+                                          [images=N] [split=val|train|test]
 
 Writes what a trained model sees into TensorBoard: the input images, their max-pooled
 versions, the first conv layer's and each downsampling stage's output channels (one
-grayscale tile per channel), and the first layer's kernels.
+grayscale tile per channel), and the first layer's kernels. The model and the dataset
+are the ones the checkpoint was trained with.
 
-  checkpoint=FILE_OR_RUN  a weights file (checkpoints/best.pt), or a run folder (its best.pt)
-  out=DIR                 the TensorBoard folder (default: <run>/tb_feature_maps, or
-                          <file>_feature_maps next to a file outside a run folder)
-  images=N                how many images of the split to show (default 8; maps: the first)
-  split=val               which split the images come from (train, val or test)
-Every other key=value is an override of the run's config, as given to cnnlab.run when
-the checkpoint was trained: the model and the input must match, e.g.
-  python -m cnnlab.demo feature_maps model=alexnet dataset=digits checkpoint=outputs/.../checkpoints/best.pt"""
+  run=RUN_OR_CHECKPOINT  a run folder (outputs/<date>/<run>) or a checkpoint file
+  checkpoint=best|last   which checkpoint of the run folder (default best); the older
+                         checkpoint=<file or run folder> still means run=<it>
+  out=DIR                the TensorBoard folder (default: <run>/tb_feature_maps, or
+                         tb_feature_maps next to a checkpoint outside a run folder)
+  images=N               how many images of the split to show (default 8; maps: the first)
+  split=val              which split the images come from (train, val or test)
+e.g. python -m cnnlab.demo feature_maps run=outputs/<date>/<run>"""
 
-# The demo's own keys (not config keys) and their defaults.
-FEATURE_MAPS_KEYS = {"checkpoint": None, "out": None, "images": "8", "split": "val"}
+# The demo's own keys and their defaults.
+FEATURE_MAPS_KEYS = {"run": None, "checkpoint": None, "out": None, "images": "8", "split": "val"}
 
 
-def _feature_maps_args(args: list[str]) -> tuple[dict[str, str | None], list[str]]:
-    """Split ``key=value`` arguments into the demo's own keys and the config overrides."""
-    own: dict[str, str | None] = dict(FEATURE_MAPS_KEYS)
-    overrides = []
-    for a in args:
-        key, sep, value = a.partition("=")
-        if sep and key in FEATURE_MAPS_KEYS:
-            own[key] = value
-        else:
-            overrides.append(a)
-    if not own["checkpoint"]:
-        raise LessonInputError("checkpoint= is required: a weights file or a run folder")
-    check_int(int(own["images"]) if str(own["images"]).isdigit() else own["images"], "images", 1)
+def _feature_maps_args(args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The demo's own ``key=value`` arguments, checked, and the others."""
+    from cnnlab.lessons.inspect import own_args
+
+    own, others = own_args(args, FEATURE_MAPS_KEYS)
+    if own["checkpoint"] not in (None, "best", "last"):  # the older spelling: checkpoint=<path>
+        own["run"], own["checkpoint"] = own["run"] or own["checkpoint"], None
+    own["images"] = check_int(int(own["images"]) if str(own["images"]).isdigit() else own["images"], "images", 1)
     if own["split"] not in ("train", "val", "test"):
         raise LessonInputError(f"split must be train, val or test, got {own['split']!r}")
-    return own, overrides
-
-
-def _checkpoint_and_out(checkpoint: str, out: str | None) -> tuple[Path, Path]:
-    """The weights file (a run folder -> its best.pt, else last.pt) and the TensorBoard folder."""
-    p = Path(checkpoint)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / "checkpoints" / name).is_file():
-                p = p / "checkpoints" / name
-                break
-        else:
-            raise LessonInputError(f"checkpoint={checkpoint!r}: no checkpoints/best.pt or last.pt in it")
-    if out:
-        return p, Path(out)
-    if p.parent.name == "checkpoints":  # <run>/checkpoints/best.pt -> <run>/tb_feature_maps
-        return p, p.parent.parent / "tb_feature_maps"
-    return p, p.with_name(f"{p.stem}_feature_maps")
+    return own, others
 
 
 def run_feature_maps(args: list[str]) -> int:
-    """Compose the run's config from ``args``, load the checkpoint, log its feature maps."""
-    if any(a in ("-h", "--help") for a in args):
+    """Rebuild the checkpoint's model and dataset, and log its feature maps to TensorBoard."""
+    if {"-h", "--help"} & set(args):
         print(FEATURE_MAPS_USAGE)
         return 0
-    own, overrides = _feature_maps_args(args)
-    ckpt, out = _checkpoint_and_out(own["checkpoint"], own["out"])
+    own, others = _feature_maps_args(args)
+    from cnnlab.evaluation import source
 
-    from cnnlab.lessons.inspect import check_choices, compose_config
+    src = source.resolve(own["run"], own["checkpoint"] or "best")
+    ck = source.load(src)
+    ds, node = source.dataset_config(ck), ck["config"]["model"]
+    trained = {"model": str(node.get("name")), "dataset": str(ds.get("name"))}
+    for a in others:  # model=<its name> dataset=<its name>, as older invocations gave them, are fine
+        key, _, value = a.partition("=")
+        if trained.get(key) != value:
+            raise LessonInputError(
+                f"{a}: the checkpoint names the model and the dataset (trained as model={trained['model']} "
+                f"dataset={trained['dataset']}); feature_maps takes run=, checkpoint=, out=, images=, split=")
 
-    try:
-        check_choices(overrides)
-    except SystemExit as e:  # a config-group typo: the message lists the choices
-        raise LessonInputError(str(e).removeprefix("error: ")) from None
-    cfg = compose_config(overrides)
-
-    from hydra.utils import instantiate
-    from torch.utils.tensorboard import SummaryWriter
-
-    from cnnlab.config import validate
-    from cnnlab.data import load_dataset
-    from cnnlab.errors import CheckpointError
-    from cnnlab.lessons.featuremaps import log_feature_maps
-    from cnnlab.lifecycle.checkpoint import load_checkpoint
-    from cnnlab.models.weights import load_weights_file
-
-    validate(cfg)
-    ck = load_checkpoint(ckpt)  # first: a wrong path fails before the dataset is decoded
-    dc = cfg.dataset
-    n = int(own["images"])
-    # limit=n keeps n images per split: all the demo shows.
-    data = load_dataset(dc.name, dc.root, dc.download, dc.image_size, dc.in_chans, dc.val_split,
-                        dc.test_split, dc.split_seed, dc.memory_budget_mb, limit=n)
+    n = own["images"]
+    data = source.load_data({**ds, "limit": n})  # n images per split: all the demo shows
     split = getattr(data, own["split"])
     if len(split) == 0:
-        raise LessonInputError(f"the {own['split']} split of {dc.name} is empty; pick another split=")
+        raise LessonInputError(f"the {own['split']} split of {ds['name']} is empty; pick another split=")
     images = split.x[:n].float() / 255.0  # (n, C, H, W) uint8 -> [0, 1]
+    model = source.build_model(ck, len(source.saved_class_names(ck) or data.classes))
+    step = ck.get("epoch") if isinstance(ck.get("epoch"), int) else 0
+    out = Path(own["out"]) if own["out"] else src.home / "tb_feature_maps"
 
-    model = instantiate(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                        img_size=data.image_size, pretrained=False, checkpoint=None)
-    try:
-        load_weights_file(model, ckpt)
-    except CheckpointError as e:
-        # Name what the checkpoint was trained as, when it says so (cnnlab.train saves its config).
-        trained = ck.get("config") if isinstance(ck.get("config"), dict) else {}
-        m, d = trained.get("model", {}), trained.get("dataset", {})
-        if m and d:
-            raise CheckpointError(
-                f"{e} (it was trained as model.name={m.get('name')} dataset={d.get('name')} "
-                f"model.small_input={str(m.get('small_input')).lower()}: pass the same overrides)"
-            ) from None
-        raise
-    step = int(ck.get("epoch", 0)) if isinstance(ck.get("epoch", 0), int) else 0
+    from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(out))
-    try:
-        tags = log_feature_maps(model, images, writer, step, mean=list(dc.mean), std=list(dc.std))
-    finally:
-        writer.close()
-    print(f"feature maps of {ckpt} ({cfg.model.name} on {dc.name} {own['split']}, epoch {step}):")
+    from cnnlab.lessons.featuremaps import log_feature_maps
+
+    with SummaryWriter(log_dir=str(out)) as writer:
+        tags = log_feature_maps(model, images, writer, step, mean=list(ds["mean"]), std=list(ds["std"]))
+    print(f"feature maps of {src.checkpoint} ({trained['model']} on {trained['dataset']} {own['split']}, "
+          f"epoch {step}):")
     for tag in tags:
         print(f"  {tag}")
     print(f"written to {out}\nview them with: tensorboard --logdir {out}")
@@ -345,70 +292,53 @@ def run_feature_maps(args: list[str]) -> int:
 
 # --------------------------------------------------------------------------- dispatch
 
-# Sub-demo name -> (config name in conf/demo, function taking the composed config and
-# returning an exit code). To add a demo: write ``run_<name>(cfg) -> int`` (raise
-# LessonInputError for bad values), add conf/demo/<name>.yaml (copy the hydra: block and
-# defaults of conv.yaml), then add an entry here. A config name of None means the demo
-# takes the run's own config (conf/config.yaml, composed with its overrides by the demo
-# itself, through Hydra's compose API): its function gets the argument list instead.
-DEMOS: dict[str, tuple[str | None, Callable[[Any], int]]] = {
-    "conv": ("conv", run_conv),
-    "pool": ("pool", run_pool),
-    "feature_maps": (None, run_feature_maps),
-}
+# Demo name -> its function. ``conv`` and ``pool`` take their config, composed from
+# conf/demo/<name>.yaml; ``feature_maps`` takes its arguments. To add a demo: write
+# ``run_<name>(cfg) -> int`` (raise LessonInputError for bad values), add
+# conf/demo/<name>.yaml (its leading comment is its ``--help``), then an entry here.
+DEMOS: dict[str, Callable[[Any], int]] = {"conv": run_conv, "pool": run_pool, "feature_maps": run_feature_maps}
 
 
 def _usage() -> str:
     names = " | ".join(DEMOS)
-    return (
-        f"usage: python -m cnnlab.demo <{names}> [hydra overrides]\n"
-        f"       python -m cnnlab.demo <{names}> --help   (config and examples)"
-    )
+    return (f"usage: python -m cnnlab.demo <{names}> [key=value ...]\n"
+            f"       python -m cnnlab.demo <{names}> --help   (its keys and examples)")
+
+
+def _user_error(e: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from cnnlab.errors import CnnlabError
+
+    return isinstance(e, (LessonInputError, CnnlabError, HydraException, OmegaConfBaseException))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Pick the sub-demo from argv[1], hand the rest of argv to Hydra; return the exit code."""
-    argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or argv[1] in ("-h", "--help"):
-        helping = len(argv) >= 2
-        print(_usage(), file=sys.stdout if helping else sys.stderr)
-        return 0 if helping else 2
-    name = argv[1]
+    """Run the demo ``argv[0]`` names with the rest of ``argv``; return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
     if name not in DEMOS:
         print(f"error: unknown demo {name!r}; choose from: {', '.join(DEMOS)}", file=sys.stderr)
         return 2
-
-    config_name, run = DEMOS[name]
-    if config_name is None:
-        from cnnlab.errors import CnnlabError
-
-        try:
-            return run(argv[2:])
-        except (LessonInputError, CnnlabError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    import hydra  # imported here so the usage and unknown-demo paths stay instant
-
-    exit_code = 0
-
-    def task(cfg: Any) -> None:
-        nonlocal exit_code
-        try:
-            exit_code = run(cfg)
-        except LessonInputError as err:
-            # A learner's typo deserves one readable line, not a traceback.
-            print(f"error: {err}", file=sys.stderr)
-            exit_code = 2
-
-    # @hydra.main parses sys.argv itself, so drop the sub-demo name before calling it.
-    saved = sys.argv
-    sys.argv = [argv[0], *argv[2:]]
     try:
-        hydra.main(config_path=str(DEMO_CONF_DIR), config_name=config_name, version_base="1.3")(task)()
-    finally:
-        sys.argv = saved
-    return exit_code
+        if name == "feature_maps":
+            return run_feature_maps(rest)
+        if {"-h", "--help"} & set(rest):
+            print((DEMO_CONF_DIR / f"{name}.yaml").read_text(), end="")
+            return 0
+        from cnnlab.compose import compose
+
+        return DEMOS[name](compose(rest, config_name=name, conf_dir=DEMO_CONF_DIR))
+    except Exception as e:
+        if not _user_error(e):
+            raise
+        # A learner's typo deserves one readable line, not a traceback.
+        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

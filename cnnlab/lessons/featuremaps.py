@@ -21,27 +21,19 @@ pool, a patch embedding), and its output is logged. Squeeze-excitation branches 
 input is already 1x1) and global pools (adaptive pools, meant to end the trunk) are not
 stages. This works for the hand-written AlexNet, timm and torchvision models and MogaNet.
 
-The cost is one eval-mode forward of the few images under ``no_grad``, plus encoding a
-handful of small PNGs; channel and kernel counts are capped.
+The cost is one probe of the first image (eval mode, no_grad), plus encoding a handful
+of small PNGs; channel and kernel counts are capped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 # Tiles smaller than this (in pixels) are scaled up, nearest-neighbour, so a 3x3 kernel or a
 # 4x4 map is visible in TensorBoard rather than a few dots.
 MIN_TILE = 32
 MIN_INPUT = 64  # the same for the input images (a 32x32 image is shown at 64x64)
-
-
-@dataclass
-class _Tap:
-    name: str
-    kind: str
-    out: Any  # (C, h, w) tensor on the CPU: the first image's channels, capped
 
 
 def _writer(writer_or_tracker: Any) -> Any:
@@ -62,27 +54,31 @@ def _norm_tiles(x: Any) -> Any:
     return out.reshape(x.shape)
 
 
-def _upscale(tiles: Any, min_side: int = MIN_TILE) -> Any:
-    """(N, C, h, w) -> nearest-neighbour upscaled by an integer factor to >= min_side."""
+def _factor(tiles: Any, min_side: int = MIN_TILE) -> int:
+    """The integer factor that scales (..., h, w) tiles to >= min_side pixels."""
+    return -(-min_side // max(tiles.shape[-2:]))  # ceil division
+
+
+def _grid(tiles: Any, nrow: int = 8, factor: int | None = None) -> Any:
+    """(N, C, h, w) tiles in [0, 1] -> one (3, H, W) image, nearest-neighbour upscaled by
+    ``factor`` (default: to MIN_TILE pixels), white lines between the tiles."""
     import torch.nn.functional as F
-
-    factor = -(-min_side // max(tiles.shape[-2:]))  # ceil division
-    return F.interpolate(tiles, scale_factor=factor, mode="nearest") if factor > 1 else tiles
-
-
-def _grid(tiles: Any, nrow: int = 8) -> Any:
-    """(N, C, h, w) tiles in [0, 1] -> one (3, H, W) image, white lines between the tiles."""
     from torchvision.utils import make_grid
 
-    return make_grid(_upscale(tiles), nrow=nrow, padding=2, pad_value=1.0)
+    factor = factor or _factor(tiles)
+    tiles = F.interpolate(tiles, scale_factor=factor, mode="nearest") if factor > 1 else tiles
+    return make_grid(tiles, nrow=nrow, padding=2, pad_value=1.0)
 
 
-def _taps(model: Any, x: Any, max_channels: int) -> tuple[list[_Tap], Any]:
-    """One forward of ``x`` (B, C, H, W) with hooks; the maps to show and the first conv."""
+def _taps(model: Any, x: Any, max_channels: int) -> tuple[list[tuple[str, Any]], Any]:
+    """One probe of ``x`` (B, C, H, W) with hooks: the maps to show, (layer name, the first
+    image's (C, h, w) channels, capped, on the CPU), and the first conv."""
     import torch
     from torch import nn
 
-    taps: list[_Tap] = []
+    from cnnlab.models.profile import probe
+
+    taps: list[tuple[str, Any]] = []
     first_conv: list[nn.Conv2d] = []
     trunk = [x.shape[-2] * x.shape[-1]]  # the trunk's spatial size (h*w), input's at first
 
@@ -105,16 +101,11 @@ def _taps(model: Any, x: Any, max_channels: int) -> tuple[list[_Tap], Any]:
             if is_first_conv:
                 first_conv.append(m)
             if (is_first_conv or downsamples) and min(t.shape[-2:]) >= 2:
-                taps.append(_Tap(name, type(m).__name__, t[0, :max_channels].detach().float().cpu().clone()))
+                taps.append((name, t[0, :max_channels].detach().float().cpu().clone()))
         return fn
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
-               if name and not any(True for _ in m.children())]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, x, [(m, hook(name)) for name, m in model.named_modules()
+                     if name and not any(True for _ in m.children())])
     return taps, (first_conv[0] if first_conv else None)
 
 
@@ -147,7 +138,8 @@ def log_feature_maps(
     model was trained on normalised images); None = feed ``images`` as they are.
     ``writer_or_tracker``: a SummaryWriter or a RunTracker; nothing is written (and []
     is returned) when it has no TensorBoard writer. The model (its unwrapped module,
-    for DDP / torch.compile) runs in eval mode under no_grad; its mode is restored.
+    for DDP / torch.compile) is probed (:func:`cnnlab.models.profile.probe`): eval
+    mode, no_grad, its mode and the RNG states restored.
     """
     import torch
     import torch.nn.functional as F
@@ -166,19 +158,15 @@ def log_feature_maps(
         s = torch.tensor(list(std), device=x.device).view(1, -1, 1, 1)
         x = (x - m) / s
 
-    was_training = net.training
     threads = torch.get_num_threads()
-    net.eval()  # BatchNorm on running stats, no dropout: the maps of the deployed model
+    if param.device.type == "cpu":
+        # These tensors are tiny: with several threads the sync costs more than the math
+        # (measured 3x slower on 2 busy cores). Restored below.
+        torch.set_num_threads(1)
     try:
-        if param.device.type == "cpu":
-            # These tensors are tiny: with several threads the sync costs more than the math
-            # (measured 3x slower on 2 busy cores). Restored below.
-            torch.set_num_threads(1)
-        with torch.no_grad():
-            # Only the first image's maps are shown: forward it alone (B=1), not the batch.
-            taps, first_conv = _taps(net, x[:1].to(param.dtype), max_channels)
+        # Only the first image's maps are shown: forward it alone (B=1), not the batch.
+        taps, first_conv = _taps(net, x[:1].to(param.dtype), max_channels)
     finally:
-        net.train(was_training)
         torch.set_num_threads(threads)
 
     tags = []
@@ -188,22 +176,15 @@ def log_feature_maps(
         tags.append(f"{tag_prefix}/{tag}")
 
     # The input and its max-pooled version share one scale factor, so the halving shows.
-    from torchvision.utils import make_grid
-
-    factor = -(-MIN_INPUT // max(x01.shape[-2:]))
-
-    def scaled(t: Any) -> Any:
-        t = F.interpolate(t, scale_factor=factor, mode="nearest") if factor > 1 else t
-        return make_grid(t, nrow=8, padding=2, pad_value=1.0)
-
-    image("input", scaled(x01))
+    factor = _factor(x01, MIN_INPUT)
+    image("input", _grid(x01, factor=factor))
     # The course's pooling on images: 3x3 windows at stride 2 keep each window's brightest
     # pixel, so the picture halves in size and bright strokes thicken.
-    image("maxpool_k3s2", scaled(F.max_pool2d(x01, kernel_size=3, stride=2)))
-    for i, tap in enumerate(taps):
-        c, h, w = tap.out.shape
-        tiles = _norm_tiles(tap.out).unsqueeze(1)  # (C, 1, h, w): one grayscale tile a channel
-        image(f"map{i}_{h}x{w}_{tap.name}", _grid(tiles))
+    image("maxpool_k3s2", _grid(F.max_pool2d(x01, kernel_size=3, stride=2), factor=factor))
+    for i, (name, out) in enumerate(taps):
+        c, h, w = out.shape
+        tiles = _norm_tiles(out).unsqueeze(1)  # (C, 1, h, w): one grayscale tile a channel
+        image(f"map{i}_{h}x{w}_{name}", _grid(tiles))
     if first_conv is not None:
         name = next(n for n, mod in net.named_modules() if mod is first_conv)
         image(f"kernels_{name}", kernel_grid(first_conv, max_kernels))

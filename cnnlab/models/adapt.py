@@ -42,6 +42,8 @@ import logging
 import torch
 from torch import nn
 
+from cnnlab.models.profile import probe
+
 log = logging.getLogger(__name__)
 
 
@@ -125,22 +127,15 @@ def _budgets(model: nn.Module, img_size: int) -> tuple[int, int]:
     return stem, wanted
 
 
-def _runs(model: nn.Module, img_size: int, in_chans: int) -> bool:
-    """One eval forward pass of a zero image, on the model's device: does it run?"""
-    p = next(model.parameters(), None)
-    x = torch.zeros(1, in_chans, img_size, img_size, device=p.device if p is not None else "cpu")
-    was_training = model.training
-    model.eval()
+def _runs(model: nn.Module, img_size: int, in_chans: int, hooks: list = ()) -> bool:
+    """One probe of a zero image (:func:`cnnlab.models.profile.probe`): does it run?"""
     try:
-        with torch.no_grad():
-            model(x)
+        probe(model, (in_chans, img_size, img_size), hooks)
         return True
     except (torch.OutOfMemoryError, MemoryError):
         raise
     except Exception:  # noqa: BLE001 - any failure means "this change doesn't fit"
         return False
-    finally:
-        model.train(was_training)
 
 
 def _strided_layers(model: nn.Module, in_chans: int) -> list[tuple[str, nn.Module, int, int]]:
@@ -155,13 +150,8 @@ def _strided_layers(model: nn.Module, in_chans: int) -> list[tuple[str, nn.Modul
     for side in (128, 224):
         # id(layer) -> (name, layer, stride, input side); dicts keep insertion (= call) order.
         seen: dict[int, tuple[str, nn.Module, int, int]] = {}
-        handles = [m.register_forward_hook(functools.partial(_record, seen, n)) for n, m in layers]
-        try:
-            if _runs(model, side, in_chans):
-                return [(n, m, s, max(1, side // x)) for n, m, s, x in seen.values()]
-        finally:
-            for h in handles:
-                h.remove()
+        if _runs(model, side, in_chans, [(m, functools.partial(_record, seen, n)) for n, m in layers]):
+            return [(n, m, s, max(1, side // x)) for n, m, s, x in seen.values()]
     return []
 
 
@@ -210,9 +200,8 @@ def _reduce_stem(model: nn.Module, img_size: int) -> str:
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-@torch.no_grad()
 def final_feature_map(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    """(C, H, W) of the last feature map before global pooling, for one eval-mode image.
+    """(C, H, W) of the last feature map before global pooling, for one eval-mode zero image.
 
     timm models (MogaNet and our AlexNet too) have ``forward_features``. torchvision
     models don't, so hooks record every module's 4-D output in call order and the
@@ -220,35 +209,24 @@ def final_feature_map(model: nn.Module, input_shape: tuple[int, int, int]) -> tu
     pools: their 1x1 output is not a feature map. Parent modules' hooks fire after
     their children's, so an Inception block reports its concatenated output.
     """
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-    try:
-        if hasattr(model, "forward_features"):
-            return tuple(model.forward_features(x).shape[1:])
-        maps: list[tuple[int, ...]] = []
-        head_seen = False
+    if hasattr(model, "forward_features"):
+        return tuple(probe(model, input_shape, call=model.forward_features).shape[1:])
+    maps: list[tuple[int, ...]] = []
+    head_seen = False
 
-        def hook(m: nn.Module, _inp: object, out: object) -> None:
-            nonlocal head_seen
-            if head_seen or not isinstance(out, torch.Tensor) or isinstance(m, _GLOBAL_POOLS):
-                return
-            if out.dim() == 4:
-                maps.append(tuple(out.shape[1:]))
-            elif out.dim() == 2:
-                head_seen = True
+    def hook(m: nn.Module, _inp: object, out: object) -> None:
+        nonlocal head_seen
+        if head_seen or not isinstance(out, torch.Tensor) or isinstance(m, _GLOBAL_POOLS):
+            return
+        if out.dim() == 4:
+            maps.append(tuple(out.shape[1:]))
+        elif out.dim() == 2:
+            head_seen = True
 
-        handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-        try:
-            model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        if not maps:
-            raise ValueError(f"{type(model).__name__}: no 4-D feature map seen before the head")
-        return maps[-1]
-    finally:
-        model.train(was_training)
+    probe(model, input_shape, [(m, hook) for m in model.modules() if m is not model])
+    if not maps:
+        raise ValueError(f"{type(model).__name__}: no 4-D feature map seen before the head")
+    return maps[-1]
 
 
 def set_in_chans_torchvision(model: nn.Module, in_chans: int, pretrained: bool) -> None:

@@ -114,29 +114,26 @@ def _size_error(source: str, arch: str, img_size: int, why: BaseException) -> Mo
 
 
 def check_input(model: nn.Module, source: str, arch: str, in_chans: int, img_size: int) -> None:
-    """Run one zero image through ``model`` (eval, no grad); a failure is a one-line ModelError.
+    """Probe ``model`` with one zero image (:func:`cnnlab.models.profile.probe`); a failure is a
+    one-line ModelError.
 
     This is the build-time check that a model takes the dataset's images, so a size it
     can't take fails before training starts, not with a traceback at the first step.
-    Skipped on the meta device (``cnnlab.inspect`` builds there). Uses no randomness
-    and leaves the model's state (running stats, train/eval mode) as it was.
+    Skipped on the meta device (``cnnlab.inspect`` builds there).
     """
     import torch
+
+    from cnnlab.models.profile import probe
 
     p = next(model.parameters(), None)
     if p is None or p.device.type == "meta":
         return
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, in_chans, img_size, img_size, device=p.device, dtype=p.dtype))
+        probe(model, (in_chans, img_size, img_size))
     except (torch.OutOfMemoryError, MemoryError):
         raise
     except Exception as e:  # noqa: BLE001 - shape errors come as RuntimeError, AssertionError, ...
         raise _size_error(source, arch, img_size, e) from None
-    finally:
-        model.train(was_training)
 
 
 def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, drop_rate: float,

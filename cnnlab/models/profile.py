@@ -1,15 +1,52 @@
-"""Parameter and MAC counts, and per-layer output shapes, from one forward pass with hooks.
+"""Probing a model: one forward pass with hooks, and the parameter and MAC counts it gives.
 
-MACs count the multiply-accumulates of Conv2d and Linear layers, the convention of
-fvcore and the papers' tables (BatchNorm, activations and pooling are left out).
+Every probe of a model goes through :func:`probe`: the build-time input check, the
+small-input rule's trials, the final feature map, a run's MAC count, the inspector's
+table and the TensorBoard feature maps. It runs in eval mode under no_grad and gives
+back the model's train/eval mode and torch's CPU and CUDA random states, so a probe
+draws nothing from the streams a training run uses afterwards.
+
+MACs are ``torch.utils.flop_counter.FlopCounterMode``'s count over 2 (a
+multiply-accumulate is 2 FLOPs): convolutions and matrix products, attention's too;
+BatchNorm, activations and pooling count nothing (fvcore's convention and the papers').
+For conv and linear layers that is out elements x in/groups x kh x kw and out x in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+
+Hook = tuple[nn.Module, Callable[..., Any]]  # (module, hook function), registered for one probe
+
+
+def probe(model: nn.Module, x: torch.Tensor | tuple[int, int, int], hooks: Iterable[Hook] = (),
+          pre_hooks: Iterable[Hook] = (), call: Callable[[torch.Tensor], Any] | None = None) -> Any:
+    """``call(x)`` (default ``model(x)``) once, eval mode, no_grad, with these forward hooks.
+
+    ``x`` is a batch, or a (C, H, W) shape: a zero image of batch 1 on the model's device
+    and dtype. Whatever the pass does or raises, the hooks are removed and the model's
+    mode and the CPU/CUDA RNG states are restored. Returns the call's output.
+    """
+    if not isinstance(x, torch.Tensor):
+        p = next(model.parameters(), None)  # a model of pools only has none
+        x = torch.zeros(1, *x, device=p.device if p is not None else "cpu",
+                        dtype=p.dtype if p is not None else None)
+    handles = [m.register_forward_hook(fn) for m, fn in hooks]
+    handles += [m.register_forward_pre_hook(fn) for m, fn in pre_hooks]
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), torch.no_grad():
+            model.eval()
+            return (call or model)(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
 
 
 @dataclass
@@ -26,8 +63,11 @@ class LayerStat:
 class Trace:
     """What one forward pass showed, up to where it stopped."""
 
-    layers: list[LayerStat]  # one per leaf module that ran, in call order
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # every module's output, containers too
+    layers: list[LayerStat]  # one per leaf module call, in call order
+    # every module's (output shape, MACs), containers too: a block's output is not its
+    # last leaf's (an Inception block concatenates its branches)
+    modules: dict[str, tuple[tuple[int, ...], int]] = field(default_factory=dict)
+    macs: int = 0  # the whole pass's, up to the failure
     failed: LayerStat | None = None  # the leaf that was running when the forward raised
     error: RuntimeError | None = None
 
@@ -36,15 +76,23 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def layer_macs(m: nn.Module, out: torch.Tensor) -> int:
-    """Multiply-accumulates of one call of ``m`` that produced ``out`` (batch of 1)."""
-    if isinstance(m, nn.Conv2d):
-        kh, kw = m.kernel_size
-        # per output element: (in/groups) * kh * kw multiply-adds
-        return out[0].numel() * (m.in_channels // m.groups) * kh * kw
-    if isinstance(m, nn.Linear):
-        return out[0].numel() * m.in_features
-    return 0
+def _flop_counter() -> Any:
+    """torch's FlopCounterMode, taught the CPU's fused attention kernel (torch 2.x counts
+    the CUDA kernels' FLOPs but not ``_scaled_dot_product_flash_attention_for_cpu``'s)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        return sdpa_flop_count(q, k, v)  # the shapes: FlopCounterMode passes those
+
+    return FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa})
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """Multiply-accumulates for one image of ``input_shape`` (C, H, W); the forward's error is raised."""
+    with _flop_counter() as counter:
+        probe(model, input_shape)
+    return counter.get_total_flops() // 2
 
 
 def _first_tensor(x: object) -> torch.Tensor | None:
@@ -52,78 +100,55 @@ def _first_tensor(x: object) -> torch.Tensor | None:
     return t if isinstance(t, torch.Tensor) else None
 
 
-def _own_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters(recurse=False))
+def _in_hw(inp: tuple) -> tuple[int, int] | None:
+    x = _first_tensor(inp)
+    return tuple(x.shape[-2:]) if x is not None and x.dim() == 4 else None
 
 
-@torch.no_grad()
 def trace_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> Trace:
-    """One eval-mode forward of a (1, C, H, W) zero image, recorded by forward hooks.
+    """One probe of a zero image, every module hooked: a row per leaf call, each module's MACs.
 
-    A RuntimeError in the forward pass (a map smaller than a kernel) does not propagate:
-    the trace keeps the layers that ran, the one that failed, and the error.
+    A module's MACs are the counter's growth while it ran. A RuntimeError in the forward
+    (a map smaller than a kernel) does not propagate: the trace keeps the layers that
+    ran, the one that failed, and the error.
     """
+    counter = _flop_counter()
     trace = Trace([])
-    running: list[tuple[str, nn.Module, tuple] | None] = [None]
+    started: dict[str, tuple[int, tuple[int, int] | None]] = {}  # name -> (MACs so far, input side)
+    running: list[str] = []  # the leaves that started, the last one running
 
-    def in_hw(inp: tuple) -> tuple[int, int] | None:
-        x = _first_tensor(inp)
-        return tuple(x.shape[-2:]) if x is not None and x.dim() == 4 else None
+    def macs() -> int:
+        return counter.get_total_flops() // 2
 
-    def pre(name: str):
+    def pre(name: str, leaf: bool) -> Callable[..., None]:
         def fn(m: nn.Module, inp: tuple) -> None:
-            running[0] = (name, m, inp)
+            started[name] = (macs(), _in_hw(inp))
+            if leaf:
+                running.append(name)
         return fn
 
-    def leaf(name: str):
+    def post(name: str, leaf: bool) -> Callable[..., None]:
         def fn(m: nn.Module, inp: tuple, out: object) -> None:
             t = _first_tensor(out)
-            if t is not None:
-                trace.layers.append(LayerStat(name, type(m).__name__, tuple(t.shape[1:]), _own_params(m),
-                                              layer_macs(m, t), in_hw(inp)))
+            if t is None:
+                return
+            shape, done = tuple(t.shape[1:]), macs() - started[name][0]
+            trace.modules[name] = (shape, trace.modules.get(name, ((), 0))[1] + done)
+            if leaf:
+                trace.layers.append(LayerStat(name, type(m).__name__, shape, count_params(m), done,
+                                              started[name][1]))
         return fn
 
-    def container(name: str):
-        def fn(m: nn.Module, inp: tuple, out: object) -> None:
-            t = _first_tensor(out)
-            if t is not None:
-                trace.shapes[name] = tuple(t.shape[1:])
-        return fn
-
-    hooks = []
-    for name, m in model.named_modules():
-        if not name:
-            continue
-        if any(True for _ in m.children()):
-            hooks.append(m.register_forward_hook(container(name)))
-        else:
-            hooks += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(leaf(name))]
-    was_training = model.training
-    model.eval()
+    named = [(n, m, not any(True for _ in m.children())) for n, m in model.named_modules() if n]
     try:
-        first = next(model.parameters(), None)  # a model of pools only has none
-        device = first.device if first is not None else torch.device("cpu")
-        model(torch.zeros(1, *input_shape, device=device))
+        with counter:
+            probe(model, input_shape, [(m, post(n, leaf)) for n, m, leaf in named],
+                  [(m, pre(n, leaf)) for n, m, leaf in named])
     except RuntimeError as e:
         trace.error = e
-        if running[0] is not None:
-            name, m, inp = running[0]
-            trace.failed = LayerStat(name, type(m).__name__, (), _own_params(m), 0, in_hw(inp))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+        if running:
+            m = model.get_submodule(running[-1])
+            trace.failed = LayerStat(running[-1], type(m).__name__, (), count_params(m), 0,
+                                     started[running[-1]][1])
+    trace.macs = macs()
     return trace
-
-
-def profile_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerStat]:
-    """A row per leaf module that ran in one eval forward; the forward's error is raised."""
-    trace = trace_layers(model, input_shape)
-    if trace.error is not None:
-        raise trace.error
-    return trace.layers
-
-
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """Conv + Linear multiply-accumulates for one image of ``input_shape`` (C, H, W)."""
-    return sum(s.macs for s in profile_layers(model, input_shape))
