@@ -127,7 +127,7 @@ def _near_keys(e: Any) -> str:
     """'; did you mean trainer.epochs?', else the keys next to the unknown one."""
     import difflib
 
-    keys = [str(k) for k in e.parent_node.keys()] if e.parent_node is not None else []
+    keys = [str(k) for k in e.parent_node.keys() if k != "hydra"] if e.parent_node is not None else []
     parent = e.full_key.rpartition(".")[0]
     close = difflib.get_close_matches(str(e.key), keys, n=1)
     if close:

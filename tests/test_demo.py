@@ -265,7 +265,7 @@ def test_cli_unknown_demo_exits_2():
         (("conv", "input=[[1,2],[3]]"), "not rectangular"),
         (("conv", "cases.0.stride=0"), "stride must be a positive integer, got 0"),
         (("pool", "input=[[1,2],[3,4]]"), "bigger than the padded input"),
-        (("conv", "strides=2"), "Could not override 'strides'"),  # not a key of conf/demo/conv.yaml
+        (("conv", "strides=2"), "strides is not a config key"),  # not a key of conf/demo/conv.yaml
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2(args, needle):

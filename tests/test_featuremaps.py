@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from conftest import compose
 
-from cnnlab.lessons.demo import main as demo_main
+from cnnlab.errors import run_main
+from cnnlab.lessons.demo import main as _demo_main
+
+
+def demo_main(argv: list[str]) -> int:
+    """``python -m cnnlab.demo`` in-process: the demo inside the CLI's error boundary."""
+    return run_main(_demo_main, argv)
 
 
 def _images(logdir):

@@ -19,6 +19,14 @@ SLOW = {"moganet_tiny", "moganet_small", "moganet_base", "moganet_large"}
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
+def _inspect_main(argv: list[str]) -> int:
+    """``python -m cnnlab.inspect`` in-process: the inspector inside the CLI's error boundary."""
+    from cnnlab.errors import run_main
+    from cnnlab.lessons.inspect import main
+
+    return run_main(main, argv)
+
+
 def _overrides(name: str) -> list[str]:
     extra = [f"model.arch={GENERIC_ARCH[name]}"] if name in GENERIC_ARCH else []
     return [f"model={name}", "dataset=cifar10", "model.small_input=true", *extra]
@@ -135,7 +143,7 @@ def test_cli_flags_1x1_for_resnet18_without_small_input_then_answers_from_the_ca
     assert list(tmp_path.iterdir()) == []  # no outputs/ folder, no log file
 
     # The second call reads the table the first one cached, and imports no torch to do so.
-    code = ("import sys; from cnnlab.lessons.inspect import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from cnnlab.lessons.inspect import main; from cnnlab.errors import run_main; rc = run_main(main, sys.argv[1:]); "
             "print('heavy imports:', sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
     again = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True,
                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -176,29 +184,29 @@ def test_cache_entries_are_read_recomputed_and_refused_models_too(monkeypatch, c
     monkeypatch.setattr(insp, "inspect_model", lambda cfg: calls.append(1) or real(cfg))
 
     args = ["model=mobilenet_v3_small", "dataset=digits"]
-    assert insp.main(args) == 0 and len(calls) == 1
+    assert _inspect_main(args) == 0 and len(calls) == 1
     first = capsys.readouterr().out
-    assert insp.main(args) == 0 and len(calls) == 1  # a hit: nothing built
+    assert _inspect_main(args) == 0 and len(calls) == 1  # a hit: nothing built
     assert capsys.readouterr().out.startswith(first.rstrip("\n"))
-    assert insp.main([*args, "cache=false"]) == 0 and len(calls) == 2
+    assert _inspect_main([*args, "cache=false"]) == 0 and len(calls) == 2
     assert capsys.readouterr().out == first
 
     entry = insp.cache_path(compose(args))
     entry.write_text("{not json")  # a torn or foreign entry is recomputed and replaced
-    assert insp.main(args) == 0 and len(calls) == 3
+    assert _inspect_main(args) == 0 and len(calls) == 3
     assert capsys.readouterr().out == first
     assert json.loads(entry.read_text())["model"] == "mobilenet_v3_small"
 
     # A model that refuses the input: the message is cached too.
-    assert insp.main(["model=alexnet", "model.small_input=false"]) == 2 and len(calls) == 4
+    assert _inspect_main(["model=alexnet", "model.small_input=false"]) == 2 and len(calls) == 4
     err = capsys.readouterr().err
     assert "img_size=32 is too small for AlexNet" in err
-    assert insp.main(["model=alexnet", "model.small_input=false"]) == 2 and len(calls) == 4
+    assert _inspect_main(["model=alexnet", "model.small_input=false"]) == 2 and len(calls) == 4
     assert capsys.readouterr().err == err
 
 
 def test_an_unwritable_cache_still_answers(tmp_path, monkeypatch, capsys):
-    from cnnlab.lessons.inspect import main
+    main = _inspect_main
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -227,7 +235,7 @@ def test_warm_caches_every_model_and_dataset_once(tmp_path, capsys):
     assert "cached timm " not in out and "\n  timm " not in out  # the generic entry needs an arch
     assert warm(conf, out=sys.stdout) == 0
 
-    from cnnlab.lessons.inspect import main
+    main = _inspect_main
 
     assert main(["--warm", "model=alexnet"]) == 2
     assert "--warm takes no other arguments" in capsys.readouterr().err
@@ -248,7 +256,7 @@ def test_cli_bad_names_are_one_line(arg, needle, tmp_path):
 
 
 def test_alexnet_imagenet_stem_on_32x32_is_an_error_with_the_fix(capsys):
-    from cnnlab.lessons.inspect import main
+    main = _inspect_main
 
     assert main(["model=alexnet", "model.small_input=false"]) == 2
     err = capsys.readouterr().err
@@ -285,7 +293,7 @@ def test_macs_count_conv_and_linear_only_and_count_macs_raises_what_the_forward_
 
 
 def test_an_image_folder_needs_no_root_to_be_inspected(capsys):
-    from cnnlab.lessons.inspect import main
+    main = _inspect_main
 
     assert main(["model=alexnet", "dataset=imagefolder"]) == 0
     assert "alexnet at 3x64x64" in capsys.readouterr().out
@@ -380,7 +388,7 @@ def _alexnet_run(folder):
 
 
 def test_a_run_is_inspected_from_its_checkpoint(tmp_path, capsys):
-    from cnnlab.lessons.inspect import main
+    main = _inspect_main
 
     run = _alexnet_run(tmp_path / "run")
     assert main([f"run={run}", "depth=1"]) == 0

@@ -12,11 +12,13 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from cnnlab.errors import ConfigError
+
 Matrix = list[list[float]]
 PoolMode = Literal["max", "avg"]
 
 
-class LessonInputError(ValueError):
+class LessonInputError(ConfigError, ValueError):
     """A value given to a lesson cannot be used; the message names the offending value."""
 
 

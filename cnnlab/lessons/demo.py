@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.compose import CONF_DIR
+from cnnlab.errors import ConfigError, run_main
 from cnnlab.lessons.conv_explain import (
     LessonInputError,
     as_matrix,
@@ -305,15 +306,6 @@ def _usage() -> str:
             f"       python -m cnnlab.demo <{names}> --help   (its keys and examples)")
 
 
-def _user_error(e: BaseException) -> bool:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from cnnlab.errors import CnnlabError
-
-    return isinstance(e, (LessonInputError, CnnlabError, HydraException, OmegaConfBaseException))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the demo ``argv[0]`` names with the rest of ``argv``; return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -322,24 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     name, rest = args[0], args[1:]
     if name not in DEMOS:
-        print(f"error: unknown demo {name!r}; choose from: {', '.join(DEMOS)}", file=sys.stderr)
-        return 2
-    try:
-        if name == "feature_maps":
-            return run_feature_maps(rest)
-        if {"-h", "--help"} & set(rest):
-            print((DEMO_CONF_DIR / f"{name}.yaml").read_text(), end="")
-            return 0
-        from cnnlab.compose import compose
+        raise ConfigError(f"unknown demo {name!r}; choose from: {', '.join(DEMOS)}")
+    if name == "feature_maps":
+        return run_feature_maps(rest)
+    if {"-h", "--help"} & set(rest):
+        print((DEMO_CONF_DIR / f"{name}.yaml").read_text(), end="")
+        return 0
+    from cnnlab.compose import compose
 
-        return DEMOS[name](compose(rest, config_name=name, conf_dir=DEMO_CONF_DIR))
-    except Exception as e:
-        if not _user_error(e):
-            raise
-        # A learner's typo deserves one readable line, not a traceback.
-        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-        return 2
-
+    return DEMOS[name](compose(rest, config_name=name, conf_dir=DEMO_CONF_DIR))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.compose import CONF_DIR, compose, composing
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, run_main
 from cnnlab.units import human
 
 USAGE = """\
@@ -394,23 +394,14 @@ def main(argv: list[str] | None = None) -> int:
     if {"-h", "--help"} & set(argv):
         print(USAGE)
         return 0
-    try:
-        if "--warm" in argv:
-            if argv != ["--warm"]:
-                raise ConfigError("--warm takes no other arguments (it caches every conf/model on every dataset)")
-            from cnnlab.cache import cache_root
+    if "--warm" in argv:
+        if argv != ["--warm"]:
+            raise ConfigError("--warm takes no other arguments (it caches every conf/model on every dataset)")
+        from cnnlab.cache import cache_root
 
-            print(f"{warm()} tables computed; the cache is {cache_root() / 'inspect'}")
-            return 0
-        table, hit = _table(argv)
-    except Exception as e:
-        from cnnlab.cli_errors import describe_error
-
-        message = describe_error(e)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        print(f"{warm()} tables computed; the cache is {cache_root() / 'inspect'}")
+        return 0
+    table, hit = _table(argv)
     print(table)
     if hit is not None:
         print(f"\n(read from the cache: {hit}; cache=false recomputes it)")
@@ -418,4 +409,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
