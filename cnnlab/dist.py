@@ -206,27 +206,32 @@ class Dist:
             self._guard(dist.broadcast, t, src=0)
 
     # ---- metrics ---------------------------------------------------------------------------
-    def reduce_train(self, sums: Any) -> Any:
-        """A training pass's ``EpochSums`` over every rank (one SUM and one MIN all-reduce an epoch).
+    def all_reduce(self, *values: Any, op: str = "sum") -> tuple[Any, ...]:
+        """``values`` (0-d tensors on one device, or ints) reduced over every rank: one all-reduce.
 
-        ``first_bad_step`` becomes the earliest non-finite step on any rank (-1: none).
+        ``op``: sum, min or max. Each comes back in its own type (float64 on the wire,
+        so integer counts stay exact); single-process: ``values`` unchanged.
         """
         if not self.enabled:
-            return sums
-        import dataclasses
-
+            return values
         import torch
         import torch.distributed as dist
 
-        totals = torch.stack([sums.loss_sum.double(), sums.correct.double(),
-                              torch.tensor(float(sums.seen), dtype=torch.float64, device=sums.loss_sum.device)])
-        self._guard(dist.all_reduce, totals)
-        bad = sums.first_bad_step.clone()
-        big = torch.iinfo(bad.dtype).max
-        bad = torch.where(bad < 0, torch.full_like(bad, big), bad)  # -1 (none) must not win the MIN
-        self._guard(dist.all_reduce, bad, op=dist.ReduceOp.MIN)
-        return dataclasses.replace(sums, loss_sum=totals[0].float(), correct=totals[1].round().long(),
-                                   seen=int(totals[2].item()), first_bad_step=torch.where(bad == big, -1, bad))
+        device = next(v.device for v in values if isinstance(v, torch.Tensor))
+        wire = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+        self._guard(dist.all_reduce, wire, op=getattr(dist.ReduceOp, op.upper()))
+        return tuple(int(w.item()) if isinstance(v, int) else w.to(v.dtype) if v.is_floating_point()
+                     else w.round().to(v.dtype) for w, v in zip(wire, values, strict=True))
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order; single-process: ``[obj]``."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.world_size
+        self._guard(dist.all_gather_object, parts, obj)
+        return parts
 
     # ---- stopping and teardown -------------------------------------------------------------
     def agreed_stop(self, stop: Any) -> AgreedStop:
@@ -249,13 +254,15 @@ class Dist:
     @contextmanager
     def guard(self) -> Iterator[None]:
         """Around a training pass: DDP's gradient all-reduce failing (a peer died or timed out)
-        becomes a DistError that says so, instead of gloo's or NCCL's RuntimeError."""
+        becomes a DistError that says so."""
+        import torch.distributed as dist
+
         try:
             yield
-        except RuntimeError as e:
-            if self.enabled and _is_collective_error(e):
-                raise lost_peer(self, e) from e
-            raise
+        except dist.DistError as e:  # DistBackendError, DistNetworkError, ...: torch's c10d errors
+            if not self.enabled:
+                raise
+            raise lost_peer(self, e) from e
 
     def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a collective; a peer that died or timed out becomes a DistError naming the cause."""
@@ -265,14 +272,6 @@ class Dist:
             return fn(*args, **kwargs)
         except (dist.DistError, RuntimeError) as e:
             raise lost_peer(self, e) from e
-
-
-def _is_collective_error(e: BaseException) -> bool:
-    """A c10d error, or a RuntimeError raised by gloo or NCCL (they do not always subclass DistError)."""
-    import torch.distributed as dist
-
-    text = str(e)
-    return isinstance(e, dist.DistError) or any(m in text for m in ("gloo", "NCCL", "c10d", "ProcessGroup"))
 
 
 def lost_peer(d: Dist, e: BaseException) -> DistError:
@@ -335,25 +334,6 @@ class AgreedStop:
 
     def restore(self) -> None:
         self._stop.restore()
-
-
-def reduce_sums(loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``evaluate``'s sums over every rank (each evaluated its shard), or unchanged.
-
-    Harmless on an unsharded split too: both sums and the count grow by world_size.
-    """
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return loss_sum, correct, n
-    sums = torch.stack([loss_sum.double(), correct.double(),
-                        torch.tensor(float(n), dtype=torch.float64, device=loss_sum.device)])
-    try:
-        dist.all_reduce(sums)
-    except (dist.DistError, RuntimeError) as e:
-        raise lost_peer(Dist(dist.get_rank(), dist.get_world_size()), e) from e
-    return sums[0].float(), sums[1].round().long(), int(sums[2].item())
 
 
 def _backend(device_name: str) -> str:
