@@ -254,15 +254,28 @@ class Dist:
     @contextmanager
     def guard(self) -> Iterator[None]:
         """Around a training pass: DDP's gradient all-reduce failing (a peer died or timed out)
-        becomes a DistError that says so."""
+        becomes a DistError that says so. gloo raises a plain RuntimeError there, so whether
+        a peer is gone is asked of the process group (a barrier), not read from the message."""
         import torch.distributed as dist
 
         try:
             yield
-        except dist.DistError as e:  # DistBackendError, DistNetworkError, ...: torch's c10d errors
-            if not self.enabled:
-                raise
-            raise lost_peer(self, e) from e
+        except RuntimeError as e:
+            if self.enabled and (isinstance(e, dist.DistError) or not self._peers_answer()):
+                raise lost_peer(self, e) from e
+            raise
+
+    def _peers_answer(self) -> bool:
+        """Whether every rank reaches a barrier within the collective timeout."""
+        import datetime
+
+        import torch.distributed as dist
+
+        try:
+            dist.monitored_barrier(self.cpu_group, timeout=datetime.timedelta(seconds=_timeout_seconds()))
+        except RuntimeError:  # DistError, or gloo's own: a peer is gone
+            return False
+        return True
 
     def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a collective; a peer that died or timed out becomes a DistError naming the cause."""
