@@ -2,35 +2,15 @@
 
     torchrun --standalone --nproc_per_node=2 -m cnnlab.run device=cpu
 
-torchrun starts N copies of ``python -m cnnlab.run`` with ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in their environment. Without
-them (a plain ``python -m cnnlab.run``) every call here is a no-op and the run is the
-single-process one, unchanged. Under torchrun:
-
-- **One run folder.** Each rank composes its own Hydra config, and
-  ``hydra.run.dir`` holds ``${now:...}``, so each would create its own folder (the
-  known Hydra + DDP pitfall). :func:`rank_overrides` gives ranks > 0 a throwaway
-  ``hydra.run.dir`` in the temp dir and ``hydra.output_subdir=null``, so they never
-  touch ``outputs/``; once the process group is up, :meth:`Dist.share_path` hands
-  every rank the folder rank 0 composed. Only rank 0 writes metrics, summary,
-  checkpoints and TensorBoard (``RunTracker(enabled=dist.is_main)``).
-- **Batches.** ``trainer.batch_size`` is the *global* batch: each rank takes
-  ``batch_size / world_size`` samples per step from its shard of the same shuffled
-  order, and DDP averages the gradients, so a step sees the same samples and the same
-  mean gradient as a single-process step with that batch. The lr therefore means the
-  same for any number of processes (docs/distributed.md: the linear scaling rule
-  for when you change the global batch). ``trainer.eval_batch_size`` is per process
-  (it only bounds memory).
-- **Metrics.** Each rank trains and evaluates its shard of every split; the training
-  and evaluation sums are all-reduced before dividing, so every rank gets (and rank 0
-  logs) the metrics of the whole split.
-- **Stopping.** A SIGINT/SIGTERM reaches ranks at different steps; a rank that left
-  the loop alone would leave the others waiting in their gradient all-reduce. The
-  ranks agree on the flag (:class:`AgreedStop`) every :data:`STOP_EVERY` steps and at
-  each epoch's end, and all stop at the same step.
-- **Failure.** A rank that dies is noticed by torchrun, which stops the others; a rank
-  that hangs makes the others' next collective time out after ``CNNLAB_DDP_TIMEOUT``
-  seconds (default 1800) and fail with an error naming it.
+torchrun gives each process ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them
+every call here is a no-op and the run is the single-process one. ``train()`` holds
+one :class:`Dist` and asks it every distributed question: ranks > 0 compose a
+throwaway run folder (:func:`rank_overrides`) and adopt rank 0's
+(:meth:`Dist.share_path`); ``trainer.batch_size`` is the global batch
+(:meth:`Dist.local_batch`); sums are all-reduced (:meth:`Dist.all_reduce`) and the
+test logits gathered (:meth:`Dist.gather`); a signal is agreed by every rank
+(:class:`AgreedStop`); a dead or hung peer becomes one :class:`DistError` after
+``CNNLAB_DDP_TIMEOUT`` seconds at most. docs/distributed.md says why each is so.
 
 Only the standard library is imported at module level: ``cnnlab.run`` calls
 :func:`rank_overrides` at start-up.
