@@ -2,35 +2,15 @@
 
     torchrun --standalone --nproc_per_node=2 -m cnnlab.run device=cpu
 
-torchrun starts N copies of ``python -m cnnlab.run`` with ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in their environment. Without
-them (a plain ``python -m cnnlab.run``) every call here is a no-op and the run is the
-single-process one, unchanged. Under torchrun:
-
-- **One run folder.** Each rank composes its own Hydra config, and
-  ``hydra.run.dir`` holds ``${now:...}``, so each would create its own folder (the
-  known Hydra + DDP pitfall). :func:`rank_overrides` gives ranks > 0 a throwaway
-  ``hydra.run.dir`` in the temp dir and ``hydra.output_subdir=null``, so they never
-  touch ``outputs/``; once the process group is up, :meth:`Dist.share_path` hands
-  every rank the folder rank 0 composed. Only rank 0 writes metrics, summary,
-  checkpoints and TensorBoard (``RunTracker(enabled=dist.is_main)``).
-- **Batches.** ``trainer.batch_size`` is the *global* batch: each rank takes
-  ``batch_size / world_size`` samples per step from its shard of the same shuffled
-  order, and DDP averages the gradients, so a step sees the same samples and the same
-  mean gradient as a single-process step with that batch. The lr therefore means the
-  same for any number of processes (docs/distributed.md: the linear scaling rule
-  for when you change the global batch). ``trainer.eval_batch_size`` is per process
-  (it only bounds memory).
-- **Metrics.** Each rank trains and evaluates its shard of every split; the training
-  and evaluation sums are all-reduced before dividing, so every rank gets (and rank 0
-  logs) the metrics of the whole split.
-- **Stopping.** A SIGINT/SIGTERM reaches ranks at different steps; a rank that left
-  the loop alone would leave the others waiting in their gradient all-reduce. The
-  ranks agree on the flag (:class:`AgreedStop`) every :data:`STOP_EVERY` steps and at
-  each epoch's end, and all stop at the same step.
-- **Failure.** A rank that dies is noticed by torchrun, which stops the others; a rank
-  that hangs makes the others' next collective time out after ``CNNLAB_DDP_TIMEOUT``
-  seconds (default 1800) and fail with an error naming it.
+torchrun gives each process ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them
+every call here is a no-op and the run is the single-process one. ``train()`` holds
+one :class:`Dist` and asks it every distributed question: ranks > 0 compose a
+throwaway run folder (:func:`rank_overrides`) and adopt rank 0's
+(:meth:`Dist.share_path`); ``trainer.batch_size`` is the global batch
+(:meth:`Dist.local_batch`); sums are all-reduced (:meth:`Dist.all_reduce`) and the
+test logits gathered (:meth:`Dist.gather`); a signal is agreed by every rank
+(:class:`AgreedStop`); a dead or hung peer becomes one :class:`DistError` after
+``CNNLAB_DDP_TIMEOUT`` seconds at most. docs/distributed.md says why each is so.
 
 Only the standard library is imported at module level: ``cnnlab.run`` calls
 :func:`rank_overrides` at start-up.
@@ -206,27 +186,32 @@ class Dist:
             self._guard(dist.broadcast, t, src=0)
 
     # ---- metrics ---------------------------------------------------------------------------
-    def reduce_train(self, sums: Any) -> Any:
-        """A training pass's ``EpochSums`` over every rank (one SUM and one MIN all-reduce an epoch).
+    def all_reduce(self, *values: Any, op: str = "sum") -> tuple[Any, ...]:
+        """``values`` (0-d tensors on one device, or ints) reduced over every rank: one all-reduce.
 
-        ``first_bad_step`` becomes the earliest non-finite step on any rank (-1: none).
+        ``op``: sum, min or max. Each comes back in its own type (float64 on the wire,
+        so integer counts stay exact); single-process: ``values`` unchanged.
         """
         if not self.enabled:
-            return sums
-        import dataclasses
-
+            return values
         import torch
         import torch.distributed as dist
 
-        totals = torch.stack([sums.loss_sum.double(), sums.correct.double(),
-                              torch.tensor(float(sums.seen), dtype=torch.float64, device=sums.loss_sum.device)])
-        self._guard(dist.all_reduce, totals)
-        bad = sums.first_bad_step.clone()
-        big = torch.iinfo(bad.dtype).max
-        bad = torch.where(bad < 0, torch.full_like(bad, big), bad)  # -1 (none) must not win the MIN
-        self._guard(dist.all_reduce, bad, op=dist.ReduceOp.MIN)
-        return dataclasses.replace(sums, loss_sum=totals[0].float(), correct=totals[1].round().long(),
-                                   seen=int(totals[2].item()), first_bad_step=torch.where(bad == big, -1, bad))
+        device = next(v.device for v in values if isinstance(v, torch.Tensor))
+        wire = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
+        self._guard(dist.all_reduce, wire, op=getattr(dist.ReduceOp, op.upper()))
+        return tuple(int(w.item()) if isinstance(v, int) else w.to(v.dtype) if v.is_floating_point()
+                     else w.round().to(v.dtype) for w, v in zip(wire, values, strict=True))
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order; single-process: ``[obj]``."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.world_size
+        self._guard(dist.all_gather_object, parts, obj)
+        return parts
 
     # ---- stopping and teardown -------------------------------------------------------------
     def agreed_stop(self, stop: Any) -> AgreedStop:
@@ -249,13 +234,28 @@ class Dist:
     @contextmanager
     def guard(self) -> Iterator[None]:
         """Around a training pass: DDP's gradient all-reduce failing (a peer died or timed out)
-        becomes a DistError that says so, instead of gloo's or NCCL's RuntimeError."""
+        becomes a DistError that says so. gloo raises a plain RuntimeError there, so whether
+        a peer is gone is asked of the process group (a barrier), not read from the message."""
+        import torch.distributed as dist
+
         try:
             yield
         except RuntimeError as e:
-            if self.enabled and _is_collective_error(e):
+            if self.enabled and (isinstance(e, dist.DistError) or not self._peers_answer()):
                 raise lost_peer(self, e) from e
             raise
+
+    def _peers_answer(self) -> bool:
+        """Whether every rank reaches a barrier within the collective timeout."""
+        import datetime
+
+        import torch.distributed as dist
+
+        try:
+            dist.monitored_barrier(self.cpu_group, timeout=datetime.timedelta(seconds=_timeout_seconds()))
+        except RuntimeError:  # DistError, or gloo's own: a peer is gone
+            return False
+        return True
 
     def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a collective; a peer that died or timed out becomes a DistError naming the cause."""
@@ -265,14 +265,6 @@ class Dist:
             return fn(*args, **kwargs)
         except (dist.DistError, RuntimeError) as e:
             raise lost_peer(self, e) from e
-
-
-def _is_collective_error(e: BaseException) -> bool:
-    """A c10d error, or a RuntimeError raised by gloo or NCCL (they do not always subclass DistError)."""
-    import torch.distributed as dist
-
-    text = str(e)
-    return isinstance(e, dist.DistError) or any(m in text for m in ("gloo", "NCCL", "c10d", "ProcessGroup"))
 
 
 def lost_peer(d: Dist, e: BaseException) -> DistError:
@@ -335,25 +327,6 @@ class AgreedStop:
 
     def restore(self) -> None:
         self._stop.restore()
-
-
-def reduce_sums(loss_sum: torch.Tensor, correct: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``evaluate``'s sums over every rank (each evaluated its shard), or unchanged.
-
-    Harmless on an unsharded split too: both sums and the count grow by world_size.
-    """
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return loss_sum, correct, n
-    sums = torch.stack([loss_sum.double(), correct.double(),
-                        torch.tensor(float(n), dtype=torch.float64, device=loss_sum.device)])
-    try:
-        dist.all_reduce(sums)
-    except (dist.DistError, RuntimeError) as e:
-        raise lost_peer(Dist(dist.get_rank(), dist.get_world_size()), e) from e
-    return sums[0].float(), sums[1].round().long(), int(sums[2].item())
 
 
 def _backend(device_name: str) -> str:

@@ -96,7 +96,7 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
     trainer = ck["config"].get("trainer", {})
     bs = batch_size or int(trainer.get("eval_batch_size", 512))
     loader = _loader(part, bs, trained["mean"], trained["std"], policy, ds)
-    logits, labels = collect_logits(model, loader, policy, gather=False)
+    logits, labels = collect_logits(model, loader, policy)
     ev = evaluate_arrays(logits, labels, names)
 
     name = f"{split}_{ds['name']}"

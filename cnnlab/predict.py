@@ -111,7 +111,7 @@ def predict(run: str | None, images: str | None, topk: int = 3, checkpoint: str 
         model = model.to(memory_format=torch.channels_last)
     loader = TensorLoader(x, torch.zeros(len(x), dtype=torch.long), batch_size, ds["mean"], ds["std"],
                           device=policy.device, train=False, channels_last=policy.channels_last)
-    logits, _ = collect_logits(model, loader, policy, gather=False)
+    logits, _ = collect_logits(model, loader, policy)
     probs = softmax(logits)
     order = probs.argsort(axis=1)[:, ::-1][:, :topk]
 

@@ -19,20 +19,21 @@ Hydra's ``instantiate``, take config nodes).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import validate
+from cnnlab.config import TrainerConfig, validate
+from cnnlab.dist import Dist
 from cnnlab.errors import ConfigError
 from cnnlab.lifecycle.record import Outcome, RunRecord
-from cnnlab.lifecycle.resume import LoopState, resume_config
 
 log = logging.getLogger("cnnlab")
 
@@ -62,6 +63,17 @@ class EpochSums:
 
     def bad_step(self) -> int:
         return int(self.first_bad_step.item())
+
+    def over_ranks(self, ddp: Dist) -> EpochSums:
+        """The sums over every rank (single-process: unchanged); ``first_bad_step`` the earliest."""
+        import torch
+
+        if not ddp.enabled:
+            return self
+        loss_sum, correct, seen = ddp.all_reduce(self.loss_sum, self.correct, self.seen)
+        none = 2**52  # "no bad step" must not win the MIN (and is exact in the all-reduce's float64)
+        (bad,) = ddp.all_reduce(torch.where(self.first_bad_step < 0, none, self.first_bad_step), op="min")
+        return EpochSums(loss_sum, correct, torch.where(bad == none, -1, bad), seen, self.steps)
 
 
 def trained_batches(batches: int, accumulate: int) -> int:
@@ -147,12 +159,14 @@ def train_one_epoch(model, loader, optimizer, scheduler, policy, grad_clip=None,
     return sums
 
 
-def evaluate(model, loader, policy) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (fraction) over a split; one host read at the end."""
+def evaluate(model, loader, policy, ddp: Dist | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (fraction) over a split; one host read at the end.
+
+    Under DDP (``ddp``) each rank evaluates its shard and the sums are all-reduced.
+    """
     import torch
     import torch.nn.functional as F
 
-    from cnnlab.dist import reduce_sums
     from cnnlab.models.outputs import split_output
 
     model.eval()
@@ -166,13 +180,57 @@ def evaluate(model, loader, policy) -> tuple[float, float]:
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
             n += y.shape[0]
-    loss_sum, correct, n = reduce_sums(loss_sum, correct, n)  # DDP: the sums over every rank's shard
+    if ddp is not None:
+        loss_sum, correct, n = ddp.all_reduce(loss_sum, correct, n)
     if n == 0:
         return float("nan"), float("nan")
     return (loss_sum / n).item(), correct.item() / n
 
 
 # --------------------------------------------------------------------------- the epoch loop
+@dataclass
+class LoopState:
+    """The epoch loop's counters: saved in every checkpoint, restored on resume."""
+
+    best_val_acc: float | None = None  # None: no epoch validated yet
+    best_epoch: int = 0
+    train_seconds: float = 0.0  # summed over the training passes, resumes included
+    images_seen: int = 0
+    epochs_since_best: int = 0  # early stopping: epochs without an improvement
+    best_val_loss: float = math.inf
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+                "train_seconds": self.train_seconds, "images_seen": self.images_seen,
+                "early_stop": {"epochs_since_best": self.epochs_since_best,
+                               "best_val_loss": self.best_val_loss}}
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict[str, Any]) -> LoopState:
+        early = ck.get("early_stop") or {}  # absent in checkpoints from before early stopping
+        best = ck["best_val_acc"] if ck["best_val_acc"] != -1.0 else None  # -1.0: "none yet" in older ones
+        return cls(best, ck["best_epoch"], ck.get("train_seconds", 0.0), ck.get("images_seen", 0),
+                   early.get("epochs_since_best", 0), early.get("best_val_loss", math.inf))
+
+    def update(self, epoch: int, val_loss: float, val_acc: float, patience: int | None,
+               metric: str) -> tuple[bool, bool]:
+        """After a val pass: (is this the best epoch so far, should the run stop early).
+
+        The best epoch is the one with the highest val accuracy (best.pt holds it). Early
+        stopping counts epochs without a better ``metric`` (val_loss or val_acc); its
+        counters are updated here, before the checkpoint that holds them.
+        """
+        improved = val_acc > (self.best_val_acc if self.best_val_acc is not None else -math.inf)  # NaN: never
+        if improved:
+            self.best_val_acc, self.best_epoch = val_acc, epoch
+        if not patience:
+            return improved, False
+        better = (val_loss < self.best_val_loss) if metric == "val_loss" else improved
+        self.best_val_loss = min(self.best_val_loss, val_loss)
+        self.epochs_since_best = 0 if better else self.epochs_since_best + 1
+        return improved, self.epochs_since_best >= patience
+
+
 @dataclass
 class Parts:
     """What the loop drives, built by :func:`train` from the config."""
@@ -185,6 +243,7 @@ class Parts:
     scheduler: Any
     scaler: Any         # a GradScaler, enabled only for fp16
     policy: Any         # cnnlab.device.DevicePolicy
+    ddp: Dist           # this process's place in a torchrun job (single-process: every call a no-op)
     train_loader: Any
     val_loader: Any
     test_loader: Any
@@ -195,34 +254,26 @@ class Parts:
 
 
 @dataclass(frozen=True)
-class LoopSettings:
-    """The trainer.* keys the loop obeys."""
+class Hooks:
+    """What the loop reports to and listens to."""
 
-    epochs: int
-    batch_size: int
-    eval_batch_size: int
-    grad_clip: float | None
-    early_stop_patience: int | None
-    early_stop_metric: str
-    save_checkpoints: bool
-    progress: str
-    accumulate: int  # micro-batches per optimizer step
-    bn_recalibrate: int  # train batches to re-estimate BatchNorm statistics from before val (0: off)
+    record: RunRecord                  # summary.json and metrics.csv (cnnlab/lifecycle/record.py)
+    stop: Any                          # cnnlab.dist.AgreedStop: SIGINT/SIGTERM, agreed by every rank
+    save: Callable[[int, bool], None]  # save(epoch, is_best): the epoch's checkpoints
 
 
-def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, record: RunRecord,
-               ddp: Any, stop: Any, save: Callable[[int, bool], None]) -> Outcome:
+def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int, hooks: Hooks) -> Outcome:
     """The epoch loop, from ``start_epoch`` to ``s.epochs``; returns how it ended.
 
-    ``save(epoch, is_best)`` writes the epoch's checkpoints. A signal lets the current
-    step finish; the loop then ends ``interrupted`` and a partial epoch is not kept, so
-    a resumed run redoes it from its start, exactly. A NaN/inf loss or weight ends it
-    ``diverged`` before anything is saved.
+    A signal lets the current step finish; the loop then ends ``interrupted`` and a
+    partial epoch is not kept, so a resumed run redoes it from its start, exactly. A
+    NaN/inf loss or weight ends it ``diverged`` before anything is saved.
     """
     from cnnlab.lifecycle.guards import all_finite, oom_hint
     from cnnlab.progress import epoch_progress
     from cnnlab.recipes.bn import recalibrate_bn
 
+    record, stop, ddp = hooks.record, hooks.stop, p.ddp
     steps_per_epoch = trained_batches(len(p.train_loader), s.accumulate)
     outcome = Outcome("finished", max(s.epochs, start_epoch - 1))
     for epoch in range(start_epoch, s.epochs + 1):
@@ -236,7 +287,7 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
                                    grad_clip=s.grad_clip, scaler=p.scaler, progress=bar,
                                    should_stop=stop.poll, label_smoothing=p.label_smoothing,
                                    mixer=p.mixer, accumulate=s.accumulate, ema=p.ema)
-        sums = ddp.reduce_train(sums)  # DDP: the sums over every rank
+        sums = sums.over_ranks(ddp)
         stop.sync()  # DDP: agree at each epoch's end
         if stop.requested and sums.steps < steps_per_epoch:
             outcome = Outcome("interrupted", epoch, steps=sums.steps)
@@ -255,7 +306,7 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
         if p.ema is not None:
             ddp.sync_buffers(p.ema.module)
         with oom_hint("evaluation", "trainer.eval_batch_size", s.eval_batch_size, record.device):
-            val_loss, val_acc = evaluate(p.eval_model, p.val_loader, p.policy)
+            val_loss, val_acc = evaluate(p.eval_model, p.val_loader, p.policy, ddp)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": p.optimizer.param_groups[0]["lr"],
                "epoch_seconds": time.perf_counter() - t0}
@@ -266,7 +317,7 @@ def run_epochs(p: Parts, s: LoopSettings, state: LoopState, start_epoch: int, re
         improved, early_stop = state.update(epoch, val_loss, val_acc, s.early_stop_patience,
                                             s.early_stop_metric)
         if s.save_checkpoints:
-            save(epoch, improved)
+            hooks.save(epoch, improved)
         record.epoch_done(epoch, state)
         if early_stop:
             log.info("early stop: no %s improvement for %d epochs", s.early_stop_metric,
@@ -289,11 +340,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     CnnlabError for a user error (``failed``). A NaN/inf loss returns the summary with
     status ``diverged``.
     """
-    cfg = resume_config(cfg)  # under Hydra: the resumed run's own overrides + this command's
     _check(cfg)
     from cnnlab.dist import setup as setup_distributed
     from cnnlab.lifecycle.guards import oom_hint
-    from cnnlab.lifecycle.resume import check_resume_fits, plan_resume
+    from cnnlab.lifecycle.resume import plan_resume, resumed_config
     from cnnlab.lifecycle.signals import GracefulStop
     from cnnlab.reporting.track import RunTracker
 
@@ -302,10 +352,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ddp = setup_distributed(cfg.device.name)
     run_dir = ddp.share_path(Path(cfg.paths.output_dir))
     t_start = time.perf_counter()
-    tc = cfg.trainer
-    plan = plan_resume(cfg.resume, tc.auto_resume, run_dir)  # fails before the folder is touched
+    plan = plan_resume(cfg.resume, cfg.trainer.auto_resume, run_dir)  # fails before the folder is touched
     if plan.checkpoint is not None:
-        check_resume_fits(OmegaConf.to_container(cfg, resolve=True), *plan.checkpoint)
+        cfg = resumed_config(cfg, *plan.checkpoint)  # the checkpoint's config + this command's overrides
+        _check(cfg)
+    tc = cfg.trainer
     ddp.barrier()  # every rank has read the folder's state before rank 0 writes to it
     tracker = RunTracker(run_dir, purge_step=plan.purge_step, enabled=ddp.is_main)  # rank 0 writes
     record = RunRecord(tracker, run_dir, plan.previous, plan.epoch, tc.save_checkpoints)
@@ -315,10 +366,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with record, oom_hint("setup", "trainer.batch_size", tc.batch_size, record.device):
             seed_everything(cfg.seed, tc.deterministic)
             p = _build(cfg, ddp, record)
-            state, start_epoch = _resume(cfg, plan, p, record, ddp.is_main)
+            state, start_epoch = _resume(cfg, plan, p, record)
 
         with record:
-            save = _saver(cfg, p, state, run_dir / "checkpoints", ddp.is_main)
+            save = _saver(cfg, p, state, run_dir / "checkpoints")
             maps = _feature_maps(cfg, p, tracker)
             maps(start_epoch - 1)
             if plan.checkpoint is None:
@@ -326,8 +377,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 if tc.save_checkpoints:
                     save(0, False)  # epoch 0: the state before any step, so even epoch 1 resumes exactly
             record.completed = start_epoch - 1
-            settings = LoopSettings(**{f.name: tc[f.name] for f in fields(LoopSettings)})
-            outcome = run_epochs(p, settings, state, start_epoch, record, ddp, stop, save)
+            outcome = run_epochs(p, OmegaConf.to_object(tc), state, start_epoch, Hooks(record, stop, save))
 
             steps_per_epoch = trained_batches(len(p.train_loader), tc.accumulate)
             if outcome.kind == "interrupted":
@@ -337,7 +387,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             else:
                 with oom_hint("evaluation", "trainer.eval_batch_size", tc.eval_batch_size, record.device):
                     maps(outcome.epoch)
-                    _test_best(p, record, state, run_dir / "checkpoints", ddp, tc.save_checkpoints)
+                    _test_best(p, record, state, run_dir / "checkpoints", tc.save_checkpoints)
             _finish(cfg, record, outcome, t_start)
         return dict(tracker.summary)
     finally:
@@ -372,7 +422,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
+def _build(cfg: DictConfig, ddp: Dist, record: RunRecord) -> Parts:
     """Device policy, data, model, optimizer and schedule, in the order that fixes the RNG draws."""
     import torch
 
@@ -430,12 +480,12 @@ def _build(cfg: DictConfig, ddp: Any, record: RunRecord) -> Parts:
     m = cfg.mix
     mixer = make_mixer(m.mixup_alpha, m.cutmix_alpha, m.prob, m.switch_prob, cfg.loss.label_smoothing,
                        data.num_classes, ddp.local_batch(tc.batch_size))
-    return Parts(model, train_model, eval_model, optimizer, scheduler, scaler, policy,
+    return Parts(model, train_model, eval_model, optimizer, scheduler, scaler, policy, ddp,
                  train_loader, val_loader, test_loader, list(data.classes), ema, mixer,
                  cfg.loss.label_smoothing)
 
 
-def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord, is_main: bool) -> tuple[LoopState, int]:
+def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord) -> tuple[LoopState, int]:
     """Load the resumed checkpoint into the parts; return the loop's counters and the first epoch.
 
     A fresh start gets new counters and epoch 1 (and an auto_resume that starts over
@@ -450,13 +500,14 @@ def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord, is_main: bo
         return LoopState(), 1
     source, ck = plan.checkpoint
     # The loop's counters (best epoch, time, early stopping) come back with the weights.
-    state = restore_training(ck, source, p.model, p.optimizer, p.scheduler, p.scaler, p.train_loader,
-                             optimizer_name=_optimizer_name(cfg))
+    restore_training(ck, source, p.model, p.optimizer, p.scheduler, p.scaler, p.train_loader,
+                     optimizer_name=_optimizer_name(cfg))
+    state = LoopState.from_checkpoint(ck)
     if p.ema is not None:
         _load_ema(p.ema, ck, source)
     record.tracker.truncate_metrics(ck["epoch"])
     record.resumed(state, source)
-    if cfg.trainer.save_checkpoints and is_main:
+    if cfg.trainer.save_checkpoints and p.ddp.is_main:
         keep_best_in_step(ck, source, record.run_dir / "checkpoints")
     return state, ck["epoch"] + 1
 
@@ -529,13 +580,13 @@ def _optimizer_name(cfg: DictConfig) -> str:
     return str(cfg.optimizer._target_).rsplit(".", 1)[-1]
 
 
-def _saver(cfg: DictConfig, p: Parts, state: LoopState, folder: Path, is_main: bool) -> Callable[[int, bool], None]:
+def _saver(cfg: DictConfig, p: Parts, state: LoopState, folder: Path) -> Callable[[int, bool], None]:
     """``save(epoch, is_best)``: the epoch's training checkpoint, written by rank 0 only."""
     from cnnlab.lifecycle.checkpoint import save_epoch, training_state
     from cnnlab.lifecycle.resume import rng_state
 
     def save(epoch: int, is_best: bool) -> None:
-        if is_main:  # the ranks hold the same weights: one writer
+        if p.ddp.is_main:  # the ranks hold the same weights: one writer
             ck = training_state(p.model, p.optimizer, p.scheduler, p.scaler, epoch, state.to_checkpoint(),
                                 rng_state(p.train_loader), cfg.model.name,
                                 OmegaConf.to_container(cfg, resolve=True), p.class_names)
@@ -564,26 +615,27 @@ def _preview(loader, n: int = 16):
 
 
 # --------------------------------------------------------------------------- the end
-def _test_best(p: Parts, record: RunRecord, state: LoopState, folder: Path, ddp: Any,
-               save_checkpoints: bool) -> None:
-    """Evaluate the best epoch's weights (best.pt; its EMA weights with ema.enabled) on the test split."""
+def _test_best(p: Parts, record: RunRecord, state: LoopState, folder: Path, save_checkpoints: bool) -> None:
+    """Evaluate the best epoch's weights (best.pt; its EMA weights with ema.enabled) on the test split.
+
+    One pass: the test loss and accuracy and the per-class report (<run>/test_report/ and
+    TensorBoard's test/) come from the same logits.
+    """
     from cnnlab.evaluation.report import test_report
     from cnnlab.lifecycle.checkpoint import load_checkpoint, unwrap
 
     best = folder / "best.pt"
-    if save_checkpoints and ddp.is_main and best.exists():
+    if save_checkpoints and p.ddp.is_main and best.exists():
         ck = load_checkpoint(best, p.policy.device)
         unwrap(p.model).load_state_dict(ck["model"])
         if p.ema is not None:
             _load_ema(p.ema, ck, best)
-    ddp.broadcast_module(p.model)  # DDP: every rank tests rank 0's best weights
+    p.ddp.broadcast_module(p.model)  # DDP: every rank tests rank 0's best weights
     if p.ema is not None:
-        ddp.broadcast_module(p.ema.module)
-    test_loss, test_acc = evaluate(p.eval_model, p.test_loader, p.policy)
-    # Per-class metrics and the confusion matrix: <run>/test_report/ and TensorBoard's test/.
+        p.ddp.broadcast_module(p.ema.module)
     report = test_report(p.eval_model, p.test_loader, p.policy, p.class_names, folder.parent / "test_report",
-                         tracker=record.tracker, step=state.best_epoch)
-    record.completed_test(test_loss, test_acc, state.best_epoch, **report)
+                         tracker=record.tracker, step=state.best_epoch, ddp=p.ddp)
+    record.completed_test(state.best_epoch, **report)
 
 
 def _finish(cfg: DictConfig, record: RunRecord, outcome: Outcome, t_start: float) -> None:

@@ -70,7 +70,7 @@ WORKER = textwrap.dedent("""
 
     import torch
 
-    from cnnlab.dist import reduce_sums, setup
+    from cnnlab.dist import setup
     from cnnlab.errors import ConfigError
     from cnnlab.lifecycle.signals import GracefulStop
     from cnnlab.train import EpochSums
@@ -79,11 +79,11 @@ WORKER = textwrap.dedent("""
     r = d.rank
     out = {"rank": r, "world": d.world_size, "backend": d.backend}
     # evaluate's sums: each rank evaluated its own shard
-    loss, correct, n = reduce_sums(torch.tensor(float(r + 1)), torch.tensor(r + 2), 10 + r)
-    out["eval"] = [loss.item(), correct.item(), n]
+    loss, correct, n = d.all_reduce(torch.tensor(float(r + 1)), torch.tensor(r + 2), 10 + r)
+    out["eval"] = [loss.item(), correct.item(), n, str(loss.dtype), str(correct.dtype)]
     # train sums; first_bad_step is the earliest bad step on any rank (-1 on rank 0: none)
-    sums = d.reduce_train(EpochSums(torch.tensor(1.5), torch.tensor(3), torch.tensor(-1 if r == 0 else 2),
-                                    seen=8, steps=4))
+    sums = EpochSums(torch.tensor(1.5), torch.tensor(3), torch.tensor(-1 if r == 0 else 2),
+                     seen=8, steps=4).over_ranks(d)
     out["train"] = [sums.loss_sum.item(), sums.correct.item(), sums.seen, sums.first_bad_step.item()]
     # BatchNorm running stats: rank 0's everywhere after sync_buffers
     bn = torch.nn.BatchNorm1d(3)
@@ -125,7 +125,8 @@ def test_collectives_two_ranks(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for out in ranks:
         assert (out["world"], out["backend"]) == (2, "gloo")
-        assert out["eval"] == [3.0, 5, 21]  # (1 + 2), (2 + 3), (10 + 11)
+        # (1 + 2), (2 + 3), (10 + 11), each in its own type
+        assert out["eval"] == [3.0, 5, 21, "torch.float32", "torch.int64"]
         assert out["train"] == [3.0, 6, 16, 2]
         assert out["buffers"] == [0.0, 0.0, 0.0]
         # polls agree every 3rd step (steps 2, 5, ...): rank 1's signal at step 4 stops both at 5

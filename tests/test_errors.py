@@ -108,7 +108,7 @@ CASES: dict[str, Case] = {
                                        slow=True),
     "resume a run folder without checkpoints": Case(["resume={tmp}/empty"], ["holds no checkpoints/last.pt"],
                                                     slow=True),
-    "resume another model's run": Case(["resume={tmp}/other_run"], ["belongs to another run", "model.name=resnet18"],
+    "resume another model's run": Case(["resume={tmp}/other_run", "model=alexnet"], ["belongs to another run", "model.name=resnet18"],
                                        slow=True),
     "resume a pickle that runs code": Case(["resume={tmp}/evil.pt"], ["evil.pt", "refused", "posix.system"],
                                            slow=True),

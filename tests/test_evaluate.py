@@ -362,6 +362,7 @@ def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
     from cnnlab.data import load_dataset
     from cnnlab.data.loader import make_loaders
     from cnnlab.device import resolve_device
+    from cnnlab.dist import Dist
     from cnnlab.evaluation.report import test_report
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -372,7 +373,7 @@ def _ddp_rank(rank: int, world: int, port: int, out: str) -> None:
                                   world_size=world)
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
-        fields = test_report(model, test, policy, data.classes, Path(out) / "ddp")
+        fields = test_report(model, test, policy, data.classes, Path(out) / "ddp", ddp=Dist(rank, world))
         Path(out, f"fields{rank}.json").write_text(json.dumps(fields))
     finally:
         dist.destroy_process_group()

@@ -368,7 +368,7 @@ def test_sigterm_on_the_cli_then_resume_in_its_own_folder(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert not (tmp_path / "outputs").exists()
     assert (run / ".hydra" / "overrides.yaml").read_text() == original
-    assert (run / ".hydra" / "resume-1" / "overrides.yaml").is_file()
+    assert len(list((run / ".hydra").glob("resume-*/overrides.yaml"))) == 1
     summary = _summary(run)
     assert summary["status"] == "completed" and summary["resumed_at_epochs"] == [saved["epoch"]]
     assert [int(r["epoch"]) for r in _rows(run)] == [1, 2, 3]
@@ -393,28 +393,54 @@ def test_kill_9_at_a_random_step_then_auto_resume_matches(reference, tmp_path):
     _assert_same_state(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
 
 
-def test_resume_keeps_the_runs_overrides_and_its_hydra_files(tmp_path):
-    from cnnlab.lifecycle.resume import _hydra_subdir, _run_dir, merge_overrides
+def test_the_resume_folder_is_path_arithmetic():
+    """hydra.run.dir and output_subdir follow resume= without looking at the disk."""
+    from cnnlab.lifecycle.resume import _hydra_subdir, _run_dir
 
-    assert merge_overrides(["model=resnet18", "trainer.epochs=10", "+x=1"], ["trainer.epochs=20", "resume=r"]) == \
-        ["model=resnet18", "+x=1", "trainer.epochs=20", "resume=r"]
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.pt").write_bytes(b"")
-    stray = tmp_path / "stray.pt"
-    stray.write_bytes(b"")
     assert _run_dir(None, "outputs/new") == "outputs/new"
-    assert _run_dir(str(run), "outputs/new") == str(run)
-    assert _run_dir(str(run / "checkpoints" / "last.pt"), "outputs/new") == str(run)
-    assert _run_dir(str(stray), "outputs/new") == "outputs/new"  # not in a run folder: a new one
-    with pytest.raises(CheckpointError, match="no such run folder"):
-        _run_dir(str(tmp_path / "nowhere"), "outputs/new")
-    assert _hydra_subdir(str(run)) == ".hydra"
-    (run / ".hydra").mkdir()
-    (run / ".hydra" / "config.yaml").write_text("{}")
-    assert _hydra_subdir(str(run)) == ".hydra/resume-1"
-    (run / ".hydra" / "resume-1").mkdir()
-    assert _hydra_subdir(str(run)) == ".hydra/resume-2"
+    assert _run_dir("runs/a", "outputs/new") == "runs/a"
+    assert _run_dir("runs/12-00-00.123456_alexnet_digits", "outputs/new") == "runs/12-00-00.123456_alexnet_digits"
+    assert _run_dir("runs/a/checkpoints/last.pt", "outputs/new") == "runs/a"
+    assert _run_dir("elsewhere/weights.pt", "outputs/new") == "outputs/new"  # not in a run folder: a new one
+    assert _hydra_subdir(None, "T") == ".hydra"
+    assert _hydra_subdir("elsewhere/weights.pt", "T") == ".hydra"  # a new folder: its own .hydra
+    assert _hydra_subdir("runs/a", "T") == _hydra_subdir("runs/a/checkpoints/best.pt", "T") == ".hydra/resume-T"
+
+
+def test_a_resume_is_the_checkpoints_config_plus_this_commands_overrides(reference, tmp_path):
+    """`resume=<run> trainer.epochs=5 device=cpu` on a command whose defaults differ from the run's."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from cnnlab.compose import CONF_DIR
+    from cnnlab.config import register_schema
+    from cnnlab.errors import ConfigError
+    from cnnlab.lifecycle.resume import register_resolvers, resumed_config
+
+    register_schema()
+    register_resolvers()
+    ck = load_checkpoint(reference / "checkpoints" / "last.pt")
+    path = reference / "checkpoints" / "last.pt"
+
+    def resumed(*overrides: str):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose("config", [f"resume={reference}", *overrides], return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            try:
+                return resumed_config(cfg, path, ck)
+            finally:
+                HydraConfig.instance().cfg = None
+
+    cfg = resumed("trainer.epochs=5", "device=cpu", "~optimizer.nesterov")
+    assert cfg.trainer.epochs == 5 and cfg.resume == str(reference)
+    assert cfg.trainer.batch_size == 16 and cfg.dataset.limit == 64  # the run's, not this command's defaults
+    assert cfg.dataset.image_size == 16 and cfg.model.img_size == 16
+    assert "nesterov" not in cfg.optimizer and cfg.optimizer.lr == ck["config"]["optimizer"]["lr"]
+    with pytest.raises(CheckpointError, match="model.name=alexnet, this run has model.name=resnet18"):
+        resumed("model=resnet18")
+    with pytest.raises(ConfigError, match="experiment=sweep_zoo"):
+        resumed("experiment=sweep_zoo")
 
 
 def test_a_checkpoint_holds_everything_a_resume_needs(reference):

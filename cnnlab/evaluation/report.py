@@ -30,19 +30,19 @@ from typing import Any
 import numpy as np
 
 from cnnlab.evaluation.metrics import ECE_BINS, Evaluation, evaluate_arrays
+from cnnlab.lifecycle.atomic import finite_or_none
 
 PER_CLASS_COLUMNS = ["class", "support", "precision", "recall", "f1", "accuracy"]
 
 
-def collect_logits(model: Any, loader: Any, policy: Any, gather: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def collect_logits(model: Any, loader: Any, policy: Any, ddp: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(logits (N, K) float32, labels (N,) int64) of every sample in ``loader``, on the host.
 
     One forward pass per batch under the policy's autocast; the batches' logits are
-    concatenated on the device and copied to the host once. Under DDP (``gather`` and
-    a process group of more than one rank) each rank's shard is gathered with
-    ``all_gather_object``, so every rank returns the whole split (in rank-shard
-    order, not the dataset's: metrics do not depend on the order). Every rank must
-    then call it.
+    concatenated on the device and copied to the host once. Under DDP (``ddp``, a
+    :class:`cnnlab.dist.Dist`) each rank's shard is gathered, so every rank returns the
+    whole split (in rank-shard order, not the dataset's: metrics do not depend on the
+    order); every rank must then call it.
     """
     import torch
 
@@ -61,26 +61,16 @@ def collect_logits(model: Any, loader: Any, policy: Any, gather: bool = True) ->
         logits_h, labels_h = torch.cat(outs).cpu().numpy(), torch.cat(ys).cpu().numpy()  # the one host read
     else:
         logits_h, labels_h = np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    import torch.distributed as dist
-
-    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (logits_h, labels_h))
-        parts = [p for p in parts if len(p[1])]
+    if ddp is not None and ddp.enabled:
+        parts = [p for p in ddp.gather((logits_h, labels_h)) if len(p[1])]
         if parts:
             logits_h = np.concatenate([p[0] for p in parts])
             labels_h = np.concatenate([p[1] for p in parts])
     return logits_h, labels_h.astype(np.int64)
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps({k: _clean(v) for k, v in data.items()}, indent=2) + "\n")
+    path.write_text(json.dumps({k: finite_or_none(v) for k, v in data.items()}, indent=2) + "\n")
 
 
 def write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -167,26 +157,31 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
 
 
 def test_report(model: Any, loader: Any, device_policy: Any, class_names: list[str], out_dir: str | Path,
-                tracker: Any = None, step: int = 0) -> dict[str, Any]:
-    """Per-class metrics and the confusion matrix of a training run's final test split.
+                tracker: Any = None, step: int = 0, ddp: Any = None) -> dict[str, Any]:
+    """Score a training run's final test split in one pass: loss, accuracy, per class.
 
-    Call it on every rank (under DDP the shards are gathered; only rank 0 writes).
-    Writes :func:`write_evaluation`'s files (no misclassified.png) into ``out_dir`` and,
-    given the run's tracker, the figures to its TensorBoard under ``test/``. Returns the
-    fields to add to summary.json: ``test_macro_f1``, ``test_weighted_f1``, ``test_ece``,
-    ``test_top5_acc`` (more than 5 classes), ``test_per_class`` (the per_class.csv rows)
-    and ``test_report`` (``out_dir`` as given).
+    Call it on every rank (under DDP, ``ddp``, the shards are gathered; only rank 0
+    writes). Writes :func:`write_evaluation`'s files (no misclassified.png) into
+    ``out_dir`` and, given the run's tracker, the figures to its TensorBoard under
+    ``test/``. Returns the fields to add to summary.json: ``test_acc`` (a fraction),
+    ``test_loss`` (mean cross-entropy of the float32 logits), ``test_macro_f1``,
+    ``test_weighted_f1``, ``test_ece``, ``test_top5_acc`` (more than 5 classes),
+    ``test_per_class`` (the per_class.csv rows) and ``test_report`` (``out_dir`` as given).
     """
-    import torch.distributed as dist
+    import torch
+    import torch.nn.functional as F
 
-    logits, labels = collect_logits(model, loader, device_policy)
+    logits, labels = collect_logits(model, loader, device_policy, ddp)
+    n = len(labels)
+    loss_sum = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), reduction="sum") if n else None
     ev = evaluate_arrays(logits, labels, list(class_names))
-    fields = {"test_macro_f1": ev.metrics.get("macro_f1"), "test_weighted_f1": ev.metrics.get("weighted_f1"),
+    fields = {"test_acc": int((logits.argmax(1) == labels).sum()) / n if n else math.nan,
+              "test_loss": (loss_sum / n).item() if n else math.nan,
+              "test_macro_f1": ev.metrics.get("macro_f1"), "test_weighted_f1": ev.metrics.get("weighted_f1"),
               "test_ece": ev.metrics.get("ece"), "test_per_class": ev.per_class, "test_report": str(out_dir)}
     if "top5_accuracy" in ev.metrics:
         fields["test_top5_acc"] = ev.metrics["top5_accuracy"]
-    main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-    if main:
+    if ddp is None or ddp.is_main:
         writer = getattr(tracker, "tb", None) if tracker is not None and getattr(tracker, "enabled", True) else None
         write_evaluation(ev, list(class_names), Path(out_dir), extra={"epoch": step, "ece_bins": ECE_BINS},
                          title="test split", writer=writer, tag="test", step=step)

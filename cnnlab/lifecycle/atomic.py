@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -49,6 +50,11 @@ def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
         f.write("\n")
 
     write_atomic(path, dump, binary=False)
+
+
+def finite_or_none(v: Any) -> Any:
+    """``v``, or None for a NaN/inf float: JSON has no NaN, so a diverged run's loss is null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _jsonable(v: Any) -> Any:

@@ -172,11 +172,11 @@ class RunRecord:
         log.warning("interrupted: %s", msg)
         return Interrupted(signum, msg)
 
-    def completed_test(self, test_loss: float, test_acc: float, best_epoch: int, **report: Any) -> None:
+    def completed_test(self, best_epoch: int, **report: Any) -> None:
         """The best checkpoint's test split is scored: the run is complete. ``report``: the
-        per-class fields (``test_macro_f1``, ``test_per_class``, ...) for summary.json."""
-        self.update(status="completed", test_acc=test_acc, test_loss=test_loss, **report)
-        log.info("test (best epoch %d): loss %.4f acc %.4f", best_epoch, test_loss, test_acc)
+        summary.json fields of :func:`cnnlab.evaluation.report.test_report` (``test_acc``, ...)."""
+        self.update(status="completed", **report)
+        log.info("test (best epoch %d): loss %.4f acc %.4f", best_epoch, report["test_loss"], report["test_acc"])
 
     # ---- what ends a run early ----------------------------------------------------------
     def __enter__(self) -> RunRecord:

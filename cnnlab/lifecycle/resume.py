@@ -5,27 +5,26 @@ picks the output folder before ``train`` runs, so the folder has to follow
 ``resume=``: conf/hydra/default.yaml sets
 
     hydra.run.dir:       ${cnnlab_run_dir:${resume},'outputs/...'}
-    hydra.output_subdir: ${cnnlab_hydra_subdir:${hydra.runtime.output_dir}}
+    hydra.output_subdir: ${cnnlab_hydra_subdir:${resume},${now:...}}
 
-``cnnlab_run_dir`` is the resumed run's folder (a run folder, or the folder above
-``checkpoints/`` for a checkpoint file inside one); any other checkpoint starts a
-new folder. A path that does not exist fails here, before any folder is made.
-``cnnlab_hydra_subdir`` keeps the run's original ``.hydra/`` files: a folder that
-already holds them gets this launch's files in ``.hydra/resume-<n>/`` instead.
-A resumed run keeps the config it was started with: :func:`resume_config` composes
-the run's original overrides (its ``.hydra/overrides.yaml``), those of its earlier
-resumes (``.hydra/resume-<n>/``) and then this command's, so ``resume=<folder>``
-alone suffices and ``resume=<folder> trainer.epochs=20`` changes only the number
-of epochs, for this resume and the next ones.
+Both are path arithmetic on the value of ``resume`` (one disk read: a ``resume`` that
+does not exist fails here, before Hydra makes a folder for it): a run folder, or the folder above
+``checkpoints/`` for a checkpoint file inside one; any other checkpoint file starts
+a new folder. A resume in the run's folder writes its Hydra files to
+``.hydra/resume-<timestamp>/``, so the run's own ``.hydra/config.yaml`` is never
+overwritten.
 
 **In train**, before the run folder is touched: :func:`plan_resume` finds and loads
-the checkpoint (:func:`load_resume`) and refuses a folder that already holds a run;
-:func:`check_resume_fits` refuses a checkpoint of another model or dataset. A
-training checkpoint (cnnlab/lifecycle/checkpoint.py) holds the model, optimizer,
-scheduler and GradScaler states, the epoch, every RNG (:func:`rng_state`) and the
-loop's own counters (:class:`LoopState`); restoring all of them
-(:func:`restore_training`) is what makes a resumed deterministic run bit-for-bit
-the uninterrupted one.
+the checkpoint (:func:`load_resume`) and refuses a folder that already holds a run.
+The checkpoint holds the run's resolved config: :func:`resumed_config` is that config
+plus this command's overrides, so ``resume=<folder>`` alone suffices and
+``resume=<folder> trainer.epochs=20`` changes only the number of epochs (the
+checkpoints then hold 20, for the next resumes). :func:`check_resume_fits` refuses a
+checkpoint of another model or dataset. A training checkpoint
+(cnnlab/lifecycle/checkpoint.py) holds the model, optimizer, scheduler and GradScaler
+states, the epoch, every RNG (:func:`rng_state`) and the loop's counters
+(``cnnlab.train.LoopState``); restoring all of them (:func:`restore_training`) is what
+makes a resumed deterministic run bit-for-bit the uninterrupted one.
 
 Only the standard library, OmegaConf and Hydra are imported at module level.
 """
@@ -33,49 +32,35 @@ Only the standard library, OmegaConf and Hydra are imported at module level.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("cnnlab")
 
-
-
-def run_folder_of(target: str | Path) -> Path | None:
-    """The run folder a resume target belongs to, or None for a stray checkpoint file."""
-    p = Path(target)
-    if p.is_dir():
-        return p
-    if p.is_file() and p.parent.name == "checkpoints":
-        return p.parent.parent
-    return None
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")  # a resume target named so is a file, else a run folder
 
 
 def _run_dir(resume: Any, default: str) -> str:
-    """Resolver ``cnnlab_run_dir``: the resumed run's folder, else ``default``."""
+    """Resolver ``cnnlab_run_dir``: the folder a resume continues in, else ``default``."""
     if not resume:
         return default
-    if not Path(str(resume)).exists():
+    target = Path(str(resume))
+    if not target.exists():  # here, not later: Hydra makes this folder before the job starts
         raise CheckpointError(f"resume={str(resume)!r}: no such run folder or checkpoint file")
-    folder = run_folder_of(str(resume))
-    return str(folder) if folder is not None else default
+    if target.parent.name == "checkpoints":  # <run>/checkpoints/last.pt
+        return str(target.parent.parent)
+    return default if target.suffix in CHECKPOINT_SUFFIXES else str(target)
 
 
-def _hydra_subdir(output_dir: str) -> str:
-    """Resolver ``cnnlab_hydra_subdir``: ``.hydra``, or ``.hydra/resume-<n>`` if that is taken."""
-    hydra_dir = Path(output_dir) / ".hydra"
-    if not (hydra_dir / "config.yaml").exists():
-        return ".hydra"
-    n = 1
-    while (hydra_dir / f"resume-{n}").exists():
-        n += 1
-    return f".hydra/resume-{n}"
+def _hydra_subdir(resume: Any, stamp: str) -> str:
+    """Resolver ``cnnlab_hydra_subdir``: ``.hydra``, or ``.hydra/resume-<stamp>`` in a resumed run's folder."""
+    return f".hydra/resume-{stamp}" if _run_dir(resume, "") else ".hydra"
 
 
 def register_resolvers() -> None:
@@ -85,102 +70,52 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-def _override_key(override: str) -> str:
-    """``+a.b=1`` -> ``a.b``; ``~a`` -> ``a``; ``model=x`` -> ``model``."""
-    key = override.split("=", 1)[0]
-    return key.lstrip("+~")
+def resumed_config(cfg: DictConfig, path: Path, ck: dict[str, Any]) -> DictConfig:
+    """The checkpoint's config plus this command's overrides; refuses another model's or dataset's.
 
-
-def merge_overrides(original: list[str], current: list[str]) -> list[str]:
-    """The run's original overrides, minus those this command sets again, then this command's."""
-    now = {_override_key(o) for o in current}
-    return [o for o in original if _override_key(o) not in now] + list(current)
-
-
-def resume_config(cfg: DictConfig) -> DictConfig:
-    """Under Hydra, with ``resume=<run>``: the config of the run's overrides + this command's.
-
-    Returns ``cfg`` unchanged outside a Hydra app (tests call ``train(cfg)`` with the
-    full config), for a checkpoint outside a run folder, or when nothing differs.
+    Under Hydra only: the key=value overrides are this command's (``resume`` and
+    ``paths`` are always this launch's); a group override (``device=cpu``) takes the
+    group's composed node, and one that changes the model or dataset is refused by
+    :func:`check_resume_fits`. Outside Hydra (``train(cfg)`` from Python) ``cfg`` is
+    the whole config. A checkpoint older than a config key keeps that key's default.
     """
     from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if not cfg.get("resume") or not HydraConfig.initialized():
-        return cfg
-    folder = run_folder_of(cfg.resume)
-    saved = folder / ".hydra" / "overrides.yaml" if folder is not None else None
-    if saved is None or not saved.is_file():
-        return cfg
-    # The launch that started the run, then each earlier resume in order (a resume that
-    # changed trainer.epochs keeps its change), then this command.
-    numbered = {p.parent.name.removeprefix("resume-"): p for p in saved.parent.glob("resume-*/overrides.yaml")}
-    later = [numbered[n] for n in sorted((n for n in numbered if n.isdigit()), key=int)]
-    original: list[str] = []
-    for path in [saved, *later]:
-        original = merge_overrides(original, [str(o) for o in OmegaConf.load(path)])
-    current = [str(o) for o in HydraConfig.get().overrides.task]
-    merged = merge_overrides(original, current)
-    if merged == current:
-        return cfg
-    from hydra import compose
-
-    try:
-        new = compose(config_name=HydraConfig.get().job.config_name, overrides=merged)
-    except Exception as e:  # noqa: BLE001 - Hydra raises several types; the first line says which
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"resume={cfg.resume!r}: the run's overrides {original} plus this "
-                          f"command's {current} do not compose: {first}") from None
-    log.info("resume: the run's overrides %s, then this command's %s", original, current)
-    return new
-
-
-# --------------------------------------------------------------------------- in train
-@dataclass
-class LoopState:
-    """The epoch loop's counters: saved in every checkpoint, restored on resume."""
-
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
-    train_seconds: float = 0.0  # summed over the training passes, resumes included
-    images_seen: int = 0
-    epochs_since_best: int = 0  # early stopping: epochs without an improvement
-    best_val_loss: float = math.inf
-
-    def to_checkpoint(self) -> dict[str, Any]:
-        return {"best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-                "train_seconds": self.train_seconds, "images_seen": self.images_seen,
-                "early_stop": {"epochs_since_best": self.epochs_since_best,
-                               "best_val_loss": self.best_val_loss}}
-
-    def update(self, epoch: int, val_loss: float, val_acc: float, patience: int | None,
-               metric: str) -> tuple[bool, bool]:
-        """After a val pass: (is this the best epoch so far, should the run stop early).
-
-        The best epoch is the one with the highest val accuracy (best.pt holds it). Early
-        stopping counts epochs without a better ``metric`` (val_loss or val_acc); its
-        counters are updated here, before the checkpoint that holds them.
-        """
-        improved = val_acc > self.best_val_acc
-        if improved:
-            self.best_val_acc, self.best_epoch = val_acc, epoch
-        if not patience:
-            return improved, False
-        better = (val_loss < self.best_val_loss) if metric == "val_loss" else improved
-        self.best_val_loss = min(self.best_val_loss, val_loss)
-        self.epochs_since_best = 0 if better else self.epochs_since_best + 1
-        return improved, self.epochs_since_best >= patience
-
-    @classmethod
-    def from_checkpoint(cls, ck: dict[str, Any]) -> LoopState:
-        early = ck.get("early_stop") or {}  # absent in checkpoints from before early stopping
-        return cls(ck["best_val_acc"], ck["best_epoch"], ck.get("train_seconds", 0.0),
-                   ck.get("images_seen", 0), early.get("epochs_since_best", 0),
-                   early.get("best_val_loss", math.inf))
+    saved = ck.get("config") or {}
+    if saved and HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        overrides = [o for o in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+                     if o.key_or_group != "resume"]
+        new = cfg.copy()
+        for key, value in saved.items():
+            if key in ("resume", "paths") or key not in new:  # this launch's, or a key since removed
+                continue
+            if OmegaConf.get_type(new, key) is dict:  # optimizer, scheduler: the target's own keys
+                new[key] = value
+            else:
+                new.merge_with({key: value})
+        for o in overrides:
+            key = o.key_or_group
+            if key in hydra_cfg.runtime.choices and key not in new:
+                raise ConfigError(f"{o.input_line}: a resumed run keeps its config; set its keys "
+                                  "one by one (key=value), or start a new run")
+            if o.is_delete():  # ~optimizer.nesterov
+                parent, _, leaf = key.rpartition(".")
+                with open_dict(node := OmegaConf.select(new, parent) if parent else new):
+                    node.pop(leaf, None)
+            else:  # the value as this command composed it (types and interpolations resolved)
+                OmegaConf.update(new, key, OmegaConf.select(cfg, key), merge=False, force_add=True)
+        if overrides:
+            log.warning("resuming %s with this command's changes: %s", path, " ".join(o.input_line for o in overrides))
+        cfg = new
+    check_resume_fits(cfg, path, ck)
+    return cfg
 
 
 def restore_training(ck: dict[str, Any], source: Path, model: Any, optimizer: Any, scheduler: Any,
-                     scaler: Any, loader: Any, optimizer_name: str) -> LoopState:
-    """Load a training checkpoint into the run's objects; return the loop's counters.
+                     scaler: Any, loader: Any, optimizer_name: str) -> None:
+    """Load a training checkpoint into the run's objects (the loop's counters: ``LoopState.from_checkpoint``).
 
     ``source`` names the checkpoint in messages; ``optimizer_name`` the configured one;
     ``scaler`` is a GradScaler, enabled or not.
@@ -203,7 +138,6 @@ def restore_training(ck: dict[str, Any], source: Path, model: Any, optimizer: An
     if scaler.is_enabled() and ck.get("scaler"):
         scaler.load_state_dict(ck["scaler"])
     set_rng_state(ck["rng"], loader)
-    return LoopState.from_checkpoint(ck)
 
 
 def rng_state(loader) -> dict[str, Any]:
@@ -334,52 +268,20 @@ def plan_resume(resume: str | None, auto_resume: bool, run_dir: Path) -> ResumeP
     return ResumePlan(checkpoint, previous)
 
 
-def _select(d: dict[str, Any], dotted: str) -> Any:
-    """``d["a"]["b"]`` for ``"a.b"``; None where a key is missing."""
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
-def check_resume_fits(config: dict[str, Any], path: Path, ck: dict[str, Any]) -> None:
-    """Fail before touching the run folder if the checkpoint is of another model or data.
-
-    ``config``: this run's resolved config as a plain dict; changed settings are logged.
-    """
+def check_resume_fits(cfg: DictConfig, path: Path, ck: dict[str, Any]) -> None:
+    """Fail before touching the run folder if the checkpoint is of another model or data."""
     # AlexNet's arch was "alexnet" before timm held it (cnnlab_alexnet): the same model.
     from cnnlab.models.registry import LEGACY_ARCHS
 
-    saved = ck.get("config") or {}
-    arch = saved.get("model", {}).get("arch")
-    pairs = [("model.name", ck.get("model_name")), ("model.arch", LEGACY_ARCHS.get(arch, arch)),
-             ("dataset.name", saved.get("dataset", {}).get("name")),
-             ("dataset.in_chans", saved.get("dataset", {}).get("in_chans")),
-             ("dataset.image_size", saved.get("dataset", {}).get("image_size"))]
-    for key, was in pairs:
-        now = _select(config, key)
+    saved = OmegaConf.create(ck.get("config") or {})
+    for key in ("model.name", "model.arch", "dataset.name", "dataset.in_chans", "dataset.image_size"):
+        was, now = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+        if key == "model.name":
+            was = ck.get("model_name")
+        elif key == "model.arch":
+            was, now = LEGACY_ARCHS.get(was, was), LEGACY_ARCHS.get(now, now)
         if was is not None and now is not None and was != now:
             fix = f"{key.split('.')[0]}={was}" if key.endswith(".name") else f"{key}={was}"
             raise CheckpointError(
                 f"checkpoint {str(path)!r} belongs to another run: it was trained with {key}={was}, "
                 f"this run has {key}={now}; resume with {fix}, or start a new run")
-    changed = _changed_settings(saved, config)
-    if changed:
-        log.warning("resuming with changed settings: %s", "; ".join(changed))
-
-
-def _changed_settings(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every leaf that differs (bookkeeping keys left out)."""
-    skip = {"resume", "paths", "trainer.auto_resume", "trainer.progress"}
-    out = []
-    for k in sorted(set(old) | set(new)):
-        key = f"{prefix}{k}"
-        if key in skip:
-            continue
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _changed_settings(a, b, key + ".")
-        elif a != b:
-            out.append(f"{key}: {a} -> {b}")
-    return out

@@ -14,16 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cnnlab.lifecycle.atomic import write_json_atomic
+from cnnlab.lifecycle.atomic import finite_or_none, write_json_atomic
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
-
-
-def _clean(v: Any) -> Any:
-    # JSON has no NaN/inf: a diverged run's loss becomes null, not an invalid file.
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 class RunTracker:
@@ -73,7 +66,7 @@ class RunTracker:
             w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             if new:
                 w.writeheader()
-            w.writerow({k: _clean(row[k]) for k in METRIC_COLUMNS})
+            w.writerow({k: finite_or_none(row[k]) for k in METRIC_COLUMNS})
         if self.tb is not None:
             step = int(row["epoch"])
             for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
@@ -84,7 +77,7 @@ class RunTracker:
 
     # -- summary.json -------------------------------------------------------------
     def update_summary(self, **fields: Any) -> None:
-        self.summary.update({k: _clean(v) for k, v in fields.items()})
+        self.summary.update({k: finite_or_none(v) for k, v in fields.items()})
         if self.enabled:
             write_json_atomic(self.summary_path, self.summary)
 
@@ -118,9 +111,7 @@ class RunTracker:
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         if metrics is None:
-            best = self.summary.get("best_val_acc")
-            metrics = {"best_val_acc": best if best is not None and best >= 0 else None,
-                       "test_acc": self.summary.get("test_acc"), "params": self.summary.get("params")}
+            metrics = {k: self.summary.get(k) for k in ("best_val_acc", "test_acc", "params")}
 
         hp = {k: (v if v is None or isinstance(v, (str, bool, int, float)) else str(v))
               for k, v in hparams.items()}
