@@ -438,6 +438,8 @@ RELATIONS: tuple[tuple[str, str, Callable[[Get], bool]], ...] = (
      lambda get: get("trainer.batch_size") % 2 == 0 or not _mixing(get)),
     ("optimizer.momentum", "optimizer.nesterov=true needs a momentum > 0 (or set optimizer.nesterov=false)",
      lambda get: not get("optimizer.nesterov") or (get("optimizer.momentum") or 0) > 0),
+    ("device.amp", "fp16 is for GPUs: with device=cpu use device.amp=bf16 or none",
+     lambda get: not (get("device.name") == "cpu" and get("device.amp") == "fp16")),
 )
 IMAGEFOLDER_ROOT = "one subfolder per class, or train/ and val/ folders that each hold one"
 
