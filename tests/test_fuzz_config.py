@@ -411,6 +411,7 @@ def test_fuzz_sample_through_the_cli(world, tmp_path):
 RUNTIME_FACTS = {
     "dataset.image_size": "below 16 px AlexNet's maps vanish (the model's runtime check); above 64: costly here",
     "device.compile": "true: torch.compile takes minutes on a CPU",
+    "dataset.small_input": "false at 16 px: AlexNet's ImageNet stem can't take it (the model's runtime check)",
     "dataset.num_workers": "above 2: a process each",
     "dataset.limit": "below trainer.batch_size: a split smaller than a batch is a runtime fact",
     "device.name": "cuda and mps: not on this machine (a runtime fact)",
@@ -442,6 +443,8 @@ def _too_costly_or_runtime(key: str, v: Any, get: Any) -> bool:
         return not 16 <= v <= 64
     if key == "device.compile":
         return v is True
+    if key == "dataset.small_input":
+        return v is False
     if key == "dataset.num_workers":
         return v > 2
     if key == "dataset.limit":
