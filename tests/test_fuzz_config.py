@@ -353,7 +353,7 @@ def test_fuzz_random_bad_overrides(world, capsys):
         ("seed=99999999999", ["seed=99999999999 is not allowed", "[0, 4294967295]"]),
         ("optimizer.weight_decay=-1", ["optimizer.weight_decay=-1 is not allowed", ">= 0"]),
         ("model.drop_rate=1.5", ["model.drop_rate=1.5 is not allowed", "[0, 1)"]),
-        ("dataset.augment.crop_padding=-1", ["dataset.augment.crop_padding=-1 is not allowed", ">= 0"]),
+        ("dataset.augment.crop_padding=-1", ["dataset.augment.crop_padding=-1 is not allowed", "[0, 31]"]),
         ("dataset.limit=0", ["dataset.limit=0 is not allowed", ">= 1"]),
         ("optimizer.momentum=2", ["optimizer.momentum=2 is not allowed", "[0, 1)"]),
         ("model.aux_weight=-1", ["model.aux_weight=-1.0 is not allowed", ">= 0"]),
