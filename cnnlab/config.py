@@ -193,7 +193,8 @@ class Rule:
     ``range``: bounds for a number (or each number of a list) in interval notation,
     ``"[0, 1)"``, ``">= 1"``, ``"> 0"``; a bound may name another key (``"[0, trainer.epochs]"``).
     ``choices``: the values allowed (then ``type`` is unused). ``null``: null too.
-    ``length``: a list's length. ``note``: shown after the text, in parentheses.
+    ``length``: a list's length; ``item``: the type of its items if only one will do
+    (torch's Adam takes betas of floats, not ints). ``note``: shown after the text, in parentheses.
     """
 
     type: Any = None
@@ -201,6 +202,7 @@ class Rule:
     choices: tuple[Any, ...] = ()
     null: bool = False
     length: int | None = None
+    item: Any = None
     note: str = ""
 
     def bounds(self, get: Get | None = None) -> list[tuple[Callable[[Any, Any], bool], Any]]:
@@ -232,7 +234,8 @@ class Rule:
         if self.type is list:
             items = _as_list(value)
             return (items is not None and len(items) >= 1 and self.length in (None, len(items))
-                    and all(_is_number(x) and self._in_range(x, get) for x in items))
+                    and all(_is_number(x) and self._in_range(x, get) and type(x) in (self.item or type(x),)
+                            for x in items))
         if self.type in (int, float):
             return (type(value) is int or self.type is float and _is_number(value)) and self._in_range(value, get)
         if self.type is bool:
@@ -266,7 +269,8 @@ class Rule:
         noun = {int: "an integer", float: "a fraction" if re.fullmatch(r"[\[(]0, 1[\])]", self.range) else "a number",
                 str: "a non-empty name", "import": "an import path"}.get(self.type, PATHS.get(self.type))
         if self.type is list:
-            noun = f"a list of {self.length} numbers" if self.length else "a non-empty list of numbers"
+            what = "floats" if self.item is float else "numbers"
+            noun = f"a list of {self.length} {what}" if self.length else f"a non-empty list of {what}"
         note = [f"{k}={get(k)}" for k in named] if get is not None and named else [self.note] if self.note else []
         return f"use {null}{noun} {rng}".rstrip() + "".join(f" ({n})" for n in note)
 
@@ -364,7 +368,7 @@ RULES: dict[str, Rule] = {
     "optimizer.dampening": Rule(float, "[0, 1]"),
     "optimizer.nesterov": Rule(bool),
     "optimizer.weight_decay": Rule(float, ">= 0"),
-    "optimizer.betas": Rule(list, "[0, 1)", length=2, note="e.g. [0.9, 0.999]"),
+    "optimizer.betas": Rule(list, "[0, 1)", length=2, item=float, note="e.g. [0.9, 0.999]"),
     "optimizer.eps": Rule(float, "> 0"),
     "optimizer.amsgrad": Rule(bool),
     "optimizer.maximize": Rule(bool),

@@ -112,7 +112,8 @@ def documented_ok(rule: Rule, v: Any, get: Any) -> bool:
         return v is True or v is False
     if rule.type is list:
         items = list(v) if isinstance(v, (list, ListConfig)) else None
-        return bool(items) and rule.length in (None, len(items)) and all(within(x) for x in items)
+        return (bool(items) and rule.length in (None, len(items)) and all(within(x) for x in items)
+                and all(isinstance(x, float) for x in items if rule.item is float))
     if not isinstance(v, str) or not v.strip():
         return False
     if rule.type in (str, "import"):
@@ -432,7 +433,8 @@ def accepted_edges(key: str, rule: Any, get: Any) -> list[Any]:
         if isinstance(b, (int, float)) and rule.type in (int, float, list):
             vals += [b, b + step, b - step]
     if rule.type is list:
-        vals = [[v] * (rule.length or 1) for v in vals if v is not None] or [[0.5] * (rule.length or 1)]
+        vals = [[(rule.item or type(v))(v)] * (rule.length or 1) for v in vals if v is not None] \
+            or [[0.5] * (rule.length or 1)]
     return vals
 
 
