@@ -1,29 +1,36 @@
-"""The config schema, registered in Hydra's ConfigStore, and the checks types can't express.
+"""The config schema (types), registered in Hydra's ConfigStore, and the rules types can't express.
 
-The schema makes Hydra reject an unknown key or a wrong type at composition time,
-with its own one-line message (``Key 'epoch' not in 'TrainerConfig'``). `RULES`, the
-table below the schema, says what every key allows (bounds, choices, paths that must
-exist); `validate` applies it, then the few rules that relate two keys (`CROSS_RULES`).
-docs/errors.md's table of rules is generated from it (:func:`rules_markdown`).
+One place for each fact about a key (docs/config.md says why this split):
+
+- its TYPE: the dataclasses below (Hydra's "structured config as schema"); every value
+  is ``MISSING`` (``???``), so Hydra rejects an unknown key or a wrong type at composition,
+  with its own one-line message (``Key 'epoch' not in 'TrainerConfig'``);
+- its DEFAULT: the YAML files in conf/ (config.yaml and the group options);
+- its RULE: `RULES`, a table of plain data (a range, choices, null or not) from which
+  the message's "allowed" text is derived; `RELATIONS` holds the few rules that relate
+  two keys. `validate` applies both; docs/errors.md's table is generated from them
+  (``python -m cnnlab.config``).
 
 The optimizer and scheduler nodes stay open dicts: their keys are the keyword
 arguments of whatever ``_target_`` they name (SGD has ``momentum``, Adam has
 ``betas``). The keys of the optimizers and schedules cnnlab ships have rules here;
-any other keyword is checked by the target itself when it is built
-(:mod:`cnnlab.build_errors` turns what torch raises into one line naming the key).
+any other keyword is checked by the target itself when it is built.
 
-This module imports only the standard library, dataclasses and Hydra: it runs
-on every ``--help``.
+This module imports only the standard library and omegaconf: it runs on every
+``--help``, and a rule violation fails before torch is imported.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from omegaconf import MISSING
 
 from cnnlab.errors import ConfigError
 from cnnlab.recipes.policy import POLICIES  # standard library only at import
@@ -31,124 +38,117 @@ from cnnlab.recipes.policy import POLICIES  # standard library only at import
 
 @dataclass
 class ModelConfig:
-    _target_: str = "cnnlab.models.build_model"
-    name: str = "alexnet"
-    source: str = "cnnlab"  # cnnlab | timm | torchvision
-    # Mandatory ("???"): every conf/model entry sets it. A default here would win over the
-    # generic timm/torchvision entries' `arch: ???` (a merged ??? never replaces a value).
-    arch: str = "???"
-    # The dataset decides these by default (interpolations resolved at composition):
-    num_classes: Optional[int] = "${dataset.num_classes}"  # type: ignore[assignment]
-    in_chans: int = "${dataset.in_chans}"  # type: ignore[assignment]
-    img_size: int = "${dataset.image_size}"  # type: ignore[assignment]
-    small_input: bool = "${dataset.small_input}"  # type: ignore[assignment]
-    pretrained: bool = False
-    checkpoint: Optional[str] = None
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    batch_norm: bool = True
-    aux_logits: bool = False
-    aux_weight: float = 0.3
-    sync_bn: bool = False
+    _target_: str = MISSING
+    name: str = MISSING
+    source: str = MISSING  # cnnlab | timm | torchvision
+    arch: str = MISSING
+    num_classes: Optional[int] = MISSING
+    in_chans: int = MISSING
+    img_size: int = MISSING
+    small_input: bool = MISSING
+    pretrained: bool = MISSING
+    checkpoint: Optional[str] = MISSING
+    drop_rate: float = MISSING
+    drop_path_rate: float = MISSING
+    batch_norm: bool = MISSING
+    aux_logits: bool = MISSING
+    aux_weight: float = MISSING
+    sync_bn: bool = MISSING
 
 
 @dataclass
 class AugmentConfig:
-    crop_padding: int = 0
-    pad_mode: str = "zero"  # zero | reflect
-    flip: bool = False
-    cutout: int = 0
-    policy: str = "none"  # none | randaugment | trivialaugment | autoaugment (torchvision v2, per image)
-    random_erasing: float = 0.0  # probability per image (timm RandomErasing), 0 = off
+    crop_padding: int = MISSING
+    pad_mode: str = MISSING
+    flip: bool = MISSING
+    cutout: int = MISSING
+    policy: str = MISSING
+    random_erasing: float = MISSING
 
 
 @dataclass
 class DatasetConfig:
-    name: str = "digits"
-    root: Optional[str] = None
-    download: bool = False
-    num_classes: Optional[int] = None
-    in_chans: int = 3
-    image_size: int = 32
-    small_input: bool = True
-    val_split: float = 0.1
-    test_split: float = 0.0
-    split_seed: int = 0
-    limit: Optional[int] = None
-    loader: str = "tensor"  # tensor | dataloader
-    num_workers: int = 2
-    memory_budget_mb: int = 2048
-    mean: list[float] = field(default_factory=lambda: [0.5])
-    std: list[float] = field(default_factory=lambda: [0.5])
+    name: str = MISSING
+    root: Optional[str] = MISSING
+    download: bool = MISSING
+    num_classes: Optional[int] = MISSING
+    in_chans: int = MISSING
+    image_size: int = MISSING
+    small_input: bool = MISSING
+    val_split: float = MISSING
+    test_split: float = MISSING
+    split_seed: int = MISSING
+    limit: Optional[int] = MISSING
+    loader: str = MISSING
+    num_workers: int = MISSING
+    memory_budget_mb: int = MISSING
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class DeviceConfig:
-    name: str = "auto"  # auto | cpu | cuda | mps
-    amp: Optional[str] = None  # None = the device's default; none | bf16 | fp16
-    channels_last: Optional[bool] = None  # None = the device's default
-    compile: bool = False
+    name: str = MISSING
+    amp: Optional[str] = MISSING
+    channels_last: Optional[bool] = MISSING
+    compile: bool = MISSING
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    grad_clip: Optional[float] = None
-    early_stop_patience: Optional[int] = None
-    early_stop_metric: str = "val_loss"
-    deterministic: bool = False
-    auto_resume: bool = False
-    log_feature_maps: bool = False
-    save_checkpoints: bool = True
-    progress: str = "auto"  # auto | bar | log
-    accumulate: int = 1  # micro-batches per optimizer step: effective batch = batch_size x accumulate
-    bn_recalibrate: int = 0  # >0: re-estimate BatchNorm statistics over this many train batches before val
+    """The loop's settings (train.py builds one with ``OmegaConf.to_object(cfg.trainer)``)."""
+
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    grad_clip: Optional[float] = MISSING
+    early_stop_patience: Optional[int] = MISSING
+    early_stop_metric: str = MISSING
+    deterministic: bool = MISSING
+    auto_resume: bool = MISSING
+    log_feature_maps: bool = MISSING
+    save_checkpoints: bool = MISSING
+    progress: str = MISSING
+    accumulate: int = MISSING
+    bn_recalibrate: int = MISSING
 
 
 @dataclass
 class LossConfig:
-    label_smoothing: float = 0.0  # in [0, 1): F.cross_entropy(label_smoothing=)
+    label_smoothing: float = MISSING
 
 
 @dataclass
 class MixConfig:
-    """Mixup/CutMix on the device batch (timm.data.Mixup); off while both alphas are 0."""
-
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    prob: float = 1.0  # probability that a batch is mixed at all
-    switch_prob: float = 0.5  # with both alphas > 0: probability of cutmix instead of mixup
+    mixup_alpha: float = MISSING
+    cutmix_alpha: float = MISSING
+    prob: float = MISSING
+    switch_prob: float = MISSING
 
 
 @dataclass
 class EmaConfig:
-    """An exponential moving average of the weights (timm.utils.ModelEmaV3), used for val and test."""
-
-    enabled: bool = False
-    decay: float = 0.9998  # per optimizer step
-    warmup: bool = False  # timm's decay warm-up: 1 - (1 + step) ** -2/3, capped at decay
+    enabled: bool = MISSING
+    decay: float = MISSING
+    warmup: bool = MISSING
 
 
 @dataclass
 class PathsConfig:
-    root_dir: str = "."
-    data_dir: str = "data"
-    # The run's folder: ${hydra:runtime.output_dir} in conf/paths. Optional because Hydra
-    # has no run folder yet when it only prints the config (`--cfg job --resolve`).
-    output_dir: Optional[str] = "outputs"
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    # ${hydra:runtime.output_dir}; Optional because Hydra has no run folder yet when it
+    # only prints the config (`--cfg job --resolve`).
+    output_dir: Optional[str] = MISSING
 
 
 @dataclass
 class FitConfig:
-    """Thresholds of the under/overfitting diagnosis; the rules are in cnnlab/reporting/fit.py."""
-
-    underfit_train_acc: float = 0.9  # final train acc below this: under-fitting (or still improving)
-    overfit_gap: float = 0.08  # final train acc - final val acc at or above this: over-fitting
-    still_improving_epochs: int = 2  # a val best within the last N epochs: still improving
-    diverge_loss_ratio: float = 3.0  # final train loss above this x its lowest: diverged
+    underfit_train_acc: float = MISSING
+    overfit_gap: float = MISSING
+    still_improving_epochs: int = MISSING
+    diverge_loss_ratio: float = MISSING
 
 
 @dataclass
@@ -164,8 +164,8 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
-    seed: int = 0
-    resume: Optional[str] = None
+    seed: int = MISSING
+    resume: Optional[str] = MISSING
 
 
 def register_schema() -> None:
@@ -179,60 +179,108 @@ def register_schema() -> None:
 SEED_MAX = 2**32 - 1  # numpy's seed range: np.random.seed rejects anything outside [0, 2**32 - 1]
 IMAGE_SIZE_MAX = 4096  # one 3x4096x4096 uint8 image is 48 MiB: beyond this no batch fits anywhere
 DATASET_NAMES = ("digits", "imagefolder", "cifar10", "cifar100", "mnist", "fashion_mnist", "svhn")
-_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+PATHS = {"file": "a weights file", "exists": "a run folder or checkpoint file", "folder": "a folder"}
+Get = Callable[[str], Any]  # a key -> its composed value
 
 
 @dataclass(frozen=True)
 class Rule:
-    """What one key allows. ``allowed`` is what the user reads after ``is not allowed:``.
+    """What one key allows; the message's text after ``is not allowed:`` is derived from it.
 
-    kind: ``int`` / ``number`` (bounds ``lo``, ``hi``, open or closed), ``choice``
-    (``choices``), ``flag`` (true/false), ``text`` (non-empty), ``target`` (an import
-    path), ``numbers`` (a list of numbers within the bounds, of one of ``lengths``, any
-    length >= 1 when empty), ``path`` (``path``: ``file`` must be an existing file,
-    ``exists`` a file or folder, ``folder`` a folder or a path where one can be made).
-    ``null``: null is allowed too.
+    ``type``: int, float (a finite number), bool, str (non-empty), list (of numbers),
+    "import" (a dotted import path), or a path kind of `PATHS`: "file" (an existing
+    file), "exists" (a file or folder), "folder" (a folder, or where one can be made).
+    ``range``: bounds for a number (or each number of a list) in interval notation,
+    ``"[0, 1)"``, ``">= 1"``, ``"> 0"``; a bound may name another key (``"[0, trainer.epochs]"``).
+    ``choices``: the values allowed (then ``type`` is unused). ``null``: null too.
+    ``length``: a list's length; ``item``: the type of its items if only one will do
+    (torch's Adam takes betas of floats, not ints). ``note``: shown after the text, in parentheses.
     """
 
-    kind: str
-    allowed: str
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    null: bool = False
+    type: Any = None
+    range: str = ""
     choices: tuple[Any, ...] = ()
-    lengths: tuple[int, ...] = ()
-    path: str = ""
+    null: bool = False
+    length: int | None = None
+    item: Any = None
+    note: str = ""
 
-    def allows(self, value: Any) -> bool:
+    def bounds(self, get: Get | None = None) -> list[tuple[Callable[[Any, Any], bool], Any]]:
+        """[(operator, bound)]: a number x is in range if op(x, bound) for each; a bound naming a
+        key is that key's value (skipped without ``get``)."""
+        if not self.range:
+            return []
+        interval = re.fullmatch(r"([\[(])(.+), (.+)([\])])", self.range)
+        if interval:
+            lb, lo, hi, rb = interval.groups()
+            pairs = [(operator.ge if lb == "[" else operator.gt, lo), (operator.le if rb == "]" else operator.lt, hi)]
+        else:
+            op, bound = self.range.split(" ")
+            pairs = [({">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}[op], bound)]
+        out = []
+        for op, b in pairs:
+            if re.fullmatch(r"-?[\d.]+", b):
+                out.append((op, float(b) if "." in b else int(b)))
+            elif get is not None:
+                out.append((op, get(b)))
+        return out
+
+    def allows(self, value: Any, get: Get | None = None) -> bool:
         """True if ``value`` (as the composed config holds it) is allowed."""
         if value is None:
             return self.null
-        if self.kind == "int":
-            return type(value) is int and self._in_bounds(value)
-        if self.kind == "number":
-            return _is_number(value) and self._in_bounds(value)
-        if self.kind == "choice":
+        if self.choices:
             return any(value == c and type(value) is type(c) for c in self.choices)
-        if self.kind == "flag":
-            return isinstance(value, bool)
-        if self.kind == "text":
-            return isinstance(value, str) and value.strip() != ""
-        if self.kind == "target":
-            return isinstance(value, str) and _IMPORT_PATH.fullmatch(value) is not None
-        if self.kind == "numbers":
+        if self.type is list:
             items = _as_list(value)
-            return (items is not None and len(items) >= 1 and (not self.lengths or len(items) in self.lengths)
-                    and all(_is_number(x) and self._in_bounds(x) for x in items))
-        if self.kind == "path":
-            return isinstance(value, str) and value.strip() != "" and _path_problem(self.path, value) is None
-        raise ValueError(f"unknown rule kind {self.kind!r}")
-
-    def _in_bounds(self, x: float) -> bool:
-        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return (items is not None and len(items) >= 1 and self.length in (None, len(items))
+                    and all(_is_number(x) and self._in_range(x, get) and type(x) in (self.item or type(x),)
+                            for x in items))
+        if self.type in (int, float):
+            return (type(value) is int or self.type is float and _is_number(value)) and self._in_range(value, get)
+        if self.type is bool:
+            return isinstance(value, bool)
+        if not isinstance(value, str) or not value.strip():
             return False
-        return not (self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi))
+        if self.type == "import":
+            return re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", value) is not None
+        return self.type is str or _path_problem(self.type, value) is None
+
+    def _in_range(self, x: float, get: Get | None) -> bool:
+        return math.isfinite(x) and all(op(x, b) for op, b in self.bounds(get))
+
+    def text(self, get: Get | None = None) -> str:
+        """What is allowed, as the user reads it; with ``get``, a bound naming a key shows its value."""
+        null = "null or " if self.null else ""
+        if self.choices:
+            return "choose one of " + ", ".join(_show(c) for c in (None, *self.choices)[not self.null:])
+        if self.type is bool:
+            return "use null, true or false" if self.null else "use true or false"
+        rng = self.range
+        named = re.findall(r"[a-z_]+\.[a-z_.]+", rng)
+        if get is not None and named:  # "[0, dataset.image_size)" -> "[0, 15] (dataset.image_size=16)"
+            for k in named:
+                rng = rng.replace(k, str(get(k)))
+            if self.type is int and rng.endswith(")") and rng.startswith("["):
+                lo, hi = rng[1:-1].split(", ")
+                rng = f"[{lo}, {int(hi) - 1}]"
+        if rng.startswith(("[", "(")):
+            rng = "in " + rng
+        noun = {int: "an integer", float: "a fraction" if re.fullmatch(r"[\[(]0, 1[\])]", self.range) else "a number",
+                str: "a non-empty name", "import": "an import path"}.get(self.type, PATHS.get(self.type))
+        if self.type is list:
+            what = "floats" if self.item is float else "numbers"
+            noun = f"a list of {self.length} {what}" if self.length else f"a non-empty list of {what}"
+        note = [f"{k}={get(k)}" for k in named] if get is not None and named else [self.note] if self.note else []
+        return f"use {null}{noun} {rng}".rstrip() + "".join(f" ({n})" for n in note)
+
+    @property
+    def allowed(self) -> str:
+        return self.text()
+
+
+def _show(c: Any) -> str:
+    return "null" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
 
 
 def _is_number(x: Any) -> bool:
@@ -266,222 +314,142 @@ def _path_problem(kind: str, value: str) -> str | None:
     return None
 
 
-def _bounds_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
-    def show(x: float) -> str:  # 4294967295, not 4.29497e+09; 0.5 as 0.5
-        return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{show(lo)}, {show(hi)}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {show(lo)}"
-    if hi is not None:
-        return f"{'<' if hi_open else '<='} {show(hi)}"
-    return ""
-
-
-def integer(lo: int | None = None, hi: int | None = None, null: bool = False, why: str = "") -> Rule:
-    """An int in [lo, hi]; ``why`` is appended to the allowed text."""
-    text = f"use {'null or ' if null else ''}an integer {_bounds_text(lo, hi, False, False)}".rstrip()
-    return Rule("int", text + why, lo=lo, hi=hi, null=null)
-
-
-def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-           null: bool = False, noun: str = "a number") -> Rule:
-    """A finite int or float within the bounds (not a bool, not NaN or inf)."""
-    text = f"use {'null or ' if null else ''}{noun} {_bounds_text(lo, hi, lo_open, hi_open)}".rstrip()
-    return Rule("number", text, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, null=null)
-
-
-def fraction(lo_open: bool = False, hi_open: bool = True) -> Rule:
-    return number(0, 1, lo_open=lo_open, hi_open=hi_open, noun="a fraction")
-
-
-def choice(*options: Any) -> Rule:
-    shown = ", ".join("null" if c is None else str(c).lower() if isinstance(c, bool) else str(c) for c in options)
-    return Rule("choice", f"choose one of {shown}", choices=options, null=None in options)
-
-
-def flag(null: bool = False) -> Rule:
-    return Rule("flag", "use null, true or false" if null else "use true or false", null=null)
-
-
-def text(what: str = "a non-empty name") -> Rule:
-    return Rule("text", f"use {what}")
-
-
-def target(example: str) -> Rule:
-    return Rule("target", f"use an import path such as {example}")
-
-
-def numbers(allowed: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-            hi_open: bool = False, lengths: tuple[int, ...] = ()) -> Rule:
-    return Rule("numbers", allowed, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, lengths=lengths)
-
-
-def path(kind: str, allowed: str, null: bool = False) -> Rule:
-    return Rule("path", allowed, null=null, path=kind)
-
-
 # Every key of the composed config, with what it allows. A key missing here fails
 # tests/test_fuzz_config.py, so a new schema key gets its rule with it. Optimizer and
 # scheduler keys are checked when present (they depend on the _target_).
 RULES: dict[str, Rule] = {
-    "seed": integer(0, SEED_MAX),
-    "resume": path("exists", "use null, a run folder or a checkpoint file", null=True),
+    "seed": Rule(int, f"[0, {SEED_MAX}]"),
+    "resume": Rule("exists", null=True),
     # -- model
-    "model._target_": target("cnnlab.models.build_model"),
-    "model.name": text("a non-empty name (a label for run folders and reports)"),
-    "model.source": choice("cnnlab", "timm", "torchvision"),
-    "model.arch": text("a non-empty architecture name (checked when the model is built)"),
-    "model.num_classes": integer(2, null=True),
-    "model.in_chans": choice(1, 3),
-    "model.img_size": integer(8, IMAGE_SIZE_MAX),
-    "model.small_input": flag(),
-    "model.pretrained": flag(),
-    "model.checkpoint": path("file", "use null or a weights file", null=True),
-    "model.drop_rate": fraction(),
-    "model.drop_path_rate": fraction(),
-    "model.batch_norm": flag(),
-    "model.aux_logits": flag(),
-    "model.aux_weight": number(0),
-    "model.sync_bn": flag(),
+    "model._target_": Rule("import", note="e.g. cnnlab.models.build_model"),
+    "model.name": Rule(str, note="a label for run folders and reports"),
+    "model.source": Rule(choices=("cnnlab", "timm", "torchvision")),
+    "model.arch": Rule(str, note="the architecture, checked when the model is built"),
+    "model.num_classes": Rule(int, ">= 2", null=True),
+    "model.in_chans": Rule(choices=(1, 3)),
+    "model.img_size": Rule(int, f"[8, {IMAGE_SIZE_MAX}]"),
+    "model.small_input": Rule(bool),
+    "model.pretrained": Rule(bool),
+    "model.checkpoint": Rule("file", null=True),
+    "model.drop_rate": Rule(float, "[0, 1)"),
+    "model.drop_path_rate": Rule(float, "[0, 1)"),
+    "model.batch_norm": Rule(bool),
+    "model.aux_logits": Rule(bool),
+    "model.aux_weight": Rule(float, ">= 0"),
+    "model.sync_bn": Rule(bool),
     # -- dataset
-    "dataset.name": choice(*DATASET_NAMES),
-    "dataset.root": path("folder", "use null or a folder", null=True),
-    "dataset.download": flag(),
-    "dataset.num_classes": integer(2, null=True),
-    "dataset.in_chans": choice(1, 3),
-    "dataset.image_size": integer(8, IMAGE_SIZE_MAX),
-    "dataset.small_input": flag(),
-    "dataset.val_split": fraction(),
-    "dataset.test_split": fraction(),
-    "dataset.split_seed": integer(0, SEED_MAX),
-    "dataset.limit": integer(1, null=True),
-    "dataset.loader": choice("tensor", "dataloader"),
-    "dataset.num_workers": integer(0, 1024),
-    "dataset.memory_budget_mb": integer(0),
-    "dataset.mean": numbers("use a non-empty list of numbers"),
-    "dataset.std": numbers("use a non-empty list of numbers > 0", lo=0, lo_open=True),
-    "dataset.augment.crop_padding": integer(0),
-    "dataset.augment.pad_mode": choice("zero", "reflect"),
-    "dataset.augment.flip": flag(),
-    "dataset.augment.cutout": integer(0),
-    "dataset.augment.policy": choice(*POLICIES),
-    "dataset.augment.random_erasing": fraction(hi_open=False),
-    # -- optimizer: torch.optim.SGD / Adam / AdamW keys (any other target's: build_errors)
-    "optimizer._target_": target("torch.optim.SGD"),
-    "optimizer._partial_": choice(True),
-    "optimizer.lr": number(0, lo_open=True),
-    "optimizer.momentum": fraction(),
-    "optimizer.dampening": fraction(hi_open=False),
-    "optimizer.nesterov": flag(),
-    "optimizer.weight_decay": number(0),
-    "optimizer.betas": numbers("use two fractions in [0, 1), e.g. [0.9, 0.999]", lo=0, hi=1, hi_open=True,
-                               lengths=(2,)),
-    "optimizer.eps": number(0, lo_open=True),
-    "optimizer.amsgrad": flag(),
-    "optimizer.maximize": flag(),
-    "optimizer.foreach": flag(null=True),
-    "optimizer.fused": flag(null=True),
-    "optimizer.no_weight_decay_norm_bias": flag(),  # cnnlab's, taken out before the target is built
+    "dataset.name": Rule(choices=DATASET_NAMES),
+    "dataset.root": Rule("folder", null=True),
+    "dataset.download": Rule(bool),
+    "dataset.num_classes": Rule(int, ">= 2", null=True),
+    "dataset.in_chans": Rule(choices=(1, 3)),
+    "dataset.image_size": Rule(int, f"[8, {IMAGE_SIZE_MAX}]"),
+    "dataset.small_input": Rule(bool),
+    "dataset.val_split": Rule(float, "[0, 1)"),
+    "dataset.test_split": Rule(float, "[0, 1)"),
+    "dataset.split_seed": Rule(int, f"[0, {SEED_MAX}]"),
+    "dataset.limit": Rule(int, ">= 1", null=True),
+    "dataset.loader": Rule(choices=("tensor", "dataloader")),
+    "dataset.num_workers": Rule(int, "[0, 1024]"),
+    "dataset.memory_budget_mb": Rule(int, ">= 0"),
+    "dataset.mean": Rule(list),
+    "dataset.std": Rule(list, "> 0"),
+    "dataset.augment.crop_padding": Rule(int, "[0, dataset.image_size)"),
+    "dataset.augment.pad_mode": Rule(choices=("zero", "reflect")),
+    "dataset.augment.flip": Rule(bool),
+    "dataset.augment.cutout": Rule(int, "[0, dataset.image_size]"),
+    "dataset.augment.policy": Rule(choices=POLICIES),
+    "dataset.augment.random_erasing": Rule(float, "[0, 1]"),
+    # -- optimizer: torch.optim.SGD / Adam / AdamW keys (any other target's: checked when built)
+    "optimizer._target_": Rule("import", note="e.g. torch.optim.SGD"),
+    "optimizer._partial_": Rule(choices=(True,)),
+    "optimizer.lr": Rule(float, "> 0"),
+    "optimizer.momentum": Rule(float, "[0, 1)"),
+    "optimizer.dampening": Rule(float, "[0, 1]"),
+    "optimizer.nesterov": Rule(bool),
+    "optimizer.weight_decay": Rule(float, ">= 0"),
+    "optimizer.betas": Rule(list, "[0, 1)", length=2, item=float, note="e.g. [0.9, 0.999]"),
+    "optimizer.eps": Rule(float, "> 0"),
+    "optimizer.amsgrad": Rule(bool),
+    "optimizer.maximize": Rule(bool),
+    "optimizer.foreach": Rule(bool, null=True),
+    "optimizer.fused": Rule(bool, null=True),
+    "optimizer.no_weight_decay_norm_bias": Rule(bool),  # cnnlab's, taken out before the target is built
     # -- scheduler: cnnlab.schedulers.* keys
-    "scheduler._target_": target("cnnlab.schedulers.cosine"),
-    "scheduler._partial_": choice(True),
-    "scheduler.warmup_epochs": number(0),
-    "scheduler.min_lr_ratio": fraction(hi_open=False),
-    "scheduler.max_lr_factor": number(0, lo_open=True),
-    "scheduler.pct_start": fraction(lo_open=True),
-    "scheduler.step_epochs": integer(1),
-    "scheduler.gamma": number(0, 1, lo_open=True),
+    "scheduler._target_": Rule("import", note="e.g. cnnlab.schedulers.cosine"),
+    "scheduler._partial_": Rule(choices=(True,)),
+    "scheduler.warmup_epochs": Rule(float, "[0, trainer.epochs]"),
+    "scheduler.min_lr_ratio": Rule(float, "[0, 1]"),
+    "scheduler.max_lr_factor": Rule(float, "> 0"),
+    "scheduler.pct_start": Rule(float, "(0, 1)"),
+    "scheduler.step_epochs": Rule(int, ">= 1"),
+    "scheduler.gamma": Rule(float, "(0, 1]"),
     # -- device
-    "device.name": choice("auto", "cpu", "cuda", "mps"),
-    "device.amp": choice(None, "none", "bf16", "fp16"),
-    "device.channels_last": flag(null=True),
-    "device.compile": flag(),
+    "device.name": Rule(choices=("auto", "cpu", "cuda", "mps")),
+    "device.amp": Rule(choices=("none", "bf16", "fp16"), null=True),
+    "device.channels_last": Rule(bool, null=True),
+    "device.compile": Rule(bool),
     # -- trainer
-    "trainer.epochs": integer(1),
-    "trainer.batch_size": integer(1),
-    "trainer.eval_batch_size": integer(1),
-    "trainer.grad_clip": number(0, lo_open=True, null=True),
-    "trainer.early_stop_patience": integer(1, null=True),
-    "trainer.early_stop_metric": choice("val_loss", "val_acc"),
-    "trainer.deterministic": flag(),
-    "trainer.auto_resume": flag(),
-    "trainer.log_feature_maps": flag(),
-    "trainer.save_checkpoints": flag(),
-    "trainer.progress": choice("auto", "bar", "log"),
-    "trainer.accumulate": integer(1),
-    "trainer.bn_recalibrate": integer(0),
+    "trainer.epochs": Rule(int, ">= 1"),
+    "trainer.batch_size": Rule(int, ">= 1"),
+    "trainer.eval_batch_size": Rule(int, ">= 1"),
+    "trainer.grad_clip": Rule(float, "> 0", null=True),
+    "trainer.early_stop_patience": Rule(int, ">= 1", null=True),
+    "trainer.early_stop_metric": Rule(choices=("val_loss", "val_acc")),
+    "trainer.deterministic": Rule(bool),
+    "trainer.auto_resume": Rule(bool),
+    "trainer.log_feature_maps": Rule(bool),
+    "trainer.save_checkpoints": Rule(bool),
+    "trainer.progress": Rule(choices=("auto", "bar", "log")),
+    "trainer.accumulate": Rule(int, ">= 1"),
+    "trainer.bn_recalibrate": Rule(int, ">= 0"),
     # -- training recipes (cnnlab/recipes/, docs/recipes.md)
-    "loss.label_smoothing": fraction(),
-    "mix.mixup_alpha": number(0),
-    "mix.cutmix_alpha": number(0),
-    "mix.prob": fraction(hi_open=False),
-    "mix.switch_prob": fraction(hi_open=False),
-    "ema.enabled": flag(),
-    "ema.decay": number(0, 1, lo_open=True, hi_open=True),
-    "ema.warmup": flag(),
+    "loss.label_smoothing": Rule(float, "[0, 1)"),
+    "mix.mixup_alpha": Rule(float, ">= 0"),
+    "mix.cutmix_alpha": Rule(float, ">= 0"),
+    "mix.prob": Rule(float, "[0, 1]"),
+    "mix.switch_prob": Rule(float, "[0, 1]"),
+    "ema.enabled": Rule(bool),
+    "ema.decay": Rule(float, "(0, 1)"),
+    "ema.warmup": Rule(bool),
     # -- paths
-    "paths.root_dir": path("folder", "use a folder"),
-    "paths.data_dir": path("folder", "use a folder"),
-    "paths.output_dir": path("folder", "use null or a folder", null=True),
-    # -- fit diagnosis thresholds (cnnlab/reporting/fit.py)
-    "fit.underfit_train_acc": fraction(hi_open=False),
-    "fit.overfit_gap": fraction(hi_open=False),
-    "fit.still_improving_epochs": integer(0),
-    "fit.diverge_loss_ratio": number(1),
+    "paths.root_dir": Rule("folder"),
+    "paths.data_dir": Rule("folder"),
+    "paths.output_dir": Rule("folder", null=True),
+    # -- fit diagnosis thresholds (cnnlab/reporting/fit.py). 0 turns "underfitting" off; a gap of
+    # 0 would call a 100%/100% run over-fitting, a ratio of 1 any run whose last loss is not its lowest
+    # diverged, and "a best within the last 0 epochs" never happens: those are refused.
+    "fit.underfit_train_acc": Rule(float, "[0, 1]"),
+    "fit.overfit_gap": Rule(float, "(0, 1]"),
+    "fit.still_improving_epochs": Rule(int, ">= 1"),
+    "fit.diverge_loss_ratio": Rule(float, "> 1"),
 }
 
 
-@dataclass(frozen=True)
-class CrossRule:
-    """A rule on one key that reads others: ``ok(get)`` is False when ``key``'s value is not allowed.
-
-    ``allowed(get)`` is the text after ``is not allowed:`` (it may quote the other
-    keys' values); ``doc`` is the same for docs/errors.md, without the values.
-    """
-
-    key: str
-    ok: Callable[[Callable[[str], Any]], bool]
-    allowed: Callable[[Callable[[str], Any]], str]
-    doc: str
+def _mixing(get: Get) -> bool:
+    return (get("mix.mixup_alpha") > 0 or get("mix.cutmix_alpha") > 0) and get("mix.prob") > 0
 
 
-CROSS_RULES: tuple[CrossRule, ...] = (
-    CrossRule("dataset.val_split", lambda g: g("dataset.val_split") + g("dataset.test_split") < 1,
-              lambda g: "val_split + test_split must be below 1", "val_split + test_split must be below 1"),
-    CrossRule("dataset.mean", lambda g: len(g("dataset.mean")) == len(g("dataset.std"))
-              and len(g("dataset.mean")) in (1, g("dataset.in_chans")),
-              lambda g: "mean and std need one value, or one per input channel",
-              "mean and std need one value, or one per input channel"),
-    CrossRule("dataset.augment.crop_padding", lambda g: g("dataset.augment.crop_padding") < g("dataset.image_size"),
-              lambda g: f"use an integer in [0, {g('dataset.image_size') - 1}] (below dataset.image_size)",
-              "use an integer below dataset.image_size"),
-    CrossRule("dataset.augment.cutout", lambda g: g("dataset.augment.cutout") <= g("dataset.image_size"),
-              lambda g: f"use an integer in [0, {g('dataset.image_size')}] (at most dataset.image_size)",
-              "use an integer up to dataset.image_size"),
-    CrossRule("scheduler.warmup_epochs", lambda g: (g("scheduler.warmup_epochs") or 0) <= g("trainer.epochs"),
-              lambda g: f"use a number of epochs in [0, trainer.epochs={g('trainer.epochs')}]",
-              "use a number of epochs up to trainer.epochs"),
-    CrossRule("trainer.batch_size", lambda g: g("trainer.batch_size") % 2 == 0 or not _mixing(g),
-              lambda g: "mix.* mixes each image with its mirror in the batch (timm's Mixup): use an even batch size",
-              "an even batch size while mix.mixup_alpha or mix.cutmix_alpha is > 0"),
-    CrossRule("optimizer.momentum", lambda g: not g("optimizer.nesterov") or (g("optimizer.momentum") or 0) > 0,
-              lambda g: "optimizer.nesterov=true needs a momentum > 0 (or set optimizer.nesterov=false)",
-              "optimizer.nesterov=true needs a momentum > 0 (or set optimizer.nesterov=false)"),
+# The rules that relate keys: (the key named, what is allowed, whether it holds).
+# Checked after RULES, so each value is already of its type and in its range.
+RELATIONS: tuple[tuple[str, str, Callable[[Get], bool]], ...] = (
+    ("dataset.val_split", "val_split + test_split must be below 1",
+     lambda get: get("dataset.val_split") + get("dataset.test_split") < 1),
+    ("dataset.mean", "mean and std need one value, or one per input channel",
+     lambda get: len(get("dataset.mean")) == len(get("dataset.std")) and len(get("dataset.std")) in (1, get("dataset.in_chans"))),
+    ("trainer.batch_size", "use an even batch size while mix.mixup_alpha or mix.cutmix_alpha is > 0 "
+     "(timm's Mixup mixes each image with its mirror in the batch)",
+     lambda get: get("trainer.batch_size") % 2 == 0 or not _mixing(get)),
+    ("optimizer.momentum", "optimizer.nesterov=true needs a momentum > 0 (or set optimizer.nesterov=false)",
+     lambda get: not get("optimizer.nesterov") or (get("optimizer.momentum") or 0) > 0),
+    ("device.amp", "fp16 is for GPUs: with device=cpu use device.amp=bf16 or none",
+     lambda get: not (get("device.name") == "cpu" and get("device.amp") == "fp16")),
 )
-
-
-def _mixing(get: Callable[[str], Any]) -> bool:
-    return (get("mix.mixup_alpha") or 0) > 0 or (get("mix.cutmix_alpha") or 0) > 0
-
-
-def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+IMAGEFOLDER_ROOT = "one subfolder per class, or train/ and val/ folders that each hold one"
 
 
 def validate(cfg: Any, needs_data: bool = True) -> None:
-    """Apply `RULES`, then `CROSS_RULES`, to the composed config; raise ConfigError on the first miss.
+    """Apply `RULES`, then `RELATIONS`, to the composed config; raise ConfigError on the first miss.
 
     ``needs_data=False`` (the layer-shape inspector) accepts an image folder with no root.
     """
@@ -490,9 +458,10 @@ def validate(cfg: Any, needs_data: bool = True) -> None:
     def get(key: str) -> Any:
         return OmegaConf.select(cfg, key)
 
-    for key, rule in RULES.items():
+    # A rule whose range names another key is checked after that key's own rule.
+    for key, rule in sorted(RULES.items(), key=lambda kv: bool(re.search(r"[a-z]\.", kv[1].range))):
         raw = str(_raw(cfg, key))
-        alias = _ALIAS.fullmatch(raw)
+        alias = re.fullmatch(r"\$\{([\w.]+)\}", raw)  # exactly another key: ${dataset.in_chans}
         if alias and _same_check(rule, RULES.get(alias.group(1))):
             continue  # model.img_size: ${dataset.image_size} is checked (and named) as dataset.image_size
         if raw.startswith("${hydra:"):
@@ -500,32 +469,27 @@ def validate(cfg: Any, needs_data: bool = True) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is _ABSENT:
             continue  # an optimizer/scheduler keyword this target does not take
-        if not rule.allows(value):
-            problem = _path_problem(rule.path, value) if rule.kind == "path" and isinstance(value, str) else None
+        if not rule.allows(value, get):
+            problem = _path_problem(rule.type, value) if rule.type in PATHS and isinstance(value, str) else None
             if problem and value.strip():
                 raise ConfigError(f"{key}={value!r}{problem}")
-            raise _fail(key, value, rule.allowed)
-    if needs_data and get("dataset.name") == "imagefolder":
-        root = get("dataset.root")
-        if not root:
-            # The yaml's `???` cannot override the schema's None, so the check is here.
-            raise ConfigError("dataset=imagefolder needs dataset.root=<folder>: one subfolder per class, "
-                              "or train/ and val/ folders that each hold one")
-        if not Path(root).is_dir():
-            raise ConfigError(f"dataset.root={root!r} is not a folder: give a folder with one subfolder per class")
-    for cross in CROSS_RULES:
-        if not cross.ok(get):
-            raise _fail(cross.key, get(cross.key), cross.allowed(get))
+            raise ConfigError(f"{key}={value!r} is not allowed: {rule.text(get)}")
+    root = get("dataset.root")
+    if needs_data and get("dataset.name") == "imagefolder" and not (root and Path(root).is_dir()):
+        # imagefolder.yaml's root is null, not ???: the user must give it, and this says how.
+        raise ConfigError(f"dataset.root={root!r} is not a folder: give a folder with {IMAGEFOLDER_ROOT}" if root
+                          else f"dataset=imagefolder needs dataset.root=<folder>: {IMAGEFOLDER_ROOT}")
+    for key, allowed, holds in RELATIONS:
+        if not holds(get):
+            raise ConfigError(f"{key}={get(key)!r} is not allowed: {allowed}")
 
 
 _ABSENT = object()
-_ALIAS = re.compile(r"\$\{([\w.]+)\}")  # a value that is exactly another key: ${dataset.in_chans}
 
 
 def _same_check(a: Rule, b: Rule | None) -> bool:
     """Do two rules allow the same values (null aside)? Then an alias of one is checked as the other."""
-    return b is not None and (a.kind, a.lo, a.hi, a.lo_open, a.hi_open, a.choices, a.lengths, a.path) == (
-        b.kind, b.lo, b.hi, b.lo_open, b.hi_open, b.choices, b.lengths, b.path)
+    return b is not None and (a.type, a.range, a.choices, a.length) == (b.type, b.range, b.choices, b.length)
 
 
 def _raw(cfg: Any, key: str) -> Any:
@@ -543,9 +507,8 @@ def rules_markdown() -> str:
     """The rule table as docs/errors.md shows it (tests/test_fuzz_config.py keeps the two equal)."""
     rows = ["| key | allowed |", "|---|---|"]
     rows += [f"| `{key}` | {rule.allowed} |" for key, rule in RULES.items()]
-    rows += [f"| `{c.key}` (with the others) | {c.doc} |" for c in CROSS_RULES]
-    rows.append("| `dataset.root` (with `dataset=imagefolder`) | an existing folder: one subfolder per class, "
-                "or train/ and val/ folders that each hold one |")
+    rows += [f"| `{key}` (with the others) | {allowed} |" for key, allowed, _ in RELATIONS]
+    rows.append(f"| `dataset.root` (with `dataset=imagefolder`) | an existing folder: {IMAGEFOLDER_ROOT} |")
     return "\n".join(rows) + "\n"
 
 

@@ -168,12 +168,12 @@ def _print(out_dir: Path, m: dict[str, Any]) -> None:
 @hydra_task
 def main(cfg: DictConfig) -> None:
     """The Hydra app: read the keys, call :func:`evaluate_run`, print the result."""
-    from cnnlab.config import choice, flag, integer
+    from cnnlab.config import Rule
     from cnnlab.evaluation.app import check_dataset_overrides, check_keys
 
     raw = OmegaConf.to_container(cfg, resolve=True)
-    check_keys(raw, {"batch_size": integer(1, null=True), "device": choice("auto", "cpu", "cuda", "mps"),
-                     "mistakes": integer(0, 256), "tensorboard": flag()})
+    check_keys(raw, {"batch_size": Rule(int, ">= 1", null=True), "device": Rule(choices=("auto", "cpu", "cuda", "mps")),
+                     "mistakes": Rule(int, "[0, 256]"), "tensorboard": Rule(bool)})
     ds = raw.get("dataset")
     is_new = isinstance(ds, dict) and "name" in ds and _group_chosen()
     if isinstance(ds, dict):

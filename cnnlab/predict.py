@@ -153,11 +153,11 @@ def format_table(rows: list[dict[str, Any]], topk: int, root: Path | None = None
 @hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
 @hydra_task
 def main(cfg: DictConfig) -> None:
-    from cnnlab.config import choice, integer
+    from cnnlab.config import Rule
     from cnnlab.evaluation.app import check_keys
 
     raw = OmegaConf.to_container(cfg, resolve=True)
-    check_keys(raw, {"batch_size": integer(1), "device": choice("auto", "cpu", "cuda", "mps")})
+    check_keys(raw, {"batch_size": Rule(int, ">= 1"), "device": Rule(choices=("auto", "cpu", "cuda", "mps"))})
     topk = raw["topk"]
     if isinstance(topk, str) and topk.lstrip("-").isdigit():
         topk = int(topk)

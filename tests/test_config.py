@@ -70,3 +70,24 @@ def test_out_of_range_values_name_the_key(override, key, tmp_path):
         validate(cfg)
     msg = str(e.value)
     assert key in msg and "\n" not in msg and override.split("=")[1] in msg
+
+
+@pytest.mark.parametrize("override", ["fit.overfit_gap=0", "dataset.augment.crop_padding=32"])
+def test_a_rule_violation_fails_before_torch_is_imported(override, tmp_path):
+    """The CLI refuses a rule violation in one line, exit 2, with torch never imported and no run trained.
+
+    A fake ``torch`` package first on the path leaves a marker if anything imports it.
+    """
+    from conftest import REPO, TINY, run_cli
+
+    shim = tmp_path / "shim" / "torch"
+    shim.mkdir(parents=True)
+    marker = tmp_path / "torch_was_imported"
+    (shim / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('torch')\n")
+    res = run_cli([*TINY, override], cwd=tmp_path, env={"PYTHONPATH": f"{shim.parent}:{REPO}"})
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    key, value = override.split("=")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}={value}") and "is not allowed" in lines[0], lines
+    assert not marker.exists(), "torch was imported before the rule was checked"
+    assert not list(tmp_path.rglob("metrics.csv")) and not list(tmp_path.rglob("*.pt"))

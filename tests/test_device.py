@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -38,14 +40,24 @@ def test_cuda_without_cuda_is_one_line():
     assert "\n" not in msg and "device=cpu" in msg
 
 
-@pytest.mark.parametrize("args, match", [
-    (("tpu", None, None, False), "choose one of auto, cpu, cuda, mps"),
-    (("cpu", "fp8", None, False), "device.amp='fp8'"),
-    (("cpu", "fp16", None, False), "fp16 is for GPUs"),
+@pytest.mark.parametrize("override, match", [
+    ("device.name=tpu", "device.name='tpu' is not allowed: choose one of auto, cpu, cuda, mps"),
+    ("device.amp=fp8", "device.amp='fp8' is not allowed: choose one of null, none, bf16, fp16"),
 ])
-def test_bad_choices_name_the_allowed_ones(args, match):
-    with pytest.raises(DeviceError, match=match):
-        resolve_device(*args)
+def test_bad_choices_are_refused_with_the_config(override, match):
+    # Checked once, by the config's rules, before torch is imported: resolve_device does not repeat it.
+    from conftest import compose
+
+    from cnnlab.config import validate
+    from cnnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        validate(compose([override]))
+
+
+def test_fp16_on_the_cpu_is_refused_once_the_device_is_known():
+    with pytest.raises(DeviceError, match="fp16 is for GPUs"):
+        resolve_device("cpu", "fp16", None, False)
 
 
 @pytest.fixture

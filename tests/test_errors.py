@@ -71,7 +71,7 @@ CASES: dict[str, Case] = {
     "infinite lr": Case(["optimizer.lr=inf"], ["optimizer.lr=inf", "> 0"]),
     "drop rate of 1 or more": Case(["model.drop_rate=1.5"], ["model.drop_rate=1.5", "[0, 1)"]),
     "negative aux weight": Case(["model=googlenet", "model.aux_weight=-1"], ["model.aux_weight=-1.0", ">= 0"]),
-    "negative crop padding": Case(["dataset.augment.crop_padding=-1"], ["dataset.augment.crop_padding=-1", ">= 0"]),
+    "negative crop padding": Case(["dataset.augment.crop_padding=-1"], ["dataset.augment.crop_padding=-1", "[0, 15]"]),
     "crop padding as large as the image": Case(["dataset.augment.crop_padding=40"],
                                                ["dataset.augment.crop_padding=40", "[0, 15]"]),
     "zero limit": Case(["dataset.limit=0"], ["dataset.limit=0", "null or an integer >= 1"]),

@@ -6,10 +6,20 @@ import json
 import math
 
 import pytest
+from conftest import compose
+from omegaconf import OmegaConf
 
-from cnnlab.config import FitConfig
+from cnnlab.config import validate
 from cnnlab.errors import ConfigError
-from cnnlab.reporting.fit import VERDICTS, diagnose, fit_text
+from cnnlab.reporting import fit as fit_mod
+from cnnlab.reporting.fit import VERDICTS, fit_text
+
+FIT = OmegaConf.to_container(compose().fit)  # the thresholds conf/config.yaml sets
+
+
+def diagnose(rows, **kw):
+    """The diagnosis with conf/config.yaml's thresholds, as a run gets it, and ``kw`` over them."""
+    return fit_mod.diagnose(rows, **{**FIT, **kw})
 
 
 def curves(train_acc, val_acc, train_loss=None, val_loss=None):
@@ -121,20 +131,31 @@ def test_thresholds_change_the_verdict():
     assert d["thresholds"]["overfit_gap"] == 0.05
 
 
-def test_defaults_match_the_config_schema():
-    # diagnose(**cfg.fit) with the schema's defaults == diagnose() with its own defaults.
-    import dataclasses
+def test_thresholds_have_one_source():
+    # No default of its own: the thresholds come from the config (conf/config.yaml), always.
+    with pytest.raises(TypeError, match="underfit_train_acc"):
+        fit_mod.diagnose(curves([0.5], [0.5]))
 
+
+@pytest.mark.parametrize("bad", ["fit.overfit_gap=0", "fit.underfit_train_acc=1.5", "fit.still_improving_epochs=0",
+                                 "fit.diverge_loss_ratio=1.0"])
+def test_bad_thresholds_are_refused_before_training(bad):
+    # validate() runs before torch is imported; before, fit.py refused these after the whole run.
+    with pytest.raises(ConfigError, match=f"{bad.split('=')[0]}=.* is not allowed"):
+        validate(compose([bad]))
+
+
+@pytest.mark.parametrize("edge", [{"underfit_train_acc": 0.0}, {"underfit_train_acc": 1.0}, {"overfit_gap": 1.0},
+                                  {"overfit_gap": 0.001}, {"still_improving_epochs": 1},
+                                  {"diverge_loss_ratio": 1.001}])
+def test_edge_thresholds_validate_accepts_are_diagnosed(edge):
+    key, value = next(iter(edge.items()))
+    validate(compose([f"fit.{key}={value}"]))
     rows = curves(ramp(0.4, 0.99, 8), ramp(0.4, 0.85, 8))
-    assert diagnose(rows, **dataclasses.asdict(FitConfig())) == diagnose(rows)
-
-
-@pytest.mark.parametrize("bad", [{"overfit_gap": 0}, {"underfit_train_acc": 1.5},
-                                 {"still_improving_epochs": 0}, {"diverge_loss_ratio": 1.0}])
-def test_bad_thresholds_are_config_errors(bad):
-    key = next(iter(bad))
-    with pytest.raises(ConfigError, match=f"fit.{key}"):
-        diagnose(curves([0.5], [0.5]), **bad)
+    assert diagnose(rows, **edge)["verdict"] in VERDICTS
+    assert diagnose([], status="diverged", **edge)["verdict"] == "diverged"
+    if edge == {"underfit_train_acc": 0.0}:  # 0 turns under-fitting off: never below 0
+        assert diagnose(curves([0.1, 0.1, 0.1], [0.1, 0.1, 0.1]), **edge)["verdict"] != "underfitting"
 
 
 def test_fit_text_plain_and_markdown():

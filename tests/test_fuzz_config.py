@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import ListConfig, OmegaConf
 
-from cnnlab.config import CROSS_RULES, RULES, Rule, rules_markdown, validate
+from cnnlab.config import PATHS, RELATIONS, RULES, Rule, rules_markdown, validate
 from cnnlab.errors import CnnlabError, describe
 
 # Compositions that between them hold every key of every shipped option's config.
@@ -83,41 +83,47 @@ def world(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- the oracle
-def documented_ok(rule: Rule, v: Any) -> bool:
+def documented_ok(rule: Rule, v: Any, get: Any) -> bool:
     """Does the documented rule (its fields, as docs/errors.md shows them) allow the composed value v?"""
     if v is None:
         return rule.null
-    real = isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    def within(x: float) -> bool:
-        lo_ok = rule.lo is None or (x > rule.lo if rule.lo_open else x >= rule.lo)
-        hi_ok = rule.hi is None or (x < rule.hi if rule.hi_open else x <= rule.hi)
-        return math.isfinite(x) and lo_ok and hi_ok
-
-    if rule.kind == "int":
-        return isinstance(v, int) and not isinstance(v, bool) and within(v)
-    if rule.kind == "number":
-        return real and within(v)
-    if rule.kind == "choice":
+    if rule.choices:
         return any(v == c and isinstance(v, bool) == isinstance(c, bool) for c in rule.choices)
-    if rule.kind == "flag":
-        return v is True or v is False
-    if rule.kind in ("text", "target"):
-        return isinstance(v, str) and bool(v.strip()) and (rule.kind == "text" or "." in v and " " not in v)
-    if rule.kind == "numbers":
-        items = list(v) if isinstance(v, (list, ListConfig)) else None
-        return (bool(items) and (not rule.lengths or len(items) in rule.lengths)
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and within(x) for x in items))
-    if rule.kind == "path":
-        p = Path(v)
-        if not v.strip():
+
+    def within(x: Any) -> bool:  # the range read from its text: "[0, 1)", ">= 1", "[0, dataset.image_size)"
+        if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
             return False
-        if rule.path == "file":
-            return p.is_file()
-        if rule.path == "exists":
-            return p.exists()
-        return p.is_dir() or not p.exists() and all(q.is_dir() for q in p.absolute().parents if q.exists())
-    raise AssertionError(rule.kind)
+        value = lambda b: get(b) if re.search("[a-z]", b) else float(b)  # noqa: E731
+        m = re.fullmatch(r"([\[(])(.+), (.+)([\])])", rule.range)
+        if m:
+            lo, hi = value(m[2]), value(m[3])
+            return (x >= lo if m[1] == "[" else x > lo) and (x <= hi if m[4] == "]" else x < hi)
+        if rule.range:
+            op, b = rule.range.split()
+            return {">=": x >= value(b), ">": x > value(b), "<=": x <= value(b), "<": x < value(b)}[op]
+        return True
+
+    if rule.type is int:
+        return isinstance(v, int) and within(v)
+    if rule.type is float:
+        return within(v)
+    if rule.type is bool:
+        return v is True or v is False
+    if rule.type is list:
+        items = list(v) if isinstance(v, (list, ListConfig)) else None
+        return (bool(items) and rule.length in (None, len(items)) and all(within(x) for x in items)
+                and all(isinstance(x, float) for x in items if rule.item is float))
+    if not isinstance(v, str) or not v.strip():
+        return False
+    if rule.type in (str, "import"):
+        return rule.type is str or "." in v and " " not in v
+    assert rule.type in PATHS, rule
+    p = Path(v)
+    if rule.type == "file":
+        return p.is_file()
+    if rule.type == "exists":
+        return p.exists()
+    return p.is_dir() or not p.exists() and all(q.is_dir() for q in p.absolute().parents if q.exists())
 
 
 def render(v: Any) -> str:
@@ -199,7 +205,8 @@ def _run_on(cfg: Any, key: str, line: str) -> tuple[str, Any]:
         assert message is not None, f"{line}: a traceback ({type(e).__name__}: {e})"
         return "rejected", message
     value = OmegaConf.select(cfg, key)
-    return "accepted", OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    get = {k: OmegaConf.select(cfg, k) for k in ("dataset.image_size", "trainer.epochs")}.get  # bounds named
+    return "accepted", (OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value, get)
 
 
 def judge(world, key: str, value: str, stats: dict[str, int]) -> str:
@@ -210,13 +217,14 @@ def judge(world, key: str, value: str, stats: dict[str, int]) -> str:
         assert "\n" not in got and "Traceback" not in got, (key, value, got)
         named = re.search(rf"(^|[ ('+]){re.escape(key)}(\[\d+\])?([=) ]|$)", got) or "cannot be parsed" in got
         # A rule on two keys may name the other one (val_split + test_split, mean and std).
-        partner = [c.key for c in CROSS_RULES if c.key != key and c.key in got]
+        partner = [k for k, _, _ in RELATIONS if k != key and k in got]
         assert named or partner, f"{key}={value}: the message does not name the key: {got}"
         if got.startswith(f"{key}=") and " is not allowed: " in got:  # validate's own rule
-            cross = [c for c in CROSS_RULES if c.key == key]
-            assert RULES[key].allowed in got or cross, (key, value, got)
+            relation = [a for k, a, _ in RELATIONS if k == key and a in got]
+            keyed = re.search(r"[a-z]\.", RULES[key].range)  # shown with the other key's value
+            assert RULES[key].allowed in got or relation or keyed, (key, value, got)
     else:
-        assert documented_ok(RULES[key], got), f"{key}={value} silently accepted as {got!r}"
+        assert documented_ok(RULES[key], *got), f"{key}={value} silently accepted as {got[0]!r}"
     return outcome
 
 
@@ -230,20 +238,24 @@ GENERIC = [None, True, -1, 10**30, 1.5, float("nan"), float("-inf"), [], {"a": 1
            "tab\there", "${oc.env:CNNLAB_NO_SUCH_VARIABLE}"]
 
 
+def _numeric_bounds(rule: Rule) -> list[float]:
+    """The bounds of a rule's range that are numbers (a bound naming a key is the other key's)."""
+    return [b for _, b in rule.bounds() if isinstance(b, (int, float))]
+
+
 def edge_values(key: str, tmp: Path) -> list[Any]:
     """The deterministic wrong (or borderline) values of one key: bounds +- 1, types, paths."""
     rule = RULES[key]
     vals: list[Any] = list(GENERIC)
-    for b in (rule.lo, rule.hi):
-        if b is not None:  # each bound, and just past it on either side
-            vals += [b, b - 1, b + 1, b - 0.001, b + 0.001]
-    if rule.kind == "int" and rule.hi is None:
+    for b in _numeric_bounds(rule):  # each bound, and just past it on either side
+        vals += [b, b - 1, b + 1, b - 0.001, b + 0.001]
+    if rule.type is int and len(_numeric_bounds(rule)) < 2:
         vals += [2**63]
-    if rule.kind == "numbers":
-        vals += [[0], [-1], [float("nan")], [0.5] * (max(rule.lengths or (1,)) + 1), [0.5] * 3, [True], [[0.5]]]
-    if rule.kind == "choice":
+    if rule.type is list:
+        vals += [[0], [-1], [float("nan")], [0.5] * ((rule.length or 1) + 1), [0.5] * 3, [True], [[0.5]]]
+    if rule.choices:
         vals += [str(c).upper() for c in rule.choices if c is not None][:2] + ["no-such-choice"]
-    if rule.kind == "path":
+    if rule.type in PATHS:
         vals += [str(tmp / "nowhere"), str(tmp / "a file.txt"), str(tmp / "a file.txt" / "below"),
                  str(tmp / "a folder"), str(tmp / "weights.pt"), "~/does/not/exist"]
     else:
@@ -294,10 +306,11 @@ def bad_override(draw, keys: list[str], tmp: Path) -> tuple[str, str]:
     """(key, override value): random wrong values, typed or not, rendered or raw text."""
     key = draw(st.sampled_from(keys))
     rule = RULES[key]
-    lo = rule.lo if rule.lo is not None else 0
+    bounds = _numeric_bounds(rule)
+    lo, hi = (bounds[0] if bounds else 0), (bounds[1] if len(bounds) == 2 else None)
     scalars = st.one_of(
-        st.integers(max_value=int(lo) - 1) if rule.kind in ("int", "number") else st.integers(),
-        st.integers(min_value=int(rule.hi) + 1) if rule.hi is not None else st.integers(min_value=10**12),
+        st.integers(max_value=int(lo) - 1) if rule.type in (int, float) else st.integers(),
+        st.integers(min_value=int(hi) + 1) if hi is not None else st.integers(min_value=10**12),
         st.floats(allow_nan=True, allow_infinity=True),
         st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="$\\\x00"), max_size=12),
         st.sampled_from(TRICKY_TEXT),
@@ -309,7 +322,7 @@ def bad_override(draw, keys: list[str], tmp: Path) -> tuple[str, str]:
     paths = st.sampled_from(["nowhere", "a file.txt", "a file.txt/below", "a folder", "weights.pt"]).map(
         lambda p: str(tmp / p))
     raw = st.text(st.sampled_from("ab1.-_ '\"[]{},=:"), max_size=8)  # typed as is: may not parse
-    kind = draw(st.sampled_from(["value", "value", "path" if rule.kind == "path" else "value", "raw"]))
+    kind = draw(st.sampled_from(["value", "value", "path" if rule.type in PATHS else "value", "raw"]))
     if kind == "raw":
         return key, draw(raw)
     return key, render(draw(paths if kind == "path" else values))
@@ -340,7 +353,7 @@ def test_fuzz_random_bad_overrides(world, capsys):
         ("seed=99999999999", ["seed=99999999999 is not allowed", "[0, 4294967295]"]),
         ("optimizer.weight_decay=-1", ["optimizer.weight_decay=-1 is not allowed", ">= 0"]),
         ("model.drop_rate=1.5", ["model.drop_rate=1.5 is not allowed", "[0, 1)"]),
-        ("dataset.augment.crop_padding=-1", ["dataset.augment.crop_padding=-1 is not allowed", ">= 0"]),
+        ("dataset.augment.crop_padding=-1", ["dataset.augment.crop_padding=-1 is not allowed", "[0, 31]"]),
         ("dataset.limit=0", ["dataset.limit=0 is not allowed", ">= 1"]),
         ("optimizer.momentum=2", ["optimizer.momentum=2 is not allowed", "[0, 1)"]),
         ("model.aux_weight=-1", ["model.aux_weight=-1.0 is not allowed", ">= 0"]),
@@ -390,3 +403,107 @@ def test_fuzz_sample_through_the_cli(world, tmp_path):
     finished = [p for p in tmp_path.rglob("summary.json") if json.loads(p.read_text()).get("status") == "completed"]
     assert not finished
     print(f"cli sample: {len(sample)} cases in {time.perf_counter() - t0:.1f} s: {sample}")
+
+
+# --------------------------------------------------------------------------- accepted edges
+# Edge values that are refused later by design, each for a runtime fact that only the
+# build can know (docs/errors.md), or too costly to build here: key -> why.
+RUNTIME_FACTS = {
+    "dataset.image_size": "below 16 px AlexNet's maps vanish (the model's runtime check); above 64: costly here",
+    "device.compile": "true: torch.compile takes minutes on a CPU",
+    "dataset.small_input": "false at 16 px: AlexNet's ImageNet stem can't take it (the model's runtime check)",
+    "dataset.num_workers": "above 2: a process each",
+    "dataset.limit": "below trainer.batch_size: a split smaller than a batch is a runtime fact",
+    "device.name": "cuda and mps: not on this machine (a runtime fact)",
+    "dataset.in_chans": "the dataset's own channel count is a fact of its files",
+    "dataset.name": "another dataset: a download (picked with dataset=<name>)",
+    "dataset.download": "a download: the network is a runtime fact",
+    "model.source": "another library's model: picked with model=<name>, its arch with it",
+    "model.pretrained": "a download: the network is a runtime fact",
+}
+
+
+def accepted_edges(key: str, rule: Any, get: Any) -> list[Any]:
+    """The bounds of a key and one step either side, null and every choice: what validate may accept."""
+    vals: list[Any] = [None] if rule.null else []
+    vals += list(rule.choices) + ([True, False] if rule.type is bool else [])
+    step = 1 if rule.type is int else 0.001
+    for _, b in rule.bounds(get):
+        if isinstance(b, (int, float)) and rule.type in (int, float, list):
+            vals += [b, b + step, b - step]
+    if rule.type is list:
+        vals = [[(rule.item or type(v))(v)] * (rule.length or 1) for v in vals if v is not None] \
+            or [[0.5] * (rule.length or 1)]
+    return vals
+
+
+def _too_costly_or_runtime(key: str, v: Any, get: Any) -> bool:
+    if key in ("dataset.name", "dataset.download", "model.source", "model.pretrained"):
+        return v != get(key)
+    if key == "dataset.image_size":
+        return not 16 <= v <= 64
+    if key == "device.compile":
+        return v is True
+    if key == "dataset.small_input":
+        return v is False
+    if key == "dataset.num_workers":
+        return v > 2
+    if key == "dataset.limit":
+        return v is not None and v < get("trainer.batch_size")
+    if key == "device.name":
+        return v in ("cuda", "mps")
+    if key == "dataset.in_chans":
+        return v != get("dataset.in_chans")
+    return False
+
+
+def _packed_configs(base: list[str]) -> list[list[str]]:
+    """Every accepted edge of every key, packed greedily into as few configs as validate accepts."""
+    import copy
+
+    cfg = compose(base)
+    get = lambda k: OmegaConf.select(cfg, k)  # noqa: E731
+    todo = [(key, v) for key in leaves(cfg)
+            if key in RULES and key.startswith(tuple(PREFIXES)) and not str(_snapshot(cfg, key)).startswith("${")
+            for v in accepted_edges(key, RULES[key], get) if not _too_costly_or_runtime(key, v, get)]
+    packs: list[tuple[Any, list[str]]] = []  # (the config so far, its overrides)
+    for key, v in todo:
+        for i, (packed, overrides) in enumerate([*packs, (cfg, [])]):
+            if any(o.split("=")[0] == key for o in overrides):
+                continue
+            trial = copy.deepcopy(packed)
+            OmegaConf.update(trial, key, v, merge=False)
+            try:
+                validate(trial)
+            except CnnlabError:
+                continue
+            if i == len(packs):
+                packs.append((trial, []))
+            packs[i] = (trial, [*overrides, f"{key}={render(v)}"])
+            break
+    return [overrides for _, overrides in packs]
+
+
+# The sections the build reads (paths and resume: their edges are null or a folder, tested above).
+PREFIXES = ["model.", "dataset.", "optimizer.", "scheduler.", "device.", "trainer.", "loss.", "mix.", "ema.",
+            "fit.", "seed"]
+EDGE_BASE = [*TINY, "dataset.image_size=16", "trainer.save_checkpoints=false", "trainer.log_feature_maps=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["optimizer=adam", "scheduler=onecycle"], ["scheduler=step"]])
+def test_accepted_edges_are_never_refused_later(extra, tmp_path):
+    """Every edge value validate() accepts trains (data, model, optimizer, schedule, loop, fit diagnosis)
+    without a ConfigError, ModelError or ValueError: a rule is checked once, before torch."""
+    from cnnlab.train import train
+
+    base = [*EDGE_BASE, *extra]
+    packs = _packed_configs(base)
+    assert sum(len(p) for p in packs) >= 100
+    for i, pack in enumerate(packs):
+        cfg = compose([*base, *pack], output_dir=tmp_path / f"run{i}")
+        try:
+            summary = train(cfg)
+        except (CnnlabError, ValueError) as e:
+            pytest.fail(f"accepted by validate, refused later: {pack}: {type(e).__name__}: {e}")
+        assert summary["status"] in ("completed", "diverged"), pack

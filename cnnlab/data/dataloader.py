@@ -208,8 +208,6 @@ def build_dataloader(split: Any, batch_size: int, mean: Sequence[float], std: Se
     last partial batch; train=False keeps order and every sample. ``world_size > 1``
     shards by ``rank`` (DistributedSampler for training).
     """
-    if num_workers < 0:
-        raise DataError(f"dataset.num_workers={num_workers}: use 0 (load in the main process) or more")
     shape = tuple(split.x.shape[1:])  # (C, H, W)
     if isinstance(split.x, torch.Tensor) and not split.x.is_meta:
         # Workers read the CPU copy (shared with them by fork, not pickled per item).

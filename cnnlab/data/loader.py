@@ -25,8 +25,6 @@ import torch
 from cnnlab.data.augment import crop_flip_padded, cutout, pad_images
 from cnnlab.errors import DataError
 
-LOADER_KINDS = ("tensor", "dataloader")
-
 
 @dataclass
 class Augment:
@@ -196,8 +194,6 @@ def make_loaders(
     ranks, and ``evaluate`` all-reduces the sums. ``num_workers`` only matters for the
     dataloader kind.
     """
-    if loader_kind not in LOADER_KINDS:
-        raise DataError(f"dataset.loader={loader_kind!r}: choose one of {', '.join(LOADER_KINDS)}")
     if augment is None:
         augment = Augment()
     elif not isinstance(augment, Augment):

@@ -41,8 +41,6 @@ def load_dataset(name: str, root: str | None, download: bool, image_size: int, i
                  val_split: float, test_split: float, split_seed: int,
                  memory_budget_mb: int, limit: int | None = None, loader: str = "tensor") -> ImageSplits:
     """Decode dataset ``name`` into uint8 splits; ``limit`` keeps the first N of each split."""
-    if name not in DATASETS:
-        raise DataError(f"dataset.name={name!r}: choose one of {', '.join(DATASETS)}")
     splits = DATASETS[name](root=root, download=download, image_size=image_size, in_chans=in_chans,
                             val_split=val_split, test_split=test_split, split_seed=split_seed,
                             memory_budget_mb=memory_budget_mb, loader=loader)

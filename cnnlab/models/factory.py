@@ -285,8 +285,6 @@ def build_model(
     the config's label, kept for reports; ``sync_bn`` is applied by the DDP wrapper.
     """
     del name, sync_bn  # labels/flags used elsewhere; accepted so every config is a valid call
-    if num_classes is None or num_classes < 1:
-        raise ModelError(f"model.num_classes={num_classes!r}: use an integer >= 1")
     if source == "cnnlab":
         # Kept as an alias: cnnlab's models are timm models now (alexnet -> cnnlab_alexnet).
         if not is_cnnlab_model(LEGACY_ARCHS.get(arch, arch)):
@@ -300,14 +298,12 @@ def build_model(
         if small_input and not sized and "small_input" not in extra_kwargs(LEGACY_ARCHS.get(arch, arch)):
             adapt_small_input(model, img_size)
         check_input(model, source, arch, in_chans, img_size)
-    elif source == "torchvision":
+    else:  # torchvision (model.source's choices are checked with the config)
         model, sized = _build_torchvision(arch, pretrained, num_classes, in_chans, drop_rate, aux_logits,
                                           img_size)
         if small_input and not sized:
             adapt_small_input(model, img_size)
         check_input(model, source, arch, in_chans, img_size)
-    else:
-        raise ModelError(f"model.source={source!r}: choose one of cnnlab, timm, torchvision")
     if aux_logits and hasattr(model, "aux_weight"):
         model.aux_weight = aux_weight
     if checkpoint:
