@@ -1,13 +1,9 @@
 """``python -m cnnlab.evaluate run=<run folder or checkpoint> [key=value ...]``: evaluate what you trained.
 
-The model is rebuilt from the checkpoint's own config and weights; the data is the
-run's dataset rebuilt with its split seed (the test split is the same images the run
-tested on), or another dataset from overrides whose classes must be the model's.
-Images are always resized to the model's training size and channels and normalised
-with the run's mean/std. Writes ``<run>/eval/<split>_<dataset>/`` (``-2``, ``-3``, ...
-when that folder exists: an earlier evaluation is never overwritten) and the same
-figures to the run's TensorBoard under ``eval/<split>_<dataset>/``. The files are
-listed in :mod:`cnnlab.evaluation.report`. Keys: conf/evaluate.yaml.
+The model is rebuilt from the checkpoint's config and weights; the data is the run's
+dataset rebuilt with its split seed (the test split is the images the run tested on), or
+another dataset with the model's classes, always resized and normalised as in training.
+The files written are listed in :mod:`cnnlab.evaluation.report`. Keys: conf/evaluate.yaml.
 """
 
 from __future__ import annotations
@@ -168,12 +164,10 @@ def _print(out_dir: Path, m: dict[str, Any]) -> None:
 @hydra_task
 def main(cfg: DictConfig) -> None:
     """The Hydra app: read the keys, call :func:`evaluate_run`, print the result."""
-    from cnnlab.config import choice, flag, integer
-    from cnnlab.evaluation.app import check_dataset_overrides, check_keys
+    from cnnlab.config import flag, integer
+    from cnnlab.evaluation.app import app_keys, check_dataset_overrides
 
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    check_keys(raw, {"batch_size": integer(1, null=True), "device": choice("auto", "cpu", "cuda", "mps"),
-                     "mistakes": integer(0, 256), "tensorboard": flag()})
+    raw = app_keys(cfg, batch_size=integer(1, null=True), mistakes=integer(0, 256), tensorboard=flag())
     ds = raw.get("dataset")
     is_new = isinstance(ds, dict) and "name" in ds and _group_chosen()
     if isinstance(ds, dict):

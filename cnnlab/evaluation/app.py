@@ -1,8 +1,7 @@
 """What ``python -m cnnlab.evaluate`` and ``python -m cnnlab.predict`` share around Hydra.
 
-``app`` answers ``--help`` from a static text (no Hydra, no torch: instant) and runs
-the Hydra app; both run inside :func:`cnnlab.errors.run_main`, the boundary of every
-entry point (a user error is one line ``error: ...`` with exit status 2).
+``app`` answers ``--help`` from a static text (no Hydra, no torch: instant); both run
+inside :func:`cnnlab.errors.run_main`, the boundary of every entry point.
 """
 
 from __future__ import annotations
@@ -38,17 +37,25 @@ def app(main: Callable[[], object], usage: str, rewrite: Callable[[list[str]], l
     return 0
 
 
-def check_keys(values: dict[str, Any], rules: dict[str, Any], prefix: str = "") -> None:
-    """Refuse, in one line, a value its rule does not allow.
-
-    ``rules``: key -> a rule of :mod:`cnnlab.config` (the run's own rule kinds and wording).
-    Keys absent from ``values`` are skipped.
-    """
+def check_keys(values: dict[str, Any], rules: dict[str, Any]) -> None:
+    """Refuse, in one line, a value its rule (of :mod:`cnnlab.config`) does not allow; keys
+    absent from ``values`` are skipped."""
     from cnnlab.errors import ConfigError
 
     for key, rule in rules.items():
         if key in values and not rule.allows(values[key]):
-            raise ConfigError(f"{prefix}{key}={values[key]!r} is not allowed: {rule.allowed}")
+            raise ConfigError(f"{key}={values[key]!r} is not allowed: {rule.allowed}")
+
+
+def app_keys(cfg: Any, **rules: Any) -> dict[str, Any]:
+    """An app's Hydra config as plain data, its ``batch_size``, ``device`` and other keys checked."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.config import choice
+
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    check_keys(raw, {"device": choice("auto", "cpu", "cuda", "mps"), **rules})
+    return raw
 
 
 def check_dataset_overrides(overrides: dict[str, Any]) -> None:

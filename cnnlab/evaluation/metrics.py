@@ -1,13 +1,8 @@
-"""Classification metrics over a whole split, from its logits and labels.
+"""Classification metrics of a split from its logits (N, K) and labels (N,), numpy on the host.
 
-Everything a library computes is left to it: scikit-learn's ``accuracy_score``,
-``top_k_accuracy_score``, ``log_loss``, ``precision_recall_fscore_support`` and
-``confusion_matrix``. Only the expected calibration error is written here, because
-scikit-learn's calibration tools are binary-only: ECE over ``n_bins`` equal-width
-confidence bins, sum_b |B_b|/N * |acc(B_b) - conf(B_b)| (Guo et al., 2017).
-
-Inputs are numpy arrays on the host: ``logits`` (N, K) float, ``labels`` (N,) int
-in [0, K). Accuracies and rates are fractions in [0, 1].
+scikit-learn computes all but the expected calibration error (its calibration tools are
+binary-only): ECE over ``n_bins`` equal-width confidence bins,
+sum_b |B_b|/N * |acc(B_b) - conf(B_b)| (Guo et al., 2017). Accuracies are fractions.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""The evaluation's pictures, drawn with matplotlib's object API on an Agg canvas.
-
-No pyplot state is created for our own figures (nothing opens a window, figures are
-freed with the function); scikit-learn's ``ConfusionMatrixDisplay`` draws the
-matrices onto axes we give it. Each function returns the Figure; :func:`render` draws
-it once into an (H, W, 3) uint8 image, which :func:`save_rgb` writes as PNG and
-TensorBoard takes as is. Margins are fixed, not tight_layout's: that pass draws
-every text again (a second or more on 2 cores).
+"""The evaluation's pictures: matplotlib's object API on an Agg canvas (no pyplot state, no
+window). Each function returns the Figure; :func:`render` draws it once into an (H, W, 3)
+uint8 image for the PNG and TensorBoard. Margins are fixed: tight_layout draws every text
+again (a second or more on 2 cores).
 """
 
 from __future__ import annotations
@@ -48,7 +44,6 @@ def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "") ->
 
     k = len(class_names)
     labels = class_names if k <= _MAX_TICK_LABELS else [""] * k
-    # Fixed margins sized by the longest name: no tight_layout pass (it draws every text twice).
     name_in = 0.3 + 0.075 * max((len(n) for n in labels), default=1)  # inches for tick labels
     side = min(3.5 + 0.3 * k, 22)  # inches per matrix
     w, h = 2 * (side + name_in + 0.4), side + name_in + 0.9

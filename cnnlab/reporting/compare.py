@@ -303,21 +303,16 @@ def build_report(paths: Iterable[str | os.PathLike]) -> Report:
 
 # --------------------------------------------------------------------------- writing
 def fmt(v: Any, how: str = "") -> str:
-    """The one number formatter: a table cell, a label or an axis tick; "" for None.
-
-    ``how``: "%" (0.9 -> 90.00%), "si" (5400000 -> 5.40M, 350 -> 350), "tick" (an axis
-    tick: 5.4M, 0.5), a format spec (".1f"), or "" (str).
-    """
+    """The one number formatter (a table cell, a label, an axis tick; "" for None). ``how``: "%"
+    (0.9 -> 90.00%), "si" (5400000 -> 5.40M, 350 -> 350), "tick" (5.4M, 0.5), a format spec, or ""."""
     if v is None:
         return ""
     if how == "%":
         return f"{100 * v:.2f}%"
     if how in ("si", "tick"):
-        spec = ".3g" if how == "tick" else ".2f"
-        for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(v) >= div:
-                return f"{v / div:{spec}}{unit}"
-        return f"{v:{'.3g' if how == 'tick' else '.0f'}}"
+        div, unit = next(((d, u) for d, u in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if abs(v) >= d), (1, ""))
+        spec = ".3g" if how == "tick" else ".2f" if unit else ".0f"
+        return f"{v / div:{spec}}{unit}"
     return format(v, how)
 
 
@@ -341,11 +336,8 @@ def common_overrides(runs: Sequence[Run]) -> list[str]:
 
 
 def runs_table(report: Report) -> str:
-    """The per-run Markdown table (also what the callback prints): the FIELDS with a header.
-
-    The overrides column leaves out those that every run shares (the sweep's fixed
-    settings), which ``render_markdown`` states once above the table.
-    """
+    """The per-run Markdown table: the FIELDS with a header; the overrides column leaves out
+    those every run shares (the sweep's fixed settings, stated once above the table)."""
     common = set(common_overrides(report.runs))
     shown = [f for f in FIELDS if f.header]
     rows = []
@@ -363,13 +355,10 @@ def groups_table(report: Report) -> str:
     for g in report.groups:
         seeds = ",".join(str(s) for s in sorted(r.seed for r in g.runs if r.seed is not None))
         rest = " ".join(o for o in g.overrides.split(" ") if o and o not in common)
-        cells = []
-        for f in stats:
-            mean, std, _ = g.stat(f.name)
-            with_std = f.how == "%" and std is not None
-            cells.append(f"{100 * mean:.2f} ± {fmt(std, '%')}" if with_std else fmt(mean, f.how))
-        rows.append([g.model, g.dataset, rest, f"{sum(r.ok for r in g.runs)}/{len(g.runs)} completed",
-                     seeds, *cells])
+        cells = [(mean, std, f.how) for f in stats for mean, std, _ in [g.stat(f.name)]]
+        rows.append([g.model, g.dataset, rest, f"{sum(r.ok for r in g.runs)}/{len(g.runs)} completed", seeds,
+                     *(f"{100 * m:.2f} ± {fmt(sd, '%')}" if how == "%" and sd is not None else fmt(m, how)
+                       for m, sd, how in cells)])
     return _md_table(["model", "dataset", "overrides (without seed)", "runs", "seeds",
                       *(f.header for f in stats)], rows)
 
@@ -380,11 +369,8 @@ def per_class_table(report: Report) -> str:
     if not runs:
         return ""
     labels = _labels(runs)
-    classes: list[str] = []
-    for r in runs:
-        classes += [c for c in r.per_class if c not in classes]
     rows = []
-    for c in classes:
+    for c in dict.fromkeys(c for r in runs for c in r.per_class):  # every class, in first-seen order
         accs = [r.per_class.get(c) for r in runs]
         best = max((a for a in accs if a is not None), default=None)
         winners = [labels[id(r)] for r, a in zip(runs, accs, strict=True) if a is not None and a == best]
@@ -395,11 +381,8 @@ def per_class_table(report: Report) -> str:
 
 
 def pareto_front(points: Sequence[tuple[float, float]], larger_x_better: bool = False) -> list[int]:
-    """Indices of the (x, accuracy) points no other point beats on both, by increasing cost.
-
-    A point is on the front when every point at least as cheap (x no larger, or no
-    smaller when a larger x is better) has a lower accuracy.
-    """
+    """Indices of the (x, accuracy) points no other point beats on both, by increasing cost: every
+    point at least as cheap (x no larger, or no smaller when a larger x is better) is less accurate."""
     order = sorted(range(len(points)), key=lambda i: (-points[i][0] if larger_x_better else points[i][0],
                                                        -points[i][1]))
     front, best = [], -math.inf
@@ -422,7 +405,6 @@ def pareto_text(report: Report) -> str:
                 f"{labels[id(r)]} ({fmt(getattr(r, attr), FIELD[attr].how)}, {fmt(r.test_acc, '%')})"
                 for r in front))
     return "\n".join(lines)
-
 
 
 def console_text(report: Report) -> str:
