@@ -164,12 +164,16 @@ def _print(out_dir: Path, m: dict[str, Any]) -> None:
 @hydra_task
 def main(cfg: DictConfig) -> None:
     """The Hydra app: read the keys, call :func:`evaluate_run`, print the result."""
+    from hydra.core.hydra_config import HydraConfig
+
     from cnnlab.config import flag, integer
     from cnnlab.evaluation.app import app_keys, check_dataset_overrides
 
     raw = app_keys(cfg, batch_size=integer(1, null=True), mistakes=integer(0, 256), tensorboard=flag())
     ds = raw.get("dataset")
-    is_new = isinstance(ds, dict) and "name" in ds and _group_chosen()
+    # A new dataset: dataset=<name> on the command line, not only dataset.KEY=VALUE.
+    is_new = isinstance(ds, dict) and "name" in ds and (
+        HydraConfig.get().runtime.choices.get("dataset") not in (None, "null"))
     if isinstance(ds, dict):
         check_dataset_overrides(ds)  # dataset=<name>, or dataset.KEY=VALUE on the run's own dataset
     if is_new:
@@ -181,13 +185,6 @@ def main(cfg: DictConfig) -> None:
                                     raw["batch_size"], raw["device"], int(raw["mistakes"]),
                                     bool(raw["tensorboard"]))
     _print(out_dir, metrics)
-
-
-def _group_chosen() -> bool:
-    """Whether the command line picked a dataset (``dataset=<name>``), not only dataset keys."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().runtime.choices.get("dataset") not in (None, "null")
 
 
 def cli() -> int:

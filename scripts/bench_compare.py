@@ -43,9 +43,8 @@ def make_runs(root: Path, n: int, epochs: int, rng: random.Random) -> None:
         seed = (i // (len(MODELS) * 4)) % 10
         overrides = [f"model={model}", f"optimizer.lr={lr}", f"seed={seed}"]
         d = root / f"{i}_model={model},optimizer.lr={lr}"
-        (d / ".hydra").mkdir(parents=True)
-        (d / "tb").mkdir()
-        (d / "checkpoints").mkdir()
+        for sub in (".hydra", "tb", "checkpoints"):
+            (d / sub).mkdir(parents=True)
         (d / "tb" / "events.out.tfevents.0.host").write_bytes(b"\0" * 4096)
         (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
         (d / ".hydra" / "config.yaml").write_text(CONFIG_YAML.format(model=model, lr=lr, seed=seed, epochs=epochs))

@@ -6,6 +6,8 @@ inside :func:`cnnlab.errors.run_main`, the boundary of every entry point.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -82,15 +84,12 @@ def next_free(path: str | os.PathLike, is_dir: bool) -> str:
 
     p = Path(path)
     stem, suffix = (p.name, "") if is_dir else (p.stem, p.suffix)
-    candidate, n = p, 1
-    while True:
+    for n in itertools.count(1):
+        candidate = p if n == 1 else p.with_name(f"{stem}-{n}{suffix}")
         if is_dir:
-            try:
+            with contextlib.suppress(FileExistsError):
                 candidate.mkdir(parents=True)
                 return str(candidate)
-            except FileExistsError:
-                pass
         elif not candidate.exists():
             return str(candidate)
-        n += 1
-        candidate = p.with_name(f"{stem}-{n}{suffix}")
+    raise AssertionError  # itertools.count never ends

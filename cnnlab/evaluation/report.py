@@ -90,7 +90,7 @@ def per_class_markdown(rows: list[dict[str, Any]]) -> str:
 def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
                      extra: dict[str, Any] | None = None, title: str = "", writer: Any = None,
                      tag: str = "eval", step: int = 0, mistakes: tuple[np.ndarray, np.ndarray] | None = None,
-                     ) -> list[Path]:
+                     ) -> None:
     """Write the evaluation's files into ``out_dir`` (created) and, given a SummaryWriter, TensorBoard.
 
     ``mistakes``: (images (n, C, H, W) uint8, their sample indices) for misclassified.png;
@@ -99,19 +99,13 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
     from cnnlab.evaluation import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def path(name: str) -> Path:
-        written.append(out_dir / name)
-        return out_dir / name
-
     metrics = {k: finite_or_none(v) for k, v in {**ev.metrics, **(extra or {})}.items()}
-    path("metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_csv(path("per_class.csv"), PER_CLASS_COLUMNS, ([r[k] for k in PER_CLASS_COLUMNS] for r in ev.per_class))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_csv(out_dir / "per_class.csv", PER_CLASS_COLUMNS, ([r[k] for k in PER_CLASS_COLUMNS] for r in ev.per_class))
     # The matrices: rows = true class (first column), columns = predicted (the header row).
     normed = ev.confusion / np.maximum(ev.confusion.sum(axis=1, keepdims=True), 1)
     for name, cm, fmt in (("confusion", ev.confusion, "{:d}"), ("confusion_normalized", normed, "{:.4f}")):
-        write_csv(path(f"{name}.csv"), ["true\\predicted", *class_names],
+        write_csv(out_dir / f"{name}.csv", ["true\\predicted", *class_names],
                   ([c, *(fmt.format(v) for v in row.tolist())] for c, row in zip(class_names, cm, strict=True)))
     figures = {
         "confusion": plots.confusion_figure(ev.confusion, class_names, title),
@@ -125,7 +119,7 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
             (title + ": " if title else "") + "most confident mistakes")
     for name, fig in figures.items():
         rgb = plots.render(fig)
-        plots.save_rgb(rgb, path(f"{name}.png"))
+        plots.save_rgb(rgb, out_dir / f"{name}.png")
         if writer is not None:
             writer.add_image(f"{tag}/{name}", rgb, step, dataformats="HWC")
     if writer is not None:
@@ -134,7 +128,6 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
                 writer.add_scalar(f"{tag}/{key}", ev.metrics[key], step)
         writer.add_text(f"{tag}/per_class", per_class_markdown(ev.per_class), step)
         writer.flush()
-    return written
 
 
 def test_report(model: Any, loader: Any, device_policy: Any, class_names: list[str], out_dir: str | Path,

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,12 @@ def sweep_exit_code() -> int:
     return int(_last_sweep["failed"])
 
 
+@dataclass
 class ComparisonReport(Callback):
     """Writes and prints the comparison report when a multirun ends."""
 
-    def __init__(self, plot: bool = True, print_table: bool = True) -> None:
-        self.plot = plot
-        self.print_table = print_table
+    plot: bool = True
+    print_table: bool = True
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _last_sweep["failed"] = False
@@ -82,11 +83,8 @@ def pick_gpu(job_num: int, visible: list[str]) -> str | None:
 
 
 def _visible_gpus() -> list[str]:
-    """GPU ids this process may use, found without initialising CUDA.
-
-    CUDA reads CUDA_VISIBLE_DEVICES once, at its first call; asking torch for the
-    device count would be that call, so the NVIDIA driver's /proc listing is used.
-    """
+    """GPU ids this process may use, from the driver's /proc listing: asking torch would
+    initialise CUDA, which reads CUDA_VISIBLE_DEVICES once, at its first call."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g for g in env.split(",") if g.strip()]

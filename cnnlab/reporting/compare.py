@@ -36,6 +36,7 @@ class Field:
     kind: type = float  # int, float or str: anything else read is None
     how: str = ""  # how fmt() shows it in a table
 
+
 # The fields in comparison.csv's column order. Accuracies are fractions in [0, 1].
 FIELDS = (
     Field("model", "model", "model", str),
@@ -71,7 +72,6 @@ REPORT_FILES = ("comparison.csv", "comparison.md", "comparison.png")
 _SKIP_DIRS = {".hydra", "tb", "checkpoints", ".submitit", "__pycache__", ".git", "eval", "predict",
               "test_report"}
 _SEED_KEYS = ("seed", "+seed", "++seed")
-
 
 
 class Run(SimpleNamespace):
@@ -523,11 +523,9 @@ def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
     cost panel marks the Pareto front of the completed runs (a black staircase and
     rings: no other run is both cheaper and more accurate).
     """
-    # The object API on an Agg canvas: no pyplot (slow to import, and it would pick a
-    # GUI backend on a desktop), no display needed, no global figure state.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
+
+    from cnnlab.evaluation import plots  # the object API on an Agg canvas: no pyplot, no display
 
     labels = _labels(report.runs)
     # One series per seed group or single run, its completed and unfinished runs apart (the
@@ -537,8 +535,7 @@ def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
         series.setdefault((r.group_key, r.ok), []).append(r)
     colors = [f"C{i % 10}" for i in range(len(series))]  # one per series, the same in every panel
 
-    fig = Figure(figsize=(13, 10))
-    FigureCanvasAgg(fig)
+    fig = plots.figure(13, 10)
     (ax_c, ax_p), (ax_m, ax_t) = fig.subplots(2, 2)
     # Fixed margins: tight_layout would measure every text extent (seconds for 200 runs).
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=0.96, wspace=0.18, hspace=0.25)
@@ -566,9 +563,7 @@ def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
 
     for ax, (attr, name, larger) in zip((ax_p, ax_m, ax_t), PARETO_AXES, strict=True):
         _cost_panel(ax, report, series, colors, labels, attr, name, larger)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100, pil_kwargs={"compress_level": 3})  # zlib's default 6: slower, ~same size
-    os.replace(tmp, path)  # a reader never sees half a PNG
+    plots.save_rgb(plots.render(fig), path)
 
 
 def write_report(report: Report, out_dir: str | os.PathLike, title: str = "Comparison",
@@ -587,11 +582,8 @@ def write_report(report: Report, out_dir: str | os.PathLike, title: str = "Compa
 # --------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cnnlab.compare PATH... [--out DIR]``; returns the exit status."""
-    ap = argparse.ArgumentParser(
-        prog="python -m cnnlab.compare",
-        description="Build comparison.csv/.md/.png from run folders (a sweep folder, outputs/, "
-                    "or several single runs).",
-    )
+    ap = argparse.ArgumentParser(prog="python -m cnnlab.compare", description="Build comparison.csv/.md/.png "
+                                 "from run folders (a sweep folder, outputs/, or several single runs).")
     ap.add_argument("paths", nargs="+", metavar="PATH", help="run folders or folders holding them")
     ap.add_argument("--out", help="where to write the report (default: PATH when there is one, "
                                   "else the current folder)")
