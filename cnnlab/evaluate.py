@@ -8,6 +8,7 @@ The files written are listed in :mod:`cnnlab.evaluation.report`. Keys: conf/eval
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -89,8 +90,7 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
     model = src_mod.build_model(ck, len(names), policy.device)
     if policy.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    trainer = ck["config"].get("trainer", {})
-    bs = batch_size or int(trainer.get("eval_batch_size", 512))
+    bs = batch_size or int(ck["config"].get("trainer", {}).get("eval_batch_size", 512))
     loader = _loader(part, bs, trained["mean"], trained["std"], policy, ds)
     logits, labels = collect_logits(model, loader, policy)
     ev = evaluate_arrays(logits, labels, names)
@@ -108,12 +108,9 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
 
         tb_dir = src.run_dir / "tb" if src.run_dir is not None else out_dir / "tb"
         writer = SummaryWriter(log_dir=str(tb_dir), filename_suffix=f".{out_dir.name}")
-    try:
+    with contextlib.closing(writer) if writer is not None else contextlib.nullcontext():
         write_evaluation(ev, names, out_dir, extra=extra, title=f"{extra['model']} on {name}", writer=writer,
                          tag=f"eval/{out_dir.name}", step=extra["checkpoint_epoch"], mistakes=(images, idx))
-    finally:
-        if writer is not None:
-            writer.close()
     metrics = json.loads((out_dir / "metrics.json").read_text())
     metrics["seconds"] = time.perf_counter() - t0
     return out_dir, metrics

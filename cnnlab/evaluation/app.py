@@ -15,15 +15,10 @@ from typing import Any
 
 
 def dataset_overrides(argv: list[str]) -> list[str]:
-    """``dataset.root=x`` without ``dataset=<name>`` -> ``+dataset.root=x``.
-
-    conf/evaluate.yaml's dataset default is null (the run's own dataset), so there is
-    no node to override: the ``+`` adds the keys, which the app then applies on top of
-    the run's own dataset config. With ``dataset=<name>`` they override that dataset.
-    """
-    has_group = any(a.split("=", 1)[0] in ("dataset", "+dataset", "++dataset") for a in argv if "=" in a)
-    if has_group:
-        return argv
+    """``dataset.root=x`` without ``dataset=<name>`` -> ``+dataset.root=x``: conf/evaluate.yaml's
+    dataset is null (the run's own), so the ``+`` adds the keys, applied on top of the run's own."""
+    if any(a.split("=", 1)[0] in ("dataset", "+dataset", "++dataset") for a in argv if "=" in a):
+        return argv  # dataset=<name>: the keys override that dataset
     return [f"+{a}" if a.startswith("dataset.") and "=" in a else a for a in argv]
 
 

@@ -75,9 +75,8 @@ _SEED_KEYS = ("seed", "+seed", "++seed")
 
 
 class Run(SimpleNamespace):
-    """One run folder: an attribute per ``FIELDS`` name (None when absent from disk), and
-    ``seed``, ``curve`` ((epoch, val_acc) pairs of metrics.csv) and ``per_class``
-    ({class: test accuracy})."""
+    """One run folder: an attribute per ``FIELDS`` name (None when absent from disk), ``seed``,
+    ``curve`` ((epoch, val_acc) pairs of metrics.csv) and ``per_class`` ({class: test accuracy})."""
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(**dict.fromkeys(COLUMNS), seed=None, per_class=None)
@@ -177,10 +176,8 @@ def _load_yaml(path: Path, notes: list[str]) -> Any:
 
 
 def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every run folder at or under ``paths`` (one with summary.json or .hydra/), sorted.
-
-    A missing path is a ConfigError; the walk skips a run folder's own tb/, checkpoints/, ...
-    """
+    """Every run folder at or under ``paths`` (one with summary.json or .hydra/), sorted; a
+    missing path is a ConfigError. The walk skips a run folder's own tb/, checkpoints/, ..."""
     found: dict[Path, None] = {}  # ordered set: the same folder given twice is one run
     for p in paths:
         root = Path(p)
@@ -258,29 +255,24 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     return run
 
 
-def _per_class_rows(rows: Any) -> dict[str, float] | None:
-    """{class: accuracy} from per-class rows (dicts with ``class`` and ``accuracy``), or None."""
-    if not isinstance(rows, list):
-        return None
-    out = {str(r["class"]): _num(r.get("accuracy"))
-           for r in rows if isinstance(r, dict) and r.get("class") is not None}
-    return {c: a for c, a in out.items() if a is not None} or None
-
-
 def read_per_class(d: Path, summary: dict[str, Any], dataset: str | None) -> dict[str, float] | None:
-    """A run's per-class test accuracy: summary.json's ``test_per_class``, else a per_class.csv:
+    """A run's per-class test accuracy: summary.json's ``test_per_class`` rows, else a per_class.csv:
     the one in summary.json's ``test_report`` folder (what training writes), else the first
     ``cnnlab.evaluate`` of the run's own test split (eval/test_<dataset>/)."""
-    candidates = [d / summary["test_report"]] if isinstance(summary.get("test_report"), str) else []
+    sources = [summary.get("test_per_class")]
+    if isinstance(summary.get("test_report"), str):
+        sources.append(d / summary["test_report"] / "per_class.csv")
     if dataset:
-        candidates.append(d / "eval" / f"test_{dataset}")
-    found = _per_class_rows(summary.get("test_per_class"))
-    for c in candidates:
-        if found:
-            break
-        with contextlib.suppress(OSError), open(c / "per_class.csv", newline="") as f:
-            found = _per_class_rows(list(csv.DictReader(f)))
-    return found
+        sources.append(d / "eval" / f"test_{dataset}" / "per_class.csv")
+    for rows in sources:
+        if isinstance(rows, Path):
+            with contextlib.suppress(OSError), open(rows, newline="") as f:
+                rows = list(csv.DictReader(f))
+        accs = {str(r["class"]): _num(r.get("accuracy")) for r in (rows if isinstance(rows, list) else [])
+                if isinstance(r, dict) and r.get("class") is not None}
+        if any(a is not None for a in accs.values()):
+            return {c: a for c, a in accs.items() if a is not None}
+    return None
 
 
 def _sort_key(r: Run) -> tuple:

@@ -107,10 +107,8 @@ class RunTracker:
               for k, v in hparams.items()}
         mets = {f"hparam/{k}": float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        experiment, session_start, session_end = hparams_summary(hp, mets)
-        writer = self.tb._get_file_writer()
-        for s in (experiment, session_start, session_end):
-            writer.add_summary(s)
+        for s in hparams_summary(hp, mets):  # experiment, session start, session end
+            self.tb._get_file_writer().add_summary(s)
         for k, v in mets.items():
             self.tb.add_scalar(k, v, 0)
         self.tb.flush()
