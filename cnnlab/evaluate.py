@@ -1,17 +1,14 @@
 """``python -m cnnlab.evaluate run=<run folder or checkpoint> [key=value ...]``: evaluate what you trained.
 
-The model is rebuilt from the checkpoint's own config and weights; the data is the
-run's dataset rebuilt with its split seed (the test split is the same images the run
-tested on), or another dataset from overrides whose classes must be the model's.
-Images are always resized to the model's training size and channels and normalised
-with the run's mean/std. Writes ``<run>/eval/<split>_<dataset>/`` (``-2``, ``-3``, ...
-when that folder exists: an earlier evaluation is never overwritten) and the same
-figures to the run's TensorBoard under ``eval/<split>_<dataset>/``. The files are
-listed in :mod:`cnnlab.evaluation.report`. Keys: conf/evaluate.yaml.
+The model is rebuilt from the checkpoint's config and weights; the data is the run's
+dataset rebuilt with its split seed (the test split is the images the run tested on), or
+another dataset with the model's classes, always resized and normalised as in training.
+The files written are listed in :mod:`cnnlab.evaluation.report`. Keys: conf/evaluate.yaml.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -93,8 +90,7 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
     model = src_mod.build_model(ck, len(names), policy.device)
     if policy.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    trainer = ck["config"].get("trainer", {})
-    bs = batch_size or int(trainer.get("eval_batch_size", 512))
+    bs = batch_size or int(ck["config"].get("trainer", {}).get("eval_batch_size", 512))
     loader = _loader(part, bs, trained["mean"], trained["std"], policy, ds)
     logits, labels = collect_logits(model, loader, policy)
     ev = evaluate_arrays(logits, labels, names)
@@ -112,12 +108,9 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
 
         tb_dir = src.run_dir / "tb" if src.run_dir is not None else out_dir / "tb"
         writer = SummaryWriter(log_dir=str(tb_dir), filename_suffix=f".{out_dir.name}")
-    try:
+    with contextlib.closing(writer) if writer is not None else contextlib.nullcontext():
         write_evaluation(ev, names, out_dir, extra=extra, title=f"{extra['model']} on {name}", writer=writer,
                          tag=f"eval/{out_dir.name}", step=extra["checkpoint_epoch"], mistakes=(images, idx))
-    finally:
-        if writer is not None:
-            writer.close()
     metrics = json.loads((out_dir / "metrics.json").read_text())
     metrics["seconds"] = time.perf_counter() - t0
     return out_dir, metrics
@@ -168,14 +161,17 @@ def _print(out_dir: Path, m: dict[str, Any]) -> None:
 @hydra_task
 def main(cfg: DictConfig) -> None:
     """The Hydra app: read the keys, call :func:`evaluate_run`, print the result."""
-    from cnnlab.config import Rule
-    from cnnlab.evaluation.app import check_dataset_overrides, check_keys
+    from hydra.core.hydra_config import HydraConfig
 
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    check_keys(raw, {"batch_size": Rule(int, ">= 1", null=True), "device": Rule(choices=("auto", "cpu", "cuda", "mps")),
-                     "mistakes": Rule(int, "[0, 256]"), "tensorboard": Rule(bool)})
+    from cnnlab.config import Rule
+    from cnnlab.evaluation.app import app_keys, check_dataset_overrides
+
+    raw = app_keys(cfg, batch_size=Rule(int, ">= 1", null=True), mistakes=Rule(int, "[0, 256]"),
+                   tensorboard=Rule(bool))
     ds = raw.get("dataset")
-    is_new = isinstance(ds, dict) and "name" in ds and _group_chosen()
+    # A new dataset: dataset=<name> on the command line, not only dataset.KEY=VALUE.
+    is_new = isinstance(ds, dict) and "name" in ds and (
+        HydraConfig.get().runtime.choices.get("dataset") not in (None, "null"))
     if isinstance(ds, dict):
         check_dataset_overrides(ds)  # dataset=<name>, or dataset.KEY=VALUE on the run's own dataset
     if is_new:
@@ -187,13 +183,6 @@ def main(cfg: DictConfig) -> None:
                                     raw["batch_size"], raw["device"], int(raw["mistakes"]),
                                     bool(raw["tensorboard"]))
     _print(out_dir, metrics)
-
-
-def _group_chosen() -> bool:
-    """Whether the command line picked a dataset (``dataset=<name>``), not only dataset keys."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().runtime.choices.get("dataset") not in (None, "null")
 
 
 def cli() -> int:

@@ -1,23 +1,21 @@
 """``python -m cnnlab.predict run=<run> images=<file or folder> [topk=3]``: classify your own images.
 
-Each image (any format PIL reads; a folder is searched recursively) is converted to
-the model's channels (grey "L" or "RGB"), resized to the run's training image size
-with the same bilinear resize the image-folder loader uses, and normalised with the
-run's mean/std. The top-k classes and their probabilities are printed as a table and
-written to ``<run>/predict/predictions.csv`` (``predictions-2.csv``, ... when it
-exists: never overwritten), or to ``out=``, which must not exist. A file that is
-not an image is named in a warning and skipped. Keys: conf/predict.yaml.
+Each image (any format PIL reads; a folder is searched recursively) is read as the
+image-folder loader reads it (the model's channels and training size, bilinear), and
+normalised with the run's mean/std. A file that is not an image is named in a warning
+and skipped. Keys: conf/predict.yaml.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cnnlab.errors import hydra_task, run_main
 from cnnlab.evaluation.app import app, next_free
@@ -134,11 +132,9 @@ def predict(run: str | None, images: str | None, topk: int = 3, checkpoint: str 
 def format_table(rows: list[dict[str, Any]], topk: int, root: Path | None = None) -> str:
     """The printed table: file, then ``name prob%`` for each of the top k."""
     def rel(f: str) -> str:
-        if root is not None:
-            try:
+        with contextlib.suppress(ValueError):
+            if root is not None:
                 return str(Path(f).relative_to(root)) or Path(f).name
-            except ValueError:
-                pass
         return f
 
     header = ["file", *[f"top {i}" for i in range(1, topk + 1)]]
@@ -154,10 +150,9 @@ def format_table(rows: list[dict[str, Any]], topk: int, root: Path | None = None
 @hydra_task
 def main(cfg: DictConfig) -> None:
     from cnnlab.config import Rule
-    from cnnlab.evaluation.app import check_keys
+    from cnnlab.evaluation.app import app_keys
 
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    check_keys(raw, {"batch_size": Rule(int, ">= 1"), "device": Rule(choices=("auto", "cpu", "cuda", "mps"))})
+    raw = app_keys(cfg, batch_size=Rule(int, ">= 1"))
     topk = raw["topk"]
     if isinstance(topk, str) and topk.lstrip("-").isdigit():
         topk = int(topk)

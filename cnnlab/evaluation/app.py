@@ -1,12 +1,13 @@
 """What ``python -m cnnlab.evaluate`` and ``python -m cnnlab.predict`` share around Hydra.
 
-``app`` answers ``--help`` from a static text (no Hydra, no torch: instant) and runs
-the Hydra app; both run inside :func:`cnnlab.errors.run_main`, the boundary of every
-entry point (a user error is one line ``error: ...`` with exit status 2).
+``app`` answers ``--help`` from a static text (no Hydra, no torch: instant); both run
+inside :func:`cnnlab.errors.run_main`, the boundary of every entry point.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -14,15 +15,10 @@ from typing import Any
 
 
 def dataset_overrides(argv: list[str]) -> list[str]:
-    """``dataset.root=x`` without ``dataset=<name>`` -> ``+dataset.root=x``.
-
-    conf/evaluate.yaml's dataset default is null (the run's own dataset), so there is
-    no node to override: the ``+`` adds the keys, which the app then applies on top of
-    the run's own dataset config. With ``dataset=<name>`` they override that dataset.
-    """
-    has_group = any(a.split("=", 1)[0] in ("dataset", "+dataset", "++dataset") for a in argv if "=" in a)
-    if has_group:
-        return argv
+    """``dataset.root=x`` without ``dataset=<name>`` -> ``+dataset.root=x``: conf/evaluate.yaml's
+    dataset is null (the run's own), so the ``+`` adds the keys, applied on top of the run's own."""
+    if any(a.split("=", 1)[0] in ("dataset", "+dataset", "++dataset") for a in argv if "=" in a):
+        return argv  # dataset=<name>: the keys override that dataset
     return [f"+{a}" if a.startswith("dataset.") and "=" in a else a for a in argv]
 
 
@@ -38,17 +34,25 @@ def app(main: Callable[[], object], usage: str, rewrite: Callable[[list[str]], l
     return 0
 
 
-def check_keys(values: dict[str, Any], rules: dict[str, Any], prefix: str = "") -> None:
-    """Refuse, in one line, a value its rule does not allow.
-
-    ``rules``: key -> a rule of :mod:`cnnlab.config` (the run's own rule kinds and wording).
-    Keys absent from ``values`` are skipped.
-    """
+def check_keys(values: dict[str, Any], rules: dict[str, Any]) -> None:
+    """Refuse, in one line, a value its rule (of :mod:`cnnlab.config`) does not allow; keys
+    absent from ``values`` are skipped."""
     from cnnlab.errors import ConfigError
 
     for key, rule in rules.items():
         if key in values and not rule.allows(values[key]):
-            raise ConfigError(f"{prefix}{key}={values[key]!r} is not allowed: {rule.allowed}")
+            raise ConfigError(f"{key}={values[key]!r} is not allowed: {rule.allowed}")
+
+
+def app_keys(cfg: Any, **rules: Any) -> dict[str, Any]:
+    """An app's Hydra config as plain data, its ``batch_size``, ``device`` and other keys checked."""
+    from omegaconf import OmegaConf
+
+    from cnnlab.config import Rule
+
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    check_keys(raw, {"device": Rule(choices=("auto", "cpu", "cuda", "mps")), **rules})
+    return raw
 
 
 def check_dataset_overrides(overrides: dict[str, Any]) -> None:
@@ -75,15 +79,12 @@ def next_free(path: str | os.PathLike, is_dir: bool) -> str:
 
     p = Path(path)
     stem, suffix = (p.name, "") if is_dir else (p.stem, p.suffix)
-    candidate, n = p, 1
-    while True:
+    for n in itertools.count(1):
+        candidate = p if n == 1 else p.with_name(f"{stem}-{n}{suffix}")
         if is_dir:
-            try:
+            with contextlib.suppress(FileExistsError):
                 candidate.mkdir(parents=True)
                 return str(candidate)
-            except FileExistsError:
-                pass
         elif not candidate.exists():
             return str(candidate)
-        n += 1
-        candidate = p.with_name(f"{stem}-{n}{suffix}")
+    raise AssertionError  # itertools.count never ends

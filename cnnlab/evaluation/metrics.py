@@ -1,13 +1,8 @@
-"""Classification metrics over a whole split, from its logits and labels.
+"""Classification metrics of a split from its logits (N, K) and labels (N,), numpy on the host.
 
-Everything a library computes is left to it: scikit-learn's ``accuracy_score``,
-``top_k_accuracy_score``, ``log_loss``, ``precision_recall_fscore_support`` and
-``confusion_matrix``. Only the expected calibration error is written here, because
-scikit-learn's calibration tools are binary-only: ECE over ``n_bins`` equal-width
-confidence bins, sum_b |B_b|/N * |acc(B_b) - conf(B_b)| (Guo et al., 2017).
-
-Inputs are numpy arrays on the host: ``logits`` (N, K) float, ``labels`` (N,) int
-in [0, K). Accuracies and rates are fractions in [0, 1].
+scikit-learn computes all but the expected calibration error (its calibration tools are
+binary-only): ECE over ``n_bins`` equal-width confidence bins,
+sum_b |B_b|/N * |acc(B_b) - conf(B_b)| (Guo et al., 2017). Accuracies are fractions.
 """
 
 from __future__ import annotations
@@ -70,13 +65,7 @@ class Evaluation:
 def evaluate_arrays(logits: np.ndarray, labels: np.ndarray, class_names: list[str],
                     n_bins: int = ECE_BINS) -> Evaluation:
     """Every metric of a split from its logits (N, K) and labels (N,)."""
-    from sklearn.metrics import (
-        accuracy_score,
-        confusion_matrix,
-        log_loss,
-        precision_recall_fscore_support,
-        top_k_accuracy_score,
-    )
+    import sklearn.metrics as skm
 
     k = len(class_names)
     labels = np.asarray(labels, dtype=np.int64)
@@ -94,16 +83,15 @@ def evaluate_arrays(logits: np.ndarray, labels: np.ndarray, class_names: list[st
         empty = np.zeros((k, k), dtype=np.int64)
         return Evaluation(metrics, [_row(c, 0, 0.0, 0.0, 0.0, None) for c in class_names], empty,
                           calibration(probs.reshape(0, k), labels, n_bins), probs, preds, labels)
-    metrics["accuracy"] = float(accuracy_score(labels, preds))
+    metrics["accuracy"] = float(skm.accuracy_score(labels, preds))
     if k > 5:
-        metrics["top5_accuracy"] = float(top_k_accuracy_score(labels, probs, k=5, labels=every))
-    metrics["loss"] = float(log_loss(labels, probs, labels=every))  # mean cross-entropy (nats)
+        metrics["top5_accuracy"] = float(skm.top_k_accuracy_score(labels, probs, k=5, labels=every))
+    metrics["loss"] = float(skm.log_loss(labels, probs, labels=every))  # mean cross-entropy (nats)
     for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(labels, preds, labels=every, average=avg, zero_division=0)
+        p, r, f, _ = skm.precision_recall_fscore_support(labels, preds, labels=every, average=avg, zero_division=0)
         metrics.update({f"{avg}_precision": float(p), f"{avg}_recall": float(r), f"{avg}_f1": float(f)})
-    p, r, f, support = precision_recall_fscore_support(labels, preds, labels=every, average=None,
-                                                       zero_division=0)
-    cm = confusion_matrix(labels, preds, labels=every)
+    p, r, f, support = skm.precision_recall_fscore_support(labels, preds, labels=every, zero_division=0)
+    cm = skm.confusion_matrix(labels, preds, labels=every)
     # Per-class accuracy: the share of that class's images predicted as it (the
     # confusion matrix's diagonal over its row; equal to recall, kept for readers
     # who look for "accuracy"). None for a class with no image in the split.

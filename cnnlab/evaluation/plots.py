@@ -1,11 +1,7 @@
-"""The evaluation's pictures, drawn with matplotlib's object API on an Agg canvas.
-
-No pyplot state is created for our own figures (nothing opens a window, figures are
-freed with the function); scikit-learn's ``ConfusionMatrixDisplay`` draws the
-matrices onto axes we give it. Each function returns the Figure; :func:`render` draws
-it once into an (H, W, 3) uint8 image, which :func:`save_rgb` writes as PNG and
-TensorBoard takes as is. Margins are fixed, not tight_layout's: that pass draws
-every text again (a second or more on 2 cores).
+"""The evaluation's pictures: matplotlib's object API on an Agg canvas (no pyplot state, no
+window). Each function returns the Figure; :func:`render` draws it once into an (H, W, 3)
+uint8 image for the PNG and TensorBoard. Margins are fixed: tight_layout draws every text
+again (a second or more on 2 cores).
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ _MAX_ANNOTATED = 20
 _MAX_TICK_LABELS = 40
 
 
-def _figure(w: float, h: float) -> Any:
+def figure(w: float, h: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -48,25 +44,21 @@ def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "") ->
 
     k = len(class_names)
     labels = class_names if k <= _MAX_TICK_LABELS else [""] * k
-    # Fixed margins sized by the longest name: no tight_layout pass (it draws every text twice).
     name_in = 0.3 + 0.075 * max((len(n) for n in labels), default=1)  # inches for tick labels
     side = min(3.5 + 0.3 * k, 22)  # inches per matrix
     w, h = 2 * (side + name_in + 0.4), side + name_in + 0.9
-    fig = _figure(w, h)
+    fig = figure(w, h)
     fig.subplots_adjust(left=(name_in + 0.35) / w, right=1 - 0.2 / w, bottom=(name_in + 0.45) / h,
                         top=1 - 0.55 / h, wspace=(name_in + 0.5) / (side))
     ax_n, ax_r = fig.subplots(1, 2)
-    rows = cm.sum(axis=1, keepdims=True)
-    normed = np.where(rows > 0, cm / np.maximum(rows, 1), 0.0)
-    annotate = k <= _MAX_ANNOTATED
-    ConfusionMatrixDisplay(cm, display_labels=labels).plot(
-        ax=ax_n, include_values=annotate, colorbar=False, cmap="Blues", values_format="d",
-        xticks_rotation="vertical")
-    ConfusionMatrixDisplay(normed, display_labels=labels).plot(
-        ax=ax_r, include_values=annotate, colorbar=False, cmap="Blues", values_format=".2f",
-        xticks_rotation="vertical", im_kw={"vmin": 0.0, "vmax": 1.0})
-    ax_n.set_title("counts")
-    ax_r.set_title("row-normalised (recall per true class)")
+    normed = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # a class with no image: a row of 0
+    for ax, m, fmt, name, im_kw in ((ax_n, cm, "d", "counts", None),
+                                    (ax_r, normed, ".2f", "row-normalised (recall per true class)",
+                                     {"vmin": 0.0, "vmax": 1.0})):
+        ConfusionMatrixDisplay(m, display_labels=labels).plot(
+            ax=ax, include_values=k <= _MAX_ANNOTATED, colorbar=False, cmap="Blues", values_format=fmt,
+            xticks_rotation="vertical", im_kw=im_kw)
+        ax.set_title(name)
     if title:
         fig.suptitle(title)
     return fig
@@ -74,7 +66,7 @@ def confusion_figure(cm: np.ndarray, class_names: list[str], title: str = "") ->
 
 def reliability_figure(cal: Calibration, title: str = "") -> Any:
     """The calibration diagram: accuracy per confidence bin against the diagonal, and the counts."""
-    fig = _figure(6, 6.5)
+    fig = figure(6, 6.5)
     ax, ax_c = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     centers = (cal.edges[:-1] + cal.edges[1:]) / 2
     width = cal.edges[1] - cal.edges[0]
@@ -97,7 +89,7 @@ def misclassified_figure(images: np.ndarray, true_names: list[str], pred_names: 
     n = len(images)
     cols = max(1, min(8, n))
     rows = max(1, -(-n // cols))
-    fig = _figure(1.9 * cols, 2.1 * rows + 0.5)
+    fig = figure(1.9 * cols, 2.1 * rows + 0.5)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.6 / (2.1 * rows + 0.5), hspace=0.45)
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:

@@ -1,10 +1,5 @@
-"""One pass over a split, and the files an evaluation leaves.
-
-``collect_logits`` runs the model over a loader once, keeping the logits and labels
-on the device, and reads them to the host once at the end (no sync per batch).
-``write_evaluation`` writes the files of :mod:`cnnlab.evaluate`'s output folder and
-their TensorBoard images; ``test_report`` is the part of it a training run calls
-on its final test split.
+"""One pass over a split (``collect_logits``), and the files an evaluation leaves
+(``write_evaluation``; ``test_report`` is the part a training run calls on its test split).
 
 Files (``out_dir``):
 
@@ -38,11 +33,9 @@ PER_CLASS_COLUMNS = ["class", "support", "precision", "recall", "f1", "accuracy"
 def collect_logits(model: Any, loader: Any, policy: Any, ddp: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(logits (N, K) float32, labels (N,) int64) of every sample in ``loader``, on the host.
 
-    One forward pass per batch under the policy's autocast; the batches' logits are
-    concatenated on the device and copied to the host once. Under DDP (``ddp``, a
-    :class:`cnnlab.dist.Dist`) each rank's shard is gathered, so every rank returns the
-    whole split (in rank-shard order, not the dataset's: metrics do not depend on the
-    order); every rank must then call it.
+    The logits stay on the device until one copy at the end (no sync per batch). Under DDP
+    (``ddp``, a :class:`cnnlab.dist.Dist`; every rank calls it) the shards are gathered: the
+    whole split on every rank, in rank-shard order (metrics do not depend on the order).
     """
     import torch
 
@@ -69,25 +62,11 @@ def collect_logits(model: Any, loader: Any, policy: Any, ddp: Any = None) -> tup
     return logits_h, labels_h.astype(np.int64)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps({k: finite_or_none(v) for k, v in data.items()}, indent=2) + "\n")
-
-
-def write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in PER_CLASS_COLUMNS})
-
-
-def write_confusion(path: Path, cm: np.ndarray, class_names: list[str], fmt: str = "{:d}") -> None:
-    """A matrix as CSV: the first column is the true class, the header row the predicted one."""
+def write_csv(path: Path, header: list[str], rows: Any) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["true\\predicted", *class_names])
-        for name, row in zip(class_names, cm, strict=True):
-            w.writerow([name, *(fmt.format(v) for v in row.tolist())])
+        w.writerow(header)
+        w.writerows(rows)  # None: an empty cell
 
 
 def most_confident_mistakes(ev: Evaluation, n: int = 16) -> np.ndarray:
@@ -111,7 +90,7 @@ def per_class_markdown(rows: list[dict[str, Any]]) -> str:
 def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
                      extra: dict[str, Any] | None = None, title: str = "", writer: Any = None,
                      tag: str = "eval", step: int = 0, mistakes: tuple[np.ndarray, np.ndarray] | None = None,
-                     ) -> list[Path]:
+                     ) -> None:
     """Write the evaluation's files into ``out_dir`` (created) and, given a SummaryWriter, TensorBoard.
 
     ``mistakes``: (images (n, C, H, W) uint8, their sample indices) for misclassified.png;
@@ -120,18 +99,14 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
     from cnnlab.evaluation import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    def path(name: str) -> Path:
-        written.append(out_dir / name)
-        return out_dir / name
-
-    write_json(path("metrics.json"), {**ev.metrics, **(extra or {})})
-    write_per_class(path("per_class.csv"), ev.per_class)
-    write_confusion(path("confusion.csv"), ev.confusion, class_names)
-    rows = ev.confusion.sum(axis=1, keepdims=True)
-    write_confusion(path("confusion_normalized.csv"), ev.confusion / np.maximum(rows, 1), class_names,
-                    fmt="{:.4f}")
+    metrics = {k: finite_or_none(v) for k, v in {**ev.metrics, **(extra or {})}.items()}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_csv(out_dir / "per_class.csv", PER_CLASS_COLUMNS, ([r[k] for k in PER_CLASS_COLUMNS] for r in ev.per_class))
+    # The matrices: rows = true class (first column), columns = predicted (the header row).
+    normed = ev.confusion / np.maximum(ev.confusion.sum(axis=1, keepdims=True), 1)
+    for name, cm, fmt in (("confusion", ev.confusion, "{:d}"), ("confusion_normalized", normed, "{:.4f}")):
+        write_csv(out_dir / f"{name}.csv", ["true\\predicted", *class_names],
+                  ([c, *(fmt.format(v) for v in row.tolist())] for c, row in zip(class_names, cm, strict=True)))
     figures = {
         "confusion": plots.confusion_figure(ev.confusion, class_names, title),
         "reliability": plots.reliability_figure(ev.calibration, title),
@@ -144,7 +119,7 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
             (title + ": " if title else "") + "most confident mistakes")
     for name, fig in figures.items():
         rgb = plots.render(fig)
-        plots.save_rgb(rgb, path(f"{name}.png"))
+        plots.save_rgb(rgb, out_dir / f"{name}.png")
         if writer is not None:
             writer.add_image(f"{tag}/{name}", rgb, step, dataformats="HWC")
     if writer is not None:
@@ -153,20 +128,16 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
                 writer.add_scalar(f"{tag}/{key}", ev.metrics[key], step)
         writer.add_text(f"{tag}/per_class", per_class_markdown(ev.per_class), step)
         writer.flush()
-    return written
 
 
 def test_report(model: Any, loader: Any, device_policy: Any, class_names: list[str], out_dir: str | Path,
                 tracker: Any = None, step: int = 0, ddp: Any = None) -> dict[str, Any]:
-    """Score a training run's final test split in one pass: loss, accuracy, per class.
+    """Score a training run's final test split in one pass, on every rank (only rank 0 writes
+    :func:`write_evaluation`'s files, no misclassified.png, and the tracker's TensorBoard ``test/``).
 
-    Call it on every rank (under DDP, ``ddp``, the shards are gathered; only rank 0
-    writes). Writes :func:`write_evaluation`'s files (no misclassified.png) into
-    ``out_dir`` and, given the run's tracker, the figures to its TensorBoard under
-    ``test/``. Returns the fields to add to summary.json: ``test_acc`` (a fraction),
-    ``test_loss`` (mean cross-entropy of the float32 logits), ``test_macro_f1``,
-    ``test_weighted_f1``, ``test_ece``, ``test_top5_acc`` (more than 5 classes),
-    ``test_per_class`` (the per_class.csv rows) and ``test_report`` (``out_dir`` as given).
+    Returns summary.json's ``test_acc``, ``test_loss`` (mean cross-entropy of the float32
+    logits), ``test_macro_f1``, ``test_weighted_f1``, ``test_ece``, ``test_top5_acc`` (more than
+    5 classes), ``test_per_class`` (the per_class.csv rows) and ``test_report`` (``out_dir``).
     """
     import torch
     import torch.nn.functional as F

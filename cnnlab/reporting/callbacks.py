@@ -1,15 +1,9 @@
 """Hydra callbacks for multiruns (configured in conf/hydra/default.yaml).
 
-- ``ComparisonReport.on_multirun_end`` writes comparison.csv/.md/.png into the sweep
-  folder and prints the table. It reads the job folders from disk, so it works the
-  same with the basic, joblib and submitit launchers and with the Optuna sweeper.
-- ``JobResources.on_job_start`` keeps parallel jobs (hydra/launcher=joblib) from
-  oversubscribing the machine: torch threads = cores / parallel jobs, and with
-  several GPUs one GPU per job.
-
-Hydra's ``main`` returns nothing in a multirun, so a failed job can't set the exit
-status directly. The report records whether any job did not complete, and
-``cnnlab.run`` exits with ``sweep_exit_code()`` after ``main`` returns.
+``ComparisonReport`` writes and prints the comparison report when a multirun ends (read
+from disk: any launcher or sweeper); ``JobResources`` splits the cores (and GPUs) between
+parallel jobs. Hydra's multirun ``main`` returns nothing, so ``cnnlab.run`` exits with
+``sweep_exit_code()``: 1 when a job did not complete.
 """
 
 from __future__ import annotations
@@ -18,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +21,25 @@ from omegaconf import DictConfig
 
 log = logging.getLogger("cnnlab")
 
-# Set by ComparisonReport at the end of a multirun in this process: the job folders
-# that did not complete (None: no multirun ended here, or the report failed).
-_last_sweep: dict[str, Any] = {"ended": False, "failed": [], "report_error": None}
+# Set by ComparisonReport at the end of a multirun in this process: whether a job did not
+# complete, or the report failed.
+_last_sweep = {"failed": False}
 
 
 def sweep_exit_code() -> int:
     """1 if the last multirun in this process had a job that did not complete (or no report), else 0."""
-    if not _last_sweep["ended"]:
-        return 0
-    return 1 if (_last_sweep["failed"] or _last_sweep["report_error"]) else 0
+    return int(_last_sweep["failed"])
 
 
+@dataclass
 class ComparisonReport(Callback):
     """Writes and prints the comparison report when a multirun ends."""
 
-    def __init__(self, plot: bool = True, print_table: bool = True) -> None:
-        self.plot = plot
-        self.print_table = print_table
+    plot: bool = True
+    print_table: bool = True
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _last_sweep.update(ended=False, failed=[], report_error=None)
+        _last_sweep["failed"] = False
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from cnnlab.reporting.compare import build_report, console_text, write_report
@@ -54,27 +47,24 @@ class ComparisonReport(Callback):
         # hydra.sweep.dir holds ${now:...}; Hydra caches that resolver on the config,
         # so this is the folder the launcher created, not a new timestamp.
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        _last_sweep["ended"] = True
         t0 = time.perf_counter()
+        _last_sweep["failed"] = True  # until the report says otherwise
         try:
             report = build_report([sweep_dir])
             files = write_report(report, sweep_dir, title=f"Sweep {sweep_dir.name}", plot=self.plot)
-        except Exception as e:  # noqa: BLE001 - the jobs' results are on disk; say so, don't crash
-            _last_sweep["report_error"] = f"{type(e).__name__}: {e}"
+        except Exception:  # noqa: BLE001 - the jobs' results are on disk; say so, don't crash
             log.exception("the comparison report failed; rebuild it with "
                           "`python -m cnnlab.compare %s`", sweep_dir)
             return
-        _last_sweep["failed"] = [str(r.run_dir) for r in report.failed]
+        _last_sweep["failed"] = bool(report.failed)
         if self.print_table:
             print(f"\nComparison of {len(report.runs)} runs in {sweep_dir}:\n", flush=True)
             print(console_text(report))
             print(f"\nwrote {', '.join(f.name for f in files)} in {time.perf_counter() - t0:.2f}s",
                   flush=True)
         if report.failed:
-            lines = [f"  {r.run_dir}: {r.status}" + (f": {' '.join(r.error.split())}" if r.error else "")
-                     for r in report.failed]
-            print(f"{len(report.failed)} of {len(report.runs)} jobs did not complete:\n"
-                  + "\n".join(lines), file=sys.stderr, flush=True)
+            print(f"{len(report.failed)} of {len(report.runs)} jobs did not complete: their errors are in "
+                  f"{sweep_dir / 'comparison.md'}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- resources
@@ -93,11 +83,8 @@ def pick_gpu(job_num: int, visible: list[str]) -> str | None:
 
 
 def _visible_gpus() -> list[str]:
-    """GPU ids this process may use, found without initialising CUDA.
-
-    CUDA reads CUDA_VISIBLE_DEVICES once, at its first call; asking torch for the
-    device count would be that call, so the NVIDIA driver's /proc listing is used.
-    """
+    """GPU ids this process may use, from the driver's /proc listing: asking torch would
+    initialise CUDA, which reads CUDA_VISIBLE_DEVICES once, at its first call."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g for g in env.split(",") if g.strip()]

@@ -1,33 +1,21 @@
-"""The sweep report: one row per run, grouped seeds, and two plots.
+"""The sweep report: comparison.csv, .md and .png, one row per run, grouped seeds.
 
-``python -m cnnlab.compare PATH...`` finds every run folder under the given paths
-(a folder holding ``summary.json`` or ``.hydra/``), reads only the per-run files
-(summary.json, metrics.csv, .hydra/overrides.yaml, .hydra/config.yaml when the
-summary lacks a field) and writes ``comparison.csv``, ``comparison.md`` and
-``comparison.png``. The multirun callback (cnnlab/reporting/callbacks.py) calls the same
-code on the sweep folder when a sweep ends.
-
-A report is most needed when something went wrong, so nothing here raises on a
-bad run folder: a failed, diverged, interrupted or still-running run keeps the
-status its summary says, and a run whose summary.json is missing or garbled (it
-died before writing one, or is being written) is shown as ``incomplete``.
-
-``FIELDS`` lists the run's fields once: where summary.json keeps each, its CSV
-column, its table header and how it is shown. A missing value is None everywhere
-(an empty cell), never a placeholder number.
-
-This module never imports torch (it only reads files), and matplotlib only when
-a plot is drawn, so a report over 200 runs takes well under a second plus the plot.
+Read only from the per-run files (summary.json, metrics.csv, .hydra/), so it never
+imports torch, and matplotlib only to draw. A report is most needed when something
+went wrong, so nothing here raises on a bad run folder: a run whose summary.json is
+missing or garbled is shown as ``incomplete``. A missing value is None (an empty cell).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +75,8 @@ _SEED_KEYS = ("seed", "+seed", "++seed")
 
 
 class Run(SimpleNamespace):
-    """One run folder: an attribute per ``FIELDS`` name (None when absent from disk), and
-    ``seed``, ``curve`` ((epoch, val_acc) pairs of metrics.csv) and ``per_class``
-    ({class: test accuracy})."""
+    """One run folder: an attribute per ``FIELDS`` name (None when absent from disk), ``seed``,
+    ``curve`` ((epoch, val_acc) pairs of metrics.csv) and ``per_class`` ({class: test accuracy})."""
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(**dict.fromkeys(COLUMNS), seed=None, per_class=None)
@@ -111,10 +98,8 @@ class Run(SimpleNamespace):
         row = {name: getattr(self, name) for name in COLUMNS}
         row["overrides"] = " ".join(self.overrides)
         if base is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 row["run_dir"] = str(self.run_dir.resolve().relative_to(base.resolve())) or "."
-            except ValueError:
-                pass
         return row
 
 
@@ -130,10 +115,7 @@ class Group:
     def stat(self, attr: str) -> tuple[float | None, float | None, int]:
         """(mean, sample std or None, n) of a numeric field over the runs that have it."""
         vals = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
-        if not vals:
-            return None, None, 0
-        mean, std = mean_std(vals)
-        return mean, std, len(vals)
+        return (*mean_std(vals), len(vals)) if vals else (None, None, 0)
 
 
 @dataclass
@@ -154,9 +136,7 @@ def mean_std(vals: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample std (None for one value); plain floats, not statistics' exact fractions."""
     n = len(vals)
     m = sum(vals) / n
-    if n < 2:
-        return m, None
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
+    return m, (math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1)) if n > 1 else None)
 
 
 def _num(v: Any, kind: type = float) -> Any:
@@ -172,39 +152,38 @@ def _num(v: Any, kind: type = float) -> Any:
     return int(x) if kind is int else x
 
 
-def _read(summary: dict[str, Any], f: Field) -> Any:
-    """Field ``f`` from summary.json, as its kind, or None when absent or junk."""
-    v: Any = summary
-    for part in (f.key or "").split("."):
-        v = v.get(part) if isinstance(v, dict) else None
-    if f.kind is str:
-        return v if isinstance(v, str) and v else None
-    return _num(v, f.kind)
+def _dig(data: Any, key: str, kind: type = float) -> Any:
+    """``data[a][b]`` for key ``a.b``, as ``kind``, or None when absent or junk."""
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    if kind is str:
+        return data if isinstance(data, str) and data else None
+    return _num(data, kind)
 
 
-def _load_yaml(path: Path) -> Any:
-    """Parse a small YAML file with libyaml when present (10x faster), else pure Python."""
+def _load_yaml(path: Path, notes: list[str]) -> Any:
+    """A small YAML file (libyaml when present: 10x faster); None, with a note, when unreadable."""
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    with open(path) as f:
-        return yaml.load(f, Loader=loader)  # noqa: S506 - a safe loader
+    if not path.exists():
+        return None
+    try:
+        with open(path) as f:
+            return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - safe
+    except Exception:  # noqa: BLE001 - any YAML error: show the run without it
+        notes.append(f"{path.name} unreadable")
+        return None
 
 
 def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every run folder at or under ``paths`` (one with summary.json or .hydra/), sorted.
-
-    A missing path raises FileNotFoundError; the walk does not descend into a run
-    folder's own tb/, checkpoints/ or .hydra/.
-    """
+    """Every run folder at or under ``paths`` (one with summary.json or .hydra/), sorted; a
+    missing path is a ConfigError. The walk skips a run folder's own tb/, checkpoints/, ..."""
     found: dict[Path, None] = {}  # ordered set: the same folder given twice is one run
     for p in paths:
         root = Path(p)
         if not root.exists():
-            raise FileNotFoundError(f"{str(root)!r}: no such file or folder")
-        if root.is_file():  # e.g. a summary.json named directly
-            root = root.parent
-        for dirpath, dirnames, filenames in os.walk(root):
+            raise ConfigError(f"{str(root)!r}: no such file or folder")
+        for dirpath, dirnames, filenames in os.walk(root.parent if root.is_file() else root):
             if "summary.json" in filenames or ".hydra" in dirnames:
                 found[Path(dirpath)] = None
             dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
@@ -212,24 +191,15 @@ def find_run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def read_metrics(path: Path) -> tuple[list[tuple[int, float]], bool]:
-    """(epoch, val_acc) pairs from metrics.csv, and whether every row parsed.
-
-    A half-written last row (the run is writing it, or died writing it) is skipped,
-    not fatal.
-    """
+    """(epoch, val_acc) pairs from metrics.csv, and whether every row parsed (a half-written
+    last row, the run writing it or killed while writing it, is skipped)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return [], False
-    curve: list[tuple[int, float]] = []
-    clean = True
-    for row in csv.DictReader(io.StringIO(text)):
-        epoch, acc = _num(row.get("epoch"), int), _num(row.get("val_acc"))
-        if epoch is None or acc is None:
-            clean = False
-            continue
-        curve.append((epoch, acc))
-    return curve, clean
+    pairs = [(_num(r.get("epoch"), int), _num(r.get("val_acc"))) for r in csv.DictReader(io.StringIO(text))]
+    curve = [(e, a) for e, a in pairs if e is not None and a is not None]
+    return curve, len(curve) == len(pairs)
 
 
 def read_run(run_dir: str | os.PathLike) -> Run:
@@ -237,54 +207,44 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     d = Path(run_dir)
     run = Run(d)
     notes: list[str] = []
-    summary: dict[str, Any] = {}
     try:
         loaded = read_summary(d)
     except (OSError, ValueError) as e:
+        loaded = {}
         notes.append(f"summary.json unreadable ({type(e).__name__})")
-    else:
-        if loaded is None:
-            notes.append("no summary.json (the job never started training, or is starting)")
-        summary = loaded or {}
+    if loaded is None:
+        notes.append("no summary.json (the job never started training, or is starting)")
+    summary = loaded or {}
     for f in FIELDS:
         if f.key:
-            setattr(run, f.name, _read(summary, f))
+            setattr(run, f.name, _dig(summary, f.key, f.kind))
     run.status = run.status or INCOMPLETE
     # Summaries written before "no best epoch yet" was null say -1 and epoch 0.
     if run.best_val_acc is not None and run.best_val_acc < 0:
         run.best_val_acc = None
     run.best_epoch = run.best_epoch or None
 
-    try:
-        ov = _load_yaml(d / ".hydra" / "overrides.yaml") if (d / ".hydra" / "overrides.yaml").exists() else []
-        run.overrides = [str(o) for o in ov] if isinstance(ov, list) else []
-    except Exception:  # noqa: BLE001 - any YAML error: show the run without overrides
-        notes.append("overrides.yaml unreadable")
-    # Only .hydra/config.yaml knows the seed, and the model/dataset when there's no summary.
-    cfg_path = d / ".hydra" / "config.yaml"
+    ov = _load_yaml(d / ".hydra" / "overrides.yaml", notes)
+    run.overrides = [str(o) for o in ov] if isinstance(ov, list) else []
     seed_ov = [o.split("=", 1)[1] for o in run.overrides if o.split("=", 1)[0] in _SEED_KEYS]
-    if seed_ov:
-        run.seed = _num(seed_ov[-1], int)
-    if (run.model is None or run.dataset is None or run.seed is None) and cfg_path.exists():
-        try:
-            cfg = _load_yaml(cfg_path) or {}
-            run.model = run.model or (cfg.get("model") or {}).get("name")
-            run.dataset = run.dataset or (cfg.get("dataset") or {}).get("name")
-            if run.seed is None:
-                run.seed = _num(cfg.get("seed"), int)
-        except Exception:  # noqa: BLE001
-            notes.append("config.yaml unreadable")
+    run.seed = _num(seed_ov[-1], int) if seed_ov else None
+    # Only .hydra/config.yaml knows the seed, and the model/dataset when there's no summary.
+    if run.model is None or run.dataset is None or run.seed is None:
+        cfg = _load_yaml(d / ".hydra" / "config.yaml", notes)
+        run.model = run.model or _dig(cfg, "model.name", str)
+        run.dataset = run.dataset or _dig(cfg, "dataset.name", str)
+        run.seed = _dig(cfg, "seed", int) if run.seed is None else run.seed
 
-    metrics_path = d / "metrics.csv"
-    if metrics_path.exists():
-        run.curve, clean = read_metrics(metrics_path)
+    if (d / "metrics.csv").exists():
+        run.curve, clean = read_metrics(d / "metrics.csv")
         if not clean:
             notes.append("metrics.csv has unreadable rows")
-            if run.ok:
-                run.status = INCOMPLETE  # a finished run whose history is damaged
-    elif run.ok and (run.epochs or 0) > 0:
-        notes.append("metrics.csv missing")
-        run.status = INCOMPLETE
+    else:
+        clean = not (run.ok and (run.epochs or 0) > 0)
+        if not clean:
+            notes.append("metrics.csv missing")
+    if run.ok and not clean:
+        run.status = INCOMPLETE  # a finished run whose history is damaged
     if run.epochs is None and run.curve:
         run.epochs = len(run.curve)
     if run.best_val_acc is None and run.curve:
@@ -295,44 +255,24 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     return run
 
 
-def _per_class_rows(rows: Any) -> dict[str, float] | None:
-    """{class: accuracy} from per-class rows (dicts with ``class`` and ``accuracy``), or None."""
-    if not isinstance(rows, list):
-        return None
-    out = {}
-    for r in rows:
-        if isinstance(r, dict) and r.get("class") is not None:
-            acc = _num(r.get("accuracy"))
-            if acc is not None:
-                out[str(r["class"])] = acc
-    return out or None
-
-
 def read_per_class(d: Path, summary: dict[str, Any], dataset: str | None) -> dict[str, float] | None:
-    """A run's per-class test accuracy: summary.json's ``test_per_class``, else a per_class.csv.
-
-    The csv is the one in summary.json's ``test_report`` folder (what training writes),
-    else the first ``cnnlab.evaluate`` of the run's own test split (eval/test_<dataset>/).
-    """
-    found = _per_class_rows(summary.get("test_per_class"))
-    if found:
-        return found
-    candidates = []
+    """A run's per-class test accuracy: summary.json's ``test_per_class`` rows, else a per_class.csv:
+    the one in summary.json's ``test_report`` folder (what training writes), else the first
+    ``cnnlab.evaluate`` of the run's own test split (eval/test_<dataset>/)."""
+    sources = [summary.get("test_per_class")]
     if isinstance(summary.get("test_report"), str):
-        rep = Path(summary["test_report"])
-        candidates.append((rep if rep.is_absolute() else d / rep) / "per_class.csv")
+        sources.append(d / summary["test_report"] / "per_class.csv")
     if dataset:
-        candidates.append(d / "eval" / f"test_{dataset}" / "per_class.csv")
-    for c in candidates:
-        try:
-            with open(c, newline="") as f:
-                found = _per_class_rows(list(csv.DictReader(f)))
-        except OSError:
-            continue
-        if found:
-            return found
+        sources.append(d / "eval" / f"test_{dataset}" / "per_class.csv")
+    for rows in sources:
+        if isinstance(rows, Path):
+            with contextlib.suppress(OSError), open(rows, newline="") as f:
+                rows = list(csv.DictReader(f))
+        accs = {str(r["class"]): _num(r.get("accuracy")) for r in (rows if isinstance(rows, list) else [])
+                if isinstance(r, dict) and r.get("class") is not None}
+        if any(a is not None for a in accs.values()):
+            return {c: a for c, a in accs.items() if a is not None}
     return None
-
 
 
 def _sort_key(r: Run) -> tuple:
@@ -347,7 +287,7 @@ def build_report(paths: Iterable[str | os.PathLike]) -> Report:
     by_key: dict[tuple[str, str, str], list[Run]] = {}
     for r in runs:
         by_key.setdefault(r.group_key, []).append(r)
-    groups = [Group(k[0], k[1], k[2], rs) for k, rs in by_key.items() if len(rs) > 1]
+    groups = [Group(*k, rs) for k, rs in by_key.items() if len(rs) > 1]
     # Best mean test accuracy first; groups without one last.
     groups.sort(key=lambda g: (g.stat("test_acc")[0] is None, -(g.stat("test_acc")[0] or 0.0)))
     return Report(runs=runs, groups=groups)
@@ -355,21 +295,16 @@ def build_report(paths: Iterable[str | os.PathLike]) -> Report:
 
 # --------------------------------------------------------------------------- writing
 def fmt(v: Any, how: str = "") -> str:
-    """The one number formatter: a table cell, a label or an axis tick; "" for None.
-
-    ``how``: "%" (0.9 -> 90.00%), "si" (5400000 -> 5.40M, 350 -> 350), "tick" (an axis
-    tick: 5.4M, 0.5), a format spec (".1f"), or "" (str).
-    """
+    """The one number formatter (a table cell, a label, an axis tick; "" for None). ``how``: "%"
+    (0.9 -> 90.00%), "si" (5400000 -> 5.40M, 350 -> 350), "tick" (5.4M, 0.5), a format spec, or ""."""
     if v is None:
         return ""
     if how == "%":
         return f"{100 * v:.2f}%"
     if how in ("si", "tick"):
-        spec = ".3g" if how == "tick" else ".2f"
-        for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(v) >= div:
-                return f"{v / div:{spec}}{unit}"
-        return f"{v:{'.3g' if how == 'tick' else '.0f'}}"
+        div, unit = next(((d, u) for d, u in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if abs(v) >= d), (1, ""))
+        spec = ".3g" if how == "tick" else ".2f" if unit else ".0f"
+        return f"{v / div:{spec}}{unit}"
     return format(v, how)
 
 
@@ -393,11 +328,8 @@ def common_overrides(runs: Sequence[Run]) -> list[str]:
 
 
 def runs_table(report: Report) -> str:
-    """The per-run Markdown table (also what the callback prints): the FIELDS with a header.
-
-    The overrides column leaves out those that every run shares (the sweep's fixed
-    settings), which ``render_markdown`` states once above the table.
-    """
+    """The per-run Markdown table: the FIELDS with a header; the overrides column leaves out
+    those every run shares (the sweep's fixed settings, stated once above the table)."""
     common = set(common_overrides(report.runs))
     shown = [f for f in FIELDS if f.header]
     rows = []
@@ -415,13 +347,10 @@ def groups_table(report: Report) -> str:
     for g in report.groups:
         seeds = ",".join(str(s) for s in sorted(r.seed for r in g.runs if r.seed is not None))
         rest = " ".join(o for o in g.overrides.split(" ") if o and o not in common)
-        cells = []
-        for f in stats:
-            mean, std, _ = g.stat(f.name)
-            with_std = f.how == "%" and std is not None
-            cells.append(f"{100 * mean:.2f} ± {fmt(std, '%')}" if with_std else fmt(mean, f.how))
-        rows.append([g.model, g.dataset, rest, f"{sum(r.ok for r in g.runs)}/{len(g.runs)} completed",
-                     seeds, *cells])
+        cells = [(mean, std, f.how) for f in stats for mean, std, _ in [g.stat(f.name)]]
+        rows.append([g.model, g.dataset, rest, f"{sum(r.ok for r in g.runs)}/{len(g.runs)} completed", seeds,
+                     *(f"{100 * m:.2f} ± {fmt(sd, '%')}" if how == "%" and sd is not None else fmt(m, how)
+                       for m, sd, how in cells)])
     return _md_table(["model", "dataset", "overrides (without seed)", "runs", "seeds",
                       *(f.header for f in stats)], rows)
 
@@ -432,11 +361,8 @@ def per_class_table(report: Report) -> str:
     if not runs:
         return ""
     labels = _labels(runs)
-    classes: list[str] = []
-    for r in runs:
-        classes += [c for c in r.per_class if c not in classes]
     rows = []
-    for c in classes:
+    for c in dict.fromkeys(c for r in runs for c in r.per_class):  # every class, in first-seen order
         accs = [r.per_class.get(c) for r in runs]
         best = max((a for a in accs if a is not None), default=None)
         winners = [labels[id(r)] for r, a in zip(runs, accs, strict=True) if a is not None and a == best]
@@ -447,11 +373,8 @@ def per_class_table(report: Report) -> str:
 
 
 def pareto_front(points: Sequence[tuple[float, float]], larger_x_better: bool = False) -> list[int]:
-    """Indices of the (x, accuracy) points no other point beats on both, by increasing cost.
-
-    A point is on the front when every point at least as cheap (x no larger, or no
-    smaller when a larger x is better) has a lower accuracy.
-    """
+    """Indices of the (x, accuracy) points no other point beats on both, by increasing cost: every
+    point at least as cheap (x no larger, or no smaller when a larger x is better) is less accurate."""
     order = sorted(range(len(points)), key=lambda i: (-points[i][0] if larger_x_better else points[i][0],
                                                        -points[i][1]))
     front, best = [], -math.inf
@@ -476,90 +399,70 @@ def pareto_text(report: Report) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(report: Report, title: str = "Comparison") -> str:
-    """comparison.md: counts by status, the runs table, the seed groups, the errors."""
-    counts: dict[str, int] = {}
-    for r in report.runs:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    parts = [f"# {title}", "",
-             f"{len(report.runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
-             "Sorted by test accuracy (the best checkpoint on the test split); runs that did "
-             "not complete come last."]
+def console_text(report: Report) -> str:
+    """What the CLI and the multirun callback print, and comparison.md's first tables:
+    the overrides every run shares, the runs table, the seed groups."""
     common = common_overrides(report.runs)
-    if common:
-        parts.append(f"Overrides shared by every run: `{' '.join(common)}`.")
-    parts += ["", runs_table(report), ""]
+    parts = [f"Overrides shared by every run: `{' '.join(common)}`.", ""] if common else []
+    parts.append(runs_table(report))
     if report.groups:
-        parts += ["## Repeated seeds (mean ± std)", "", groups_table(report), ""]
-    per_class = per_class_table(report)
-    if per_class:
-        parts += ["## Test accuracy per class", "",
-                  "Each class's share of test images predicted right, per run (the best test "
-                  f"accuracies first, at most {MAX_PER_CLASS_RUNS} runs); **bold**: the best run for that class.", "",
-                  per_class, ""]
-    fronts = pareto_text(report)
-    if fronts:
-        parts += ["## Pareto fronts", "",
-                  "Completed runs that no other run beats on both test accuracy and the cost "
-                  "(fewer params, fewer MACs, more images/s); comparison.png marks them.", "", fronts, ""]
-    if report.failed:
-        parts += ["## Runs that did not complete", ""]
-        for r in report.failed:
-            parts.append(f"- `{r.run_dir}`: **{r.status}**" + (f": {_cell(r.error)}" if r.error else ""))
-        parts.append("")
+        parts += ["", "## Repeated seeds (mean ± std)", "", groups_table(report)]
     return "\n".join(parts)
 
 
-def console_text(report: Report) -> str:
-    """What the CLI and the multirun callback print: the tables, without the error list."""
-    common = common_overrides(report.runs)
-    parts = [f"Overrides shared by every run: {' '.join(common)}\n"] if common else []
-    parts.append(runs_table(report))
-    if report.groups:
-        parts.append("\nRepeated seeds (mean ± std):\n" + groups_table(report))
+def render_markdown(report: Report, title: str = "Comparison") -> str:
+    """comparison.md: counts by status, :func:`console_text`, per class, Pareto fronts, the errors."""
+    counts = Counter(r.status for r in report.runs)
+    parts = [f"# {title}", "",
+             f"{len(report.runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
+             "Sorted by test accuracy (the best checkpoint on the test split); runs that did "
+             "not complete come last.", "", console_text(report), ""]
+    failed = "\n".join(f"- `{r.run_dir}`: **{r.status}**" + (f": {_cell(r.error)}" if r.error else "")
+                       for r in report.failed)
+    sections = (
+        ("Test accuracy per class", "Each class's share of test images predicted right, per run (the best "
+         f"test accuracies first, at most {MAX_PER_CLASS_RUNS} runs); **bold**: the best run for that "
+         "class.", per_class_table(report)),
+        ("Pareto fronts", "Completed runs that no other run beats on both test accuracy and the cost "
+         "(fewer params, fewer MACs, more images/s); comparison.png marks them.", pareto_text(report)),
+        ("Runs that did not complete", "", failed))
+    for heading, intro, body in sections:
+        if body:
+            parts += [f"## {heading}", "", *([intro, ""] if intro else []), body, ""]
     return "\n".join(parts)
 
 
 def write_csv(report: Report, path: Path) -> None:
-    base = path.parent
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
-        for r in report.runs:
-            w.writerow({k: ("" if v is None else v) for k, v in r.row(base).items()})
+        w.writerows(r.row(path.parent) for r in report.runs)  # None: an empty cell
 
 
 def _short_override(o: str) -> str:
     """``optimizer.lr=0.008096384026619585`` -> ``lr=0.0081``: a legend label, not a record."""
     k, _, v = o.partition("=")
-    try:
-        f = float(v)
-        v = v if len(v) <= 6 or f.is_integer() else f"{f:.2g}"
-    except ValueError:
-        pass
+    with contextlib.suppress(ValueError):
+        v = v if len(v) <= 6 or float(v).is_integer() else f"{float(v):.2g}"
     return f"{k.rsplit('.', 1)[-1]}={v}"
 
 
 def _labels(runs: list[Run]) -> dict[int, str]:
     """A short legend label per run: the model plus the overrides that vary across runs."""
     maps = [dict(o.partition("=")[::2] for o in r.overrides) for r in runs]
-    keys = set().union(*maps) if maps else set()
     # A key varies if two runs differ in it (absent counts as a value of its own).
-    varying = {k for k in keys if len({m.get(k) for m in maps}) > 1} - {"model", *_SEED_KEYS}
-    out = {}
-    for r in runs:
-        extra = [_short_override(o) for o in r.overrides if o.partition("=")[0] in varying]
-        out[id(r)] = " ".join([r.model or r.run_dir.name, *extra])
-    return out
+    varying = {k for k in set().union(*maps) if len({m.get(k) for m in maps}) > 1} - {"model", *_SEED_KEYS}
+    return {id(r): " ".join([r.model or r.run_dir.name,
+                             *(_short_override(o) for o in r.overrides if o.partition("=")[0] in varying)])
+            for r in runs}
 
 
 def _acc_ylim(ax: Any, values: list[float]) -> None:
     """An accuracy axis around the data, at least 0.1 tall, inside [0, 1]."""
-    if not values:
-        return
-    lo, hi = min(values), max(values)
-    pad = max(0.05, (0.1 - (hi - lo)) / 2)
-    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    if values:
+        lo, hi = min(values), max(values)
+        pad = max(0.05, (0.1 - (hi - lo)) / 2)
+        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
 
 
 def _cost_panel(ax: Any, report: Report, series: dict[tuple, list[Run]], colors: list[str],
@@ -567,45 +470,36 @@ def _cost_panel(ax: Any, report: Report, series: dict[tuple, list[Run]], colors:
     """Test accuracy against a cost (params, MACs, images/s), one point per series, Pareto front drawn."""
     from matplotlib.ticker import FuncFormatter
 
-    # One scatter call for all points: per-point artists are what makes matplotlib
-    # slow, and the report should add little to a sweep.
-    xs, ys, errs, cols, oks = [], [], [], [], []
+    pts = []  # (cost, test acc, its std, colour, completed), one per series
     for i, rs in enumerate(series.values()):
         done = [r for r in rs if r.test_acc is not None and (getattr(r, attr) or 0) > 0]
-        if not done:
-            continue
-        x = mean_std([getattr(r, attr) for r in done])[0]
-        y, yerr = mean_std([r.test_acc for r in done])
-        xs.append(x)
-        ys.append(y)
-        errs.append(yerr or 0.0)
-        cols.append(colors[i])
-        oks.append(rs[0].ok)
-        if len(series) <= 30:
-            ax.annotate(labels[id(rs[0])], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    n_points = len(xs)
-    if n_points:
-        ax.scatter(xs, ys, c=cols, zorder=3)
-        for x, y, e, col in zip(xs, ys, errs, cols, strict=True):
-            if e:  # seed groups only: few, so one errorbar call each is cheap
-                ax.errorbar([x], [y], yerr=[e], fmt="none", ecolor=col, capsize=3)
+        if done:
+            pts.append((mean_std([getattr(r, attr) for r in done])[0], *mean_std([r.test_acc for r in done]),
+                        colors[i], rs[0].ok))
+            if len(series) <= 30:
+                ax.annotate(labels[id(rs[0])], pts[-1][:2], fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if pts:
+        # One scatter call for all points: per-point artists are what makes matplotlib slow.
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[p[3] for p in pts], zorder=3)
+        for x, y, err, col, _ in pts:
+            if err:  # seed groups only: few, so one errorbar call each is cheap
+                ax.errorbar([x], [y], yerr=[err], fmt="none", ecolor=col, capsize=3)
         # The Pareto front over the completed series: a staircase through its points.
-        done = [i for i in range(n_points) if oks[i]]
-        front = [done[j] for j in pareto_front([(xs[i], ys[i]) for i in done], larger_better)]
+        done = [p for p in pts if p[4]]
+        front = [done[j] for j in pareto_front([p[:2] for p in done], larger_better)]
         if front:
-            fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+            fx, fy = [p[0] for p in front], [p[1] for p in front]
             ax.step(fx, fy, where="post", color="k", lw=1, alpha=0.6, zorder=2, label="Pareto front")
             ax.scatter(fx, fy, s=140, facecolors="none", edgecolors="k", zorder=4)
             ax.legend(fontsize=7, loc="lower right")
-    better = "higher is better" if larger_better else "lower is better"
-    ax.set(xlabel=f"{name} ({better})", ylabel="test accuracy", title=f"Test accuracy vs {name}")
-    if n_points:
         ax.set_xscale("log")
         ax.margins(x=0.15)  # room for the labels of the end points
         # "5.4M" ticks: readable, and plain text (log-axis mathtext labels are slow to draw).
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt(v, "tick")))
         ax.xaxis.set_minor_formatter(FuncFormatter(
             lambda v, _pos: fmt(v, "tick") if ax.get_xlim()[1] / ax.get_xlim()[0] < 10 else ""))
+    better = "higher is better" if larger_better else "lower is better"
+    ax.set(xlabel=f"{name} ({better})", ylabel="test accuracy", title=f"Test accuracy vs {name}")
     _acc_ylim(ax, [r.test_acc for r in report.runs if r.test_acc is not None and getattr(r, attr) is not None])
     ax.grid(alpha=0.3)
     n_missing = sum(r.test_acc is None or getattr(r, attr) is None for r in report.runs)
@@ -621,62 +515,47 @@ def write_plot(report: Report, path: Path, max_legend: int = 15) -> None:
     cost panel marks the Pareto front of the completed runs (a black staircase and
     rings: no other run is both cheaper and more accurate).
     """
-    # The object API on an Agg canvas: no pyplot (slow to import, and it would pick a
-    # GUI backend on a desktop), no display needed, no global figure state.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    from cnnlab.evaluation import plots  # the object API on an Agg canvas: no pyplot, no display
+
     labels = _labels(report.runs)
-    # Series: one per seed group (key) or per single run.
-    # Completed and unfinished runs of one configuration are drawn apart (the latter
-    # dashed): a mean over a finished and a crashed run would describe neither.
+    # One series per seed group or single run, its completed and unfinished runs apart (the
+    # latter dashed): a mean over a finished and a crashed run would describe neither.
     series: dict[tuple, list[Run]] = {}
     for r in report.runs:
         series.setdefault((r.group_key, r.ok), []).append(r)
+    colors = [f"C{i % 10}" for i in range(len(series))]  # one per series, the same in every panel
 
-    fig = Figure(figsize=(13, 10))
-    FigureCanvasAgg(fig)
+    fig = plots.figure(13, 10)
     (ax_c, ax_p), (ax_m, ax_t) = fig.subplots(2, 2)
     # Fixed margins: tight_layout would measure every text extent (seconds for 200 runs).
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.06, top=0.96, wspace=0.18, hspace=0.25)
-    n_lines = 0
-    # One colour per series, the same in both panels.
-    colors = [f"C{i % 10}" for i in range(len(series))]
     for i, rs in enumerate(series.values()):
         curves = [dict(r.curve) for r in rs if r.curve]
         if not curves:
             continue
-        label = labels[id(rs[0])] + (f" (n={len(rs)})" if len(rs) > 1 else "")
         epochs = sorted(set().union(*curves))
-        means, stds = [], []
-        for e in epochs:
-            m, s = mean_std([c[e] for c in curves if e in c])
-            means.append(m)
-            stds.append(s or 0.0)
-        (line,) = ax_c.plot(epochs, means, marker="o" if len(epochs) < 30 else None, ms=3, label=label,
-                            ls="-" if rs[0].ok else "--", color=colors[i])
+        stats = [mean_std([c[e] for c in curves if e in c]) for e in epochs]
+        ax_c.plot(epochs, [m for m, _ in stats], marker="o" if len(epochs) < 30 else None, ms=3,
+                  label=labels[id(rs[0])] + (f" (n={len(rs)})" if len(rs) > 1 else ""),
+                  ls="-" if rs[0].ok else "--", color=colors[i])
         if len(curves) > 1:
-            lo = [m - s for m, s in zip(means, stds, strict=True)]
-            hi = [m + s for m, s in zip(means, stds, strict=True)]
-            ax_c.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2)
-        n_lines += 1
+            ax_c.fill_between(epochs, [m - (s or 0.0) for m, s in stats], [m + (s or 0.0) for m, s in stats],
+                              color=colors[i], alpha=0.2)
     ax_c.set(xlabel="epoch", ylabel="val accuracy", title="Validation accuracy per epoch")
     ax_c.xaxis.set_major_locator(MaxNLocator(integer=True))
-    epochs_seen = [e for r in report.runs for e, _ in r.curve]
-    if epochs_seen and max(epochs_seen) - min(epochs_seen) < 2:
-        ax_c.set_xlim(min(epochs_seen) - 0.5, max(epochs_seen) + 0.5)
-        ax_c.set_xticks(range(min(epochs_seen), max(epochs_seen) + 1))  # no 0.975-style ticks
+    seen = [e for r in report.runs for e, _ in r.curve]
+    if seen and max(seen) - min(seen) < 2:  # whole-epoch ticks, not 0.975-style ones
+        ax_c.set(xlim=(min(seen) - 0.5, max(seen) + 0.5), xticks=range(min(seen), max(seen) + 1))
     _acc_ylim(ax_c, [a for r in report.runs for _, a in r.curve])
     ax_c.grid(alpha=0.3)
-    if 0 < n_lines <= max_legend:
+    if 0 < len(ax_c.lines) <= max_legend:
         ax_c.legend(fontsize=7)
 
     for ax, (attr, name, larger) in zip((ax_p, ax_m, ax_t), PARETO_AXES, strict=True):
         _cost_panel(ax, report, series, colors, labels, attr, name, larger)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100, pil_kwargs={"compress_level": 3})  # zlib's default 6: slower, ~same size
-    os.replace(tmp, path)  # a reader never sees half a PNG
+    plots.save_rgb(plots.render(fig), path)
 
 
 def write_report(report: Report, out_dir: str | os.PathLike, title: str = "Comparison",
@@ -684,24 +563,19 @@ def write_report(report: Report, out_dir: str | os.PathLike, title: str = "Compa
     """Write comparison.csv, .md and (if ``plot``) .png into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path, png_path = (out / n for n in REPORT_FILES)
-    write_csv(report, csv_path)
-    md_path.write_text(render_markdown(report, title))
-    written = [csv_path, md_path]
+    paths = [out / n for n in REPORT_FILES[:3 if plot else 2]]
+    write_csv(report, paths[0])
+    paths[1].write_text(render_markdown(report, title))
     if plot:
-        write_plot(report, png_path)
-        written.append(png_path)
-    return written
+        write_plot(report, paths[2])
+    return paths
 
 
 # --------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cnnlab.compare PATH... [--out DIR]``; returns the exit status."""
-    ap = argparse.ArgumentParser(
-        prog="python -m cnnlab.compare",
-        description="Build comparison.csv/.md/.png from run folders (a sweep folder, outputs/, "
-                    "or several single runs).",
-    )
+    ap = argparse.ArgumentParser(prog="python -m cnnlab.compare", description="Build comparison.csv/.md/.png "
+                                 "from run folders (a sweep folder, outputs/, or several single runs).")
     ap.add_argument("paths", nargs="+", metavar="PATH", help="run folders or folders holding them")
     ap.add_argument("--out", help="where to write the report (default: PATH when there is one, "
                                   "else the current folder)")
@@ -711,16 +585,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="do not print the table")
     args = ap.parse_args(argv)
 
-    try:
-        report = build_report(args.paths)
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from None
+    report = build_report(args.paths)
     if not report.runs:
         raise ConfigError(f"no run folders (with summary.json or .hydra/) under {', '.join(args.paths)}")
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 else Path("."))
-    if out.is_file():
-        out = out.parent
-    files = write_report(report, out, plot=not args.no_plot)
+    files = write_report(report, out.parent if out.is_file() else out, plot=not args.no_plot)
     if not args.quiet:
         print(console_text(report))
         print("\nwrote " + ", ".join(str(f) for f in files))

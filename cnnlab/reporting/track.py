@@ -40,7 +40,6 @@ class RunTracker:
 
             self.tb = SummaryWriter(log_dir=str(self.dir / "tb"), purge_step=purge_step)
 
-    # -- metrics.csv ---------------------------------------------------------------
     def read_metrics(self) -> list[dict[str, str]]:
         if not self.enabled or not self.metrics_path.exists():
             return []
@@ -75,13 +74,11 @@ class RunTracker:
             self.tb.add_scalar("time/epoch_seconds", row["epoch_seconds"], step)
             self.tb.flush()
 
-    # -- summary.json -------------------------------------------------------------
     def update_summary(self, **fields: Any) -> None:
         self.summary.update({k: finite_or_none(v) for k, v in fields.items()})
         if self.enabled:
             write_json_atomic(self.summary_path, self.summary)
 
-    # -- TensorBoard ----------------------------------------------------------------
     def add_images(self, tag: str, images: Any, step: int) -> None:
         """A (N, C, H, W) float batch in [0, 1] as one TensorBoard image grid."""
         if self.tb is not None:
@@ -92,19 +89,12 @@ class RunTracker:
             self.tb.add_text(tag, text, step)
 
     def log_hparams(self, hparams: dict[str, Any], metrics: dict[str, Any] | None = None) -> None:
-        """Record the run's hyperparameters and final metrics for TensorBoard's HParams tab.
+        """Record the run's hyperparameters and final metrics for TensorBoard's HParams tab, once,
+        at the end. ``hparams``: str/bool/int/float/None (others as text); ``metrics``: by
+        default the summary's best_val_acc, test_acc and params, None/NaN left out.
 
-        ``hparams``: str/bool/int/float/None values (others are written as text), e.g.
-        model, dataset, optimizer, lr, batch_size. ``metrics``: numbers, by default the
-        summary's best_val_acc, test_acc and params; None/NaN ones (a diverged run has
-        no test accuracy) are left out. Each metric is also written as the scalar
-        ``hparam/<name>``, which is where the HParams tab reads it. Call it once, at
-        the end of the run.
-
-        Unlike ``SummaryWriter.add_hparams``, which opens a second writer in a
-        timestamped subfolder (a second "run" per job in TensorBoard), this writes into
-        the run's own tb/ events, so ``tensorboard --logdir <sweep>`` lists one run
-        per job with its scalars and hparams together.
+        Unlike ``SummaryWriter.add_hparams`` (a second writer in a timestamped subfolder: a
+        second "run" per job), this writes into the run's own tb/ events, scalars ``hparam/<name>``.
         """
         if self.tb is None:
             return
@@ -117,10 +107,8 @@ class RunTracker:
               for k, v in hparams.items()}
         mets = {f"hparam/{k}": float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        experiment, session_start, session_end = hparams_summary(hp, mets)
-        writer = self.tb._get_file_writer()
-        for s in (experiment, session_start, session_end):
-            writer.add_summary(s)
+        for s in hparams_summary(hp, mets):  # experiment, session start, session end
+            self.tb._get_file_writer().add_summary(s)
         for k, v in mets.items():
             self.tb.add_scalar(k, v, 0)
         self.tb.flush()
