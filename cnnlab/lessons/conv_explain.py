@@ -63,11 +63,6 @@ def _shape(m: Matrix) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- output sizes
-def effective_kernel(k: int, d: int = 1) -> int:
-    """Span of a kernel of size ``k`` with dilation ``d``: d*(k-1) + 1 input cells."""
-    return d * (k - 1) + 1
-
-
 def _rounded(h: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
     """floor((h + 2p - d(k-1) - 1)/s) + 1, or ceil instead of floor when ``ceil_mode``."""
     # Python's // rounds towards -inf, like PyTorch's div_rtn; ceil(a/s) == (a + s - 1)//s.
@@ -110,7 +105,7 @@ def check_conv_args(x: Matrix, k: Matrix, stride: int, padding: int, dilation: i
     for value, name, minimum in ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)):
         check_int(value, name, minimum)
     (h, w), (kh, kw) = _shape(x), _shape(k)
-    span_h, span_w = effective_kernel(kh, dilation), effective_kernel(kw, dilation)
+    span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1  # the input cells a kernel spans
     if span_h > h + 2 * padding or span_w > w + 2 * padding:
         raise LessonInputError(f"kernel {kh}x{kw} (dilation {dilation}, spans {span_h}x{span_w}) is bigger than "
                                f"the padded input {h + 2 * padding}x{w + 2 * padding} (input {h}x{w}, "

@@ -24,13 +24,6 @@ DEMO_CONF_DIR = CONF_DIR / "demo"
 TOLERANCE = 1e-9
 
 
-def _plain(cfg: Any) -> Any:
-    """OmegaConf node -> plain Python containers (lists, dicts, numbers)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-
-
 def _cases(raw: Any, defaults: Mapping[str, Any], check: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
     """The ``cases`` list: dicts with known keys, missing keys from ``defaults``, each passing
     ``check`` (all checked before anything is printed, so a bad value is one clean error)."""
@@ -69,11 +62,10 @@ def _agreement(name: str, hand: list[list[float]], ref: list[list[float]]) -> bo
 
 
 # --------------------------------------------------------------------------- conv
-def run_conv(cfg: Any) -> int:
+def run_conv(cfg: dict[str, Any]) -> int:
     """Print input, kernel and, per case, the size formula and the output (hand vs torch)."""
-    x = cx.as_matrix(_plain(cfg.input), "input")
-    k = cx.as_matrix(_plain(cfg.kernel), "kernel")
-    cases = _cases(_plain(cfg.cases), {"stride": 1, "padding": 0, "dilation": 1},
+    x, k = cx.as_matrix(cfg["input"], "input"), cx.as_matrix(cfg["kernel"], "kernel")
+    cases = _cases(cfg["cases"], {"stride": 1, "padding": 0, "dilation": 1},
                    lambda c: cx.check_conv_args(x, k, c["stride"], c["padding"], c["dilation"]))
 
     (h, w), (kh, kw) = (len(x), len(x[0])), (len(k), len(k[0]))
@@ -132,10 +124,9 @@ def _explain_integer_pitfall(x: list[list[float]], kernel: int, ceil_mode: bool)
     print("     (or convert an existing one with x.float()).")
 
 
-def run_pool(cfg: Any) -> int:
+def run_pool(cfg: dict[str, Any]) -> int:
     """Print input and, per case and mode, the floor/ceil size formula and the pooled output."""
-    x = cx.as_matrix(_plain(cfg.input), "input")
-    modes = _plain(cfg.modes)
+    x, modes = cx.as_matrix(cfg["input"], "input"), cfg["modes"]
     if not isinstance(modes, list) or not modes or any(m not in ("max", "avg") for m in modes):
         raise LessonInputError(f"modes must be a non-empty list of 'max'/'avg', got {modes!r}")
 
@@ -145,7 +136,7 @@ def run_pool(cfg: Any) -> int:
             c["stride"] = c["kernel"]
         cx.check_pool_args(x, c["kernel"], c["stride"], c["padding"], c["ceil_mode"])
 
-    cases = _cases(_plain(cfg.cases), {"kernel": 3, "stride": None, "padding": 0, "ceil_mode": False}, check)
+    cases = _cases(cfg["cases"], {"kernel": 3, "stride": None, "padding": 0, "ceil_mode": False}, check)
 
     h, w = len(x), len(x[0])
     print("2-D pooling by hand: slide a window over the input; max pooling keeps the largest")
@@ -172,7 +163,7 @@ def run_pool(cfg: Any) -> int:
             ref_name = "F.max_pool2d" if mode == "max" else "F.avg_pool2d"
             all_agree &= _agreement(ref_name, out, cx.torch_pool2d(x, k, s, p, ceil, mode))
 
-    if cfg.integer_pitfall:
+    if cfg["integer_pitfall"]:
         first = cases[0]
         _explain_integer_pitfall(x, first["kernel"], first["ceil_mode"])
     return 0 if all_agree else 1
@@ -279,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     if {"-h", "--help"} & set(rest):
         print((DEMO_CONF_DIR / f"{name}.yaml").read_text(), end="")
         return 0
+    from omegaconf import OmegaConf
+
     from cnnlab.compose import compose
 
-    return DEMOS[name](compose(rest, config_name=name, conf_dir=DEMO_CONF_DIR))
+    # Plain lists, dicts and numbers: what the hand-written loops and their checks take.
+    return DEMOS[name](OmegaConf.to_container(compose(rest, config_name=name, conf_dir=DEMO_CONF_DIR), resolve=True))
