@@ -1,9 +1,6 @@
-"""The conf/ folder, and composing it outside a Hydra app (help, inspect, the model table, tests).
-
-``compose(overrides)`` gives the config ``python -m cnnlab.run <overrides>`` would get,
-the schema included, without running the app. ``composing()`` keeps Hydra initialised
-across many compositions (the inspector's ``--warm`` composes 84). Only the standard
-library and Hydra are imported: ``--help`` uses this.
+"""The conf/ folder, and composing it outside a Hydra app (help, inspect, the model table, tests):
+the config ``python -m cnnlab.run <overrides>`` would get. Only the standard library and Hydra
+are imported: ``--help`` uses this.
 """
 
 from __future__ import annotations
@@ -18,7 +15,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 @contextmanager
 def composing(conf_dir: Path = CONF_DIR) -> Iterator[Callable[..., Any]]:
-    """``with composing() as compose: compose(overrides, config_name="config")``."""
+    """``with composing() as compose: compose(overrides, config_name="config")``: Hydra stays
+    initialised across many compositions (the inspector's ``--warm`` composes 84)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

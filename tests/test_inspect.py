@@ -155,7 +155,7 @@ def test_cli_flags_1x1_for_resnet18_without_small_input_then_answers_from_the_ca
 
 
 def test_cache_key_follows_what_the_table_depends_on(monkeypatch):
-    from cnnlab import cache
+    import cnnlab.lessons.inspect as cache
     from cnnlab.lessons.inspect import cache_path
 
     base = ["model=resnet18", "dataset=cifar10"]

@@ -1,9 +1,6 @@
-"""Convolution and pooling worked out by hand, for learners.
-
-Everything here is plain Python loops over lists of lists, so each output value is
-visibly "the sum (or max / mean) of a window". The ``torch_*`` helpers compute the
-same things with PyTorch so the demos can show that the two agree; they import torch
-lazily because this project keeps torch out of module-level imports.
+"""Convolution and pooling worked out by hand, for learners: plain loops over lists of lists,
+so each output value is visibly "the sum (or max / mean) of a window". The ``torch_*``
+helpers compute the same with PyTorch, so the demos can show that the two agree.
 """
 
 from __future__ import annotations
@@ -23,8 +20,6 @@ class LessonInputError(ConfigError, ValueError):
 
 
 # --------------------------------------------------------------------------- validation
-
-
 def as_matrix(value: Any, name: str) -> Matrix:
     """Return ``value`` as a non-empty rectangular list of float rows, or raise LessonInputError."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
@@ -32,9 +27,7 @@ def as_matrix(value: Any, name: str) -> Matrix:
     rows: Matrix = []
     for r, row in enumerate(value):
         if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or not row:
-            raise LessonInputError(
-                f"{name} must be a non-empty 2-D list of numbers; row {r} is {row!r}"
-            )
+            raise LessonInputError(f"{name} must be a non-empty 2-D list of numbers; row {r} is {row!r}")
         cells = []
         for c, v in enumerate(row):
             # bool is an int subclass, but True/False in a matrix is almost surely a typo.
@@ -45,10 +38,8 @@ def as_matrix(value: Any, name: str) -> Matrix:
     width = len(rows[0])
     for r, row in enumerate(rows):
         if len(row) != width:
-            raise LessonInputError(
-                f"{name} is not rectangular: row 0 has {width} value(s) but row {r} has "
-                f"{len(row)} ({_plain(value)})"
-            )
+            raise LessonInputError(f"{name} is not rectangular: row 0 has {width} value(s) but row {r} "
+                                   f"has {len(row)} ({_plain(value)})")
     return rows
 
 
@@ -72,27 +63,21 @@ def _shape(m: Matrix) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- output sizes
-
-
-def effective_kernel(k: int, d: int = 1) -> int:
-    """Span of a kernel of size ``k`` with dilation ``d``: d*(k-1) + 1 input cells."""
-    return d * (k - 1) + 1
+def _rounded(h: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """floor((h + 2p - d(k-1) - 1)/s) + 1, or ceil instead of floor when ``ceil_mode``."""
+    # Python's // rounds towards -inf, like PyTorch's div_rtn; ceil(a/s) == (a + s - 1)//s.
+    return (h + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
 
 
 def out_size(h: int, k: int, s: int = 1, p: int = 0, d: int = 1, ceil_mode: bool = False) -> int:
     """Output length along one axis, exactly as PyTorch computes it for conv and pooling.
 
-    floor((h + 2p - d(k-1) - 1)/s) + 1, or with ``ceil`` instead of ``floor`` when
-    ``ceil_mode`` (pooling only). With ceil_mode PyTorch then drops the last window if it
-    would *start* in the right padding, i.e. when (out-1)*s >= h + p: every window must
-    start inside the input or the left padding.
+    With ``ceil_mode`` (pooling only) PyTorch then drops the last window if it would
+    *start* in the right padding, i.e. when (out-1)*s >= h + p: every window must start
+    inside the input or the left padding.
     """
-    numerator = h + 2 * p - d * (k - 1) - 1
-    # Python's // rounds towards -inf, like PyTorch's div_rtn; ceil(a/s) == (a + s - 1)//s.
-    n = (numerator + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (n - 1) * s >= h + p:
-        n -= 1
-    return n
+    n = _rounded(h, k, s, p, d, ceil_mode)
+    return n - 1 if ceil_mode and (n - 1) * s >= h + p else n
 
 
 def formula_text(h: int, k: int, s: int = 1, p: int = 0, d: int = 1, ceil_mode: bool = False,
@@ -102,45 +87,29 @@ def formula_text(h: int, k: int, s: int = 1, p: int = 0, d: int = 1, ceil_mode: 
     >>> formula_text(5, 3)
     'H_out = floor((5 + 2*0 - 1*(3-1) - 1)/1) + 1 = 3'
     """
-    rounding = "ceil" if ceil_mode else "floor"
-    numerator = h + 2 * p - d * (k - 1) - 1
-    raw = (numerator + (s - 1 if ceil_mode else 0)) // s + 1
-    final = out_size(h, k, s, p, d, ceil_mode)
-    line = f"{axis}_out = {rounding}(({h} + 2*{p} - {d}*({k}-1) - 1)/{s}) + 1 = {raw}"
+    raw = _rounded(h, k, s, p, d, ceil_mode)
+    line = f"{axis}_out = {'ceil' if ceil_mode else 'floor'}(({h} + 2*{p} - {d}*({k}-1) - 1)/{s}) + 1 = {raw}"
     if not ceil_mode:
         return line
     # Explain PyTorch's extra ceil_mode rule, whether or not it fires, so learners see it.
-    pad = " " * len(f"{axis}_out = ")
-    start = (raw - 1) * s
+    pad, start = " " * len(f"{axis}_out = "), (raw - 1) * s
     if start >= h + p:
-        rule = (
-            f"{pad}last window would start at ({raw}-1)*{s} = {start} >= {axis} + p = {h} + {p}"
-            f" -> in the right padding, dropped: {axis}_out = {final}"
-        )
-    else:
-        rule = (
-            f"{pad}last window starts at ({raw}-1)*{s} = {start} < {axis} + p = {h} + {p}"
-            " -> inside, kept"
-        )
-    return line + "\n" + rule
+        return (f"{line}\n{pad}last window would start at ({raw}-1)*{s} = {start} >= {axis} + p = {h} + {p}"
+                f" -> in the right padding, dropped: {axis}_out = {raw - 1}")
+    return f"{line}\n{pad}last window starts at ({raw}-1)*{s} = {start} < {axis} + p = {h} + {p} -> inside, kept"
 
 
 # --------------------------------------------------------------------------- convolution
-
-
 def check_conv_args(x: Matrix, k: Matrix, stride: int, padding: int, dilation: int) -> tuple[int, int]:
     """Validate conv hyper-parameters against the shapes; return the output shape."""
-    check_int(stride, "stride", 1)
-    check_int(padding, "padding", 0)
-    check_int(dilation, "dilation", 1)
+    for value, name, minimum in ((stride, "stride", 1), (padding, "padding", 0), (dilation, "dilation", 1)):
+        check_int(value, name, minimum)
     (h, w), (kh, kw) = _shape(x), _shape(k)
-    span_h, span_w = effective_kernel(kh, dilation), effective_kernel(kw, dilation)
+    span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1  # the input cells a kernel spans
     if span_h > h + 2 * padding or span_w > w + 2 * padding:
-        raise LessonInputError(
-            f"kernel {kh}x{kw} (dilation {dilation}, spans {span_h}x{span_w}) is bigger than "
-            f"the padded input {h + 2 * padding}x{w + 2 * padding} (input {h}x{w}, "
-            f"padding {padding})"
-        )
+        raise LessonInputError(f"kernel {kh}x{kw} (dilation {dilation}, spans {span_h}x{span_w}) is bigger than "
+                               f"the padded input {h + 2 * padding}x{w + 2 * padding} (input {h}x{w}, "
+                               f"padding {padding})")
     return out_size(h, kh, stride, padding, dilation), out_size(w, kw, stride, padding, dilation)
 
 
@@ -181,29 +150,21 @@ def window_products_text(x: Sequence[Sequence[float]], k: Sequence[Sequence[floa
 
 
 # --------------------------------------------------------------------------- pooling
-
-
 def check_pool_args(x: Matrix, kernel: int, stride: int, padding: int, ceil_mode: bool) -> tuple[int, int]:
     """Validate pooling hyper-parameters (PyTorch's rules); return the output shape."""
-    check_int(kernel, "kernel", 1)
-    check_int(stride, "stride", 1)
-    check_int(padding, "padding", 0)
+    for value, name, minimum in ((kernel, "kernel", 1), (stride, "stride", 1), (padding, "padding", 0)):
+        check_int(value, name, minimum)
     if not isinstance(ceil_mode, bool):
         raise LessonInputError(f"ceil_mode must be true or false, got {ceil_mode!r}")
     # PyTorch refuses more padding than half the window: a window could then hold only padding.
     if 2 * padding > kernel:
-        raise LessonInputError(
-            f"padding must be at most half the kernel size, got padding={padding} with "
-            f"kernel={kernel}"
-        )
+        raise LessonInputError(f"padding must be at most half the kernel size, got padding={padding} with "
+                               f"kernel={kernel}")
     h, w = _shape(x)
-    h_out = out_size(h, kernel, stride, padding, 1, ceil_mode)
-    w_out = out_size(w, kernel, stride, padding, 1, ceil_mode)
+    h_out, w_out = (out_size(n, kernel, stride, padding, 1, ceil_mode) for n in (h, w))
     if h_out < 1 or w_out < 1:
-        raise LessonInputError(
-            f"kernel {kernel} is bigger than the padded input {h + 2 * padding}x"
-            f"{w + 2 * padding} (input {h}x{w}, padding {padding})"
-        )
+        raise LessonInputError(f"kernel {kernel} is bigger than the padded input {h + 2 * padding}x"
+                               f"{w + 2 * padding} (input {h}x{w}, padding {padding})")
     return h_out, w_out
 
 
@@ -230,11 +191,7 @@ def pool2d_by_hand(x: Sequence[Sequence[float]], kernel: int, stride: int | None
             r0, c0 = i * stride - padding, j * stride - padding
             r1, c1 = min(r0 + kernel, h + padding), min(c0 + kernel, w + padding)
             divisor = (r1 - r0) * (c1 - c0)
-            cells = [
-                xm[r][c]
-                for r in range(max(r0, 0), min(r1, h))
-                for c in range(max(c0, 0), min(c1, w))
-            ]
+            cells = [xm[r][c] for r in range(max(r0, 0), min(r1, h)) for c in range(max(c0, 0), min(c1, w))]
             # Max pooling pads with -inf, so padding never wins; avg pads with zeros.
             row.append(max(cells) if mode == "max" else sum(cells) / divisor)
         out.append(row)
@@ -242,8 +199,6 @@ def pool2d_by_hand(x: Sequence[Sequence[float]], kernel: int, stride: int | None
 
 
 # --------------------------------------------------------------------------- display
-
-
 def format_number(v: float) -> str:
     """Integers without a decimal point, other values with up to 3 decimals."""
     if abs(v - round(v)) < 1e-9:
@@ -260,27 +215,18 @@ def format_matrix(m: Sequence[Sequence[float]], indent: str = "  ") -> str:
     """Numpy-style, right-aligned matrix text: every column has the same width."""
     cells = [[format_number(v) for v in row] for row in m]
     width = max(len(c) for row in cells for c in row)
-    lines = []
-    for r, row in enumerate(cells):
-        opener = "[[" if r == 0 else " ["
-        closer = "]]" if r == len(cells) - 1 else "]"
-        lines.append(indent + opener + " ".join(c.rjust(width) for c in row) + closer)
-    return "\n".join(lines)
+    rows = [" ".join(c.rjust(width) for c in row) for row in cells]
+    return indent + "[[" + f"]\n{indent} [".join(rows) + "]]"
 
 
 def max_abs_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
     """Largest |a - b| over two same-shaped matrices (inf if the shapes differ)."""
     if len(a) != len(b) or any(len(ra) != len(rb) for ra, rb in zip(a, b, strict=True)):
         return math.inf
-    return max(
-        (abs(u - v) for ra, rb in zip(a, b, strict=True) for u, v in zip(ra, rb, strict=True)),
-        default=0.0,
-    )
+    return max((abs(u - v) for ra, rb in zip(a, b, strict=True) for u, v in zip(ra, rb, strict=True)), default=0.0)
 
 
 # --------------------------------------------------------------------------- torch references
-
-
 def torch_conv2d(x: Sequence[Sequence[float]], k: Sequence[Sequence[float]], stride: int = 1,
                  padding: int = 0, dilation: int = 1) -> Matrix:
     """The same convolution via ``torch.nn.functional.conv2d`` (float64, so exact for ints)."""

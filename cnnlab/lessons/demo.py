@@ -1,14 +1,8 @@
-"""The course demos: ``python -m cnnlab.demo conv|pool|feature_maps [key=value ...]``.
+"""The course demos: ``python -m cnnlab.demo conv|pool|feature_maps [key=value ...]`` (``--help``).
 
-    python -m cnnlab.demo conv [overrides]          # e.g. kernel='[[1]]' cases.0.stride=2
-    python -m cnnlab.demo pool [overrides]          # e.g. cases.0.kernel=2 modes='[max]'
-    python -m cnnlab.demo conv --help               # the demo's config file: keys and examples
-    python -m cnnlab.demo feature_maps run=<run folder or checkpoint>
-
-The first argument picks the demo from ``DEMOS``. ``conv`` and ``pool`` compose
-``conf/demo/<name>.yaml`` with the overrides (Hydra's compose API: nothing is written);
-``feature_maps`` rebuilds a trained model and its dataset from the checkpoint, with the
-resolver evaluate and predict use (:mod:`cnnlab.evaluation.source`).
+``conv`` and ``pool`` compose ``conf/demo/<name>.yaml`` with the overrides (Hydra's compose
+API: nothing is written); ``feature_maps`` rebuilds a trained model and its dataset from the
+checkpoint, with the resolver evaluate and predict use (:mod:`cnnlab.evaluation.source`).
 """
 
 from __future__ import annotations
@@ -20,35 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.compose import CONF_DIR
-from cnnlab.errors import ConfigError, run_main
-from cnnlab.lessons.conv_explain import (
-    LessonInputError,
-    as_matrix,
-    check_conv_args,
-    check_int,
-    check_pool_args,
-    conv2d_by_hand,
-    format_matrix,
-    formula_text,
-    integer_pool_check,
-    max_abs_diff,
-    pool2d_by_hand,
-    torch_conv2d,
-    torch_pool2d,
-    window_products_text,
-)
+from cnnlab.errors import ConfigError
+from cnnlab.lessons import conv_explain as cx
+from cnnlab.lessons.conv_explain import LessonInputError, format_matrix
 
 DEMO_CONF_DIR = CONF_DIR / "demo"
 
 # Hand and torch results must agree to float64 round-off (inputs are small).
 TOLERANCE = 1e-9
-
-
-def _plain(cfg: Any) -> Any:
-    """OmegaConf node -> plain Python containers (lists, dicts, numbers)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
 def _cases(raw: Any, defaults: Mapping[str, Any], check: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
@@ -59,14 +32,10 @@ def _cases(raw: Any, defaults: Mapping[str, Any], check: Callable[[dict[str, Any
     cases = []
     for n, case in enumerate(raw):
         if not isinstance(case, dict):
-            raise LessonInputError(
-                f"cases[{n}] must be a mapping like {dict(defaults)}, got {case!r}"
-            )
+            raise LessonInputError(f"cases[{n}] must be a mapping like {dict(defaults)}, got {case!r}")
         unknown = sorted(set(case) - set(defaults))
         if unknown:
-            raise LessonInputError(
-                f"cases[{n}] has unknown key {unknown[0]!r}; known keys: {', '.join(defaults)}"
-            )
+            raise LessonInputError(f"cases[{n}] has unknown key {unknown[0]!r}; known keys: {', '.join(defaults)}")
         case = {**defaults, **case}
         try:
             check(case)
@@ -76,13 +45,14 @@ def _cases(raw: Any, defaults: Mapping[str, Any], check: Callable[[dict[str, Any
     return cases
 
 
-def _shape_text(m: list[list[float]]) -> str:
-    return f"{len(m)}x{len(m[0])}"
+def _show(title: str, m: list[list[float]]) -> None:
+    print(f"{title} ({len(m)}x{len(m[0])}):")
+    print(format_matrix(m))
 
 
 def _agreement(name: str, hand: list[list[float]], ref: list[list[float]]) -> bool:
     """Print whether the hand-computed matrix matches PyTorch's; return True if it does."""
-    diff = max_abs_diff(hand, ref)
+    diff = cx.max_abs_diff(hand, ref)
     if diff <= TOLERANCE:
         print(f"  {name} agrees with the loops: yes (max |difference| = {diff:g})")
         return True
@@ -92,45 +62,37 @@ def _agreement(name: str, hand: list[list[float]], ref: list[list[float]]) -> bo
 
 
 # --------------------------------------------------------------------------- conv
-
-
-def run_conv(cfg: Any) -> int:
+def run_conv(cfg: dict[str, Any]) -> int:
     """Print input, kernel and, per case, the size formula and the output (hand vs torch)."""
-    x = as_matrix(_plain(cfg.input), "input")
-    k = as_matrix(_plain(cfg.kernel), "kernel")
-    cases = _cases(_plain(cfg.cases), {"stride": 1, "padding": 0, "dilation": 1},
-                   lambda c: check_conv_args(x, k, c["stride"], c["padding"], c["dilation"]))
+    x, k = cx.as_matrix(cfg["input"], "input"), cx.as_matrix(cfg["kernel"], "kernel")
+    cases = _cases(cfg["cases"], {"stride": 1, "padding": 0, "dilation": 1},
+                   lambda c: cx.check_conv_args(x, k, c["stride"], c["padding"], c["dilation"]))
 
     (h, w), (kh, kw) = (len(x), len(x[0])), (len(k), len(k[0]))
     print("2-D convolution by hand: slide the kernel over the input; each output value is")
     print("the sum of elementwise products of the kernel and the window under it.")
     print("(PyTorch's conv2d does not flip the kernel: strictly, it is cross-correlation.)\n")
-    print(f"input ({h}x{w}):")
-    print(format_matrix(x))
-    print(f"kernel ({kh}x{kw}):")
-    print(format_matrix(k))
+    _show("input", x)
+    _show("kernel", k)
 
     all_agree = True
     for n, c in enumerate(cases, start=1):
         s, p, d = c["stride"], c["padding"], c["dilation"]
         print(f"\n--- case {n}: stride={s}, padding={p}, dilation={d} ---")
         print("output size: floor((H + 2p - d(k-1) - 1)/s) + 1")
-        print("  " + formula_text(h, kh, s, p, d, axis="H"))
-        print("  " + formula_text(w, kw, s, p, d, axis="W"))
-        out = conv2d_by_hand(x, k, s, p, d)
-        print(f"output by hand ({_shape_text(out)}):")
-        print(format_matrix(out))
-        print("  e.g. " + window_products_text(x, k, 0, 0, s, p, d))
-        all_agree &= _agreement("torch.nn.functional.conv2d", out, torch_conv2d(x, k, s, p, d))
+        print("  " + cx.formula_text(h, kh, s, p, d, axis="H"))
+        print("  " + cx.formula_text(w, kw, s, p, d, axis="W"))
+        out = cx.conv2d_by_hand(x, k, s, p, d)
+        _show("output by hand", out)
+        print("  e.g. " + cx.window_products_text(x, k, 0, 0, s, p, d))
+        all_agree &= _agreement("torch.nn.functional.conv2d", out, cx.torch_conv2d(x, k, s, p, d))
     return 0 if all_agree else 1
 
 
 # --------------------------------------------------------------------------- pool
-
-
 def _explain_integer_pitfall(x: list[list[float]], kernel: int, ceil_mode: bool) -> None:
     """Re-run the course's mistake (pooling a torch.long tensor), explain it, give the fix."""
-    report = integer_pool_check(x, kernel, ceil_mode)
+    report = cx.integer_pool_check(x, kernel, ceil_mode)
     print("\n--- the integer-tensor pitfall ---")
     first_row = "[" + ", ".join(str(int(v)) for v in x[0]) + "]"
     print(f"The course built its input with torch.tensor([{first_row}, ...]): Python ints,")
@@ -153,7 +115,7 @@ def _explain_integer_pitfall(x: list[list[float]], kernel: int, ceil_mode: bool)
     print("for floating-point tensors (an average needs fractions); networks work in float32.")
     if report["avg_error"] is not None:
         print(f"  F.avg_pool2d on the same tensor -> RuntimeError: {report['avg_error']}")
-    elif max_abs_diff(report["avg_long"], report["avg_float"]) > TOLERANCE:
+    elif cx.max_abs_diff(report["avg_long"], report["avg_float"]) > TOLERANCE:
         print("And where integer pooling runs, F.avg_pool2d on Long truncates the means:")
         print(format_matrix(report["avg_long"], indent="    "))
         print("  instead of (float32):")
@@ -162,27 +124,25 @@ def _explain_integer_pitfall(x: list[list[float]], kernel: int, ceil_mode: bool)
     print("     (or convert an existing one with x.float()).")
 
 
-def run_pool(cfg: Any) -> int:
+def run_pool(cfg: dict[str, Any]) -> int:
     """Print input and, per case and mode, the floor/ceil size formula and the pooled output."""
-    x = as_matrix(_plain(cfg.input), "input")
-    modes = _plain(cfg.modes)
+    x, modes = cx.as_matrix(cfg["input"], "input"), cfg["modes"]
     if not isinstance(modes, list) or not modes or any(m not in ("max", "avg") for m in modes):
         raise LessonInputError(f"modes must be a non-empty list of 'max'/'avg', got {modes!r}")
 
     def check(c: dict[str, Any]) -> None:
-        check_int(c["kernel"], "kernel", 1)
+        cx.check_int(c["kernel"], "kernel", 1)
         if c["stride"] is None:  # PyTorch's default: stride = kernel size
             c["stride"] = c["kernel"]
-        check_pool_args(x, c["kernel"], c["stride"], c["padding"], c["ceil_mode"])
+        cx.check_pool_args(x, c["kernel"], c["stride"], c["padding"], c["ceil_mode"])
 
-    cases = _cases(_plain(cfg.cases), {"kernel": 3, "stride": None, "padding": 0, "ceil_mode": False}, check)
+    cases = _cases(cfg["cases"], {"kernel": 3, "stride": None, "padding": 0, "ceil_mode": False}, check)
 
     h, w = len(x), len(x[0])
     print("2-D pooling by hand: slide a window over the input; max pooling keeps the largest")
     print("value in each window, average pooling its mean. The stride defaults to the kernel")
     print("size (as in nn.MaxPool2d), so windows do not overlap.\n")
-    print(f"input ({h}x{w}):")
-    print(format_matrix(x))
+    _show("input", x)
 
     all_agree = True
     for n, c in enumerate(cases, start=1):
@@ -195,24 +155,21 @@ def run_pool(cfg: Any) -> int:
         else:
             print("output size: floor((H + 2p - d(k-1) - 1)/s) + 1 with d = 1")
             print("(a partial window at the edge is dropped)")
-        print(textwrap.indent(formula_text(h, k, s, p, 1, ceil, axis="H"), "  "))
-        print(textwrap.indent(formula_text(w, k, s, p, 1, ceil, axis="W"), "  "))
+        print(textwrap.indent(cx.formula_text(h, k, s, p, 1, ceil, axis="H"), "  "))
+        print(textwrap.indent(cx.formula_text(w, k, s, p, 1, ceil, axis="W"), "  "))
         for mode in modes:
-            out = pool2d_by_hand(x, k, s, p, ceil, mode)
-            title = "max pooling" if mode == "max" else "average pooling"
-            print(f"{title} by hand ({_shape_text(out)}):")
-            print(format_matrix(out))
+            out = cx.pool2d_by_hand(x, k, s, p, ceil, mode)
+            _show(f"{'max' if mode == 'max' else 'average'} pooling by hand", out)
             ref_name = "F.max_pool2d" if mode == "max" else "F.avg_pool2d"
-            all_agree &= _agreement(ref_name, out, torch_pool2d(x, k, s, p, ceil, mode))
+            all_agree &= _agreement(ref_name, out, cx.torch_pool2d(x, k, s, p, ceil, mode))
 
-    if cfg.integer_pitfall:
+    if cfg["integer_pitfall"]:
         first = cases[0]
         _explain_integer_pitfall(x, first["kernel"], first["ceil_mode"])
     return 0 if all_agree else 1
 
 
 # --------------------------------------------------------------------------- feature maps
-
 FEATURE_MAPS_USAGE = """\
 usage: python -m cnnlab.demo feature_maps run=RUN_OR_CHECKPOINT [checkpoint=best|last] [out=DIR]
                                           [images=N] [split=val|train|test]
@@ -231,18 +188,14 @@ are the ones the checkpoint was trained with.
   split=val              which split the images come from (train, val or test)
 e.g. python -m cnnlab.demo feature_maps run=outputs/<date>/<run>"""
 
-# The demo's own keys and their defaults.
-FEATURE_MAPS_KEYS = {"run": None, "checkpoint": None, "out": None, "images": "8", "split": "val"}
-
-
 def _feature_maps_args(args: list[str]) -> tuple[dict[str, Any], list[str]]:
     """The demo's own ``key=value`` arguments, checked, and the others."""
     from cnnlab.lessons.inspect import own_args
 
-    own, others = own_args(args, FEATURE_MAPS_KEYS)
+    own, others = own_args(args, {"run": None, "checkpoint": None, "out": None, "images": "8", "split": "val"})
     if own["checkpoint"] not in (None, "best", "last"):  # the older spelling: checkpoint=<path>
         own["run"], own["checkpoint"] = own["run"] or own["checkpoint"], None
-    own["images"] = check_int(int(own["images"]) if str(own["images"]).isdigit() else own["images"], "images", 1)
+    own["images"] = cx.check_int(int(own["images"]) if str(own["images"]).isdigit() else own["images"], "images", 1)
     if own["split"] not in ("train", "val", "test"):
         raise LessonInputError(f"split must be train, val or test, got {own['split']!r}")
     return own, others
@@ -292,11 +245,8 @@ def run_feature_maps(args: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- dispatch
-
-# Demo name -> its function. ``conv`` and ``pool`` take their config, composed from
-# conf/demo/<name>.yaml; ``feature_maps`` takes its arguments. To add a demo: write
-# ``run_<name>(cfg) -> int`` (raise LessonInputError for bad values), add
-# conf/demo/<name>.yaml (its leading comment is its ``--help``), then an entry here.
+# To add a demo: ``run_<name>(cfg) -> int`` (raise LessonInputError for bad values), which
+# takes conf/demo/<name>.yaml (printed as its ``--help``) composed with the overrides.
 DEMOS: dict[str, Callable[[Any], int]] = {"conv": run_conv, "pool": run_pool, "feature_maps": run_feature_maps}
 
 
@@ -320,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     if {"-h", "--help"} & set(rest):
         print((DEMO_CONF_DIR / f"{name}.yaml").read_text(), end="")
         return 0
+    from omegaconf import OmegaConf
+
     from cnnlab.compose import compose
 
-    return DEMOS[name](compose(rest, config_name=name, conf_dir=DEMO_CONF_DIR))
-
-if __name__ == "__main__":
-    sys.exit(run_main(main))
+    # Plain lists, dicts and numbers: what the hand-written loops and their checks take.
+    return DEMOS[name](OmegaConf.to_container(compose(rest, config_name=name, conf_dir=DEMO_CONF_DIR), resolve=True))

@@ -1,28 +1,8 @@
 """What the network sees: feature maps, max-pooled inputs and first-layer kernels in TensorBoard.
 
-One call, :func:`log_feature_maps`, writes under ``<tag_prefix>/``:
-
-* ``input``: the input batch, as the images the learner knows;
-* ``maxpool_k3s2``: the same batch after ``F.max_pool2d(kernel_size=3, stride=2)``,
-  the course's pooling lesson on real images;
-* ``map<i>_<H>x<W>_<layer>``: for the first image, the output channels of the first
-  conv layer and of every downsampling stage, each channel its own grayscale tile,
-  normalised on its own (min -> black, max -> white). The course instead reshaped 6
-  channels into two RGB pictures, which mixes unrelated channels into one colour; here
-  a tile is one channel. An all-black tile is a channel that is zero everywhere (a
-  dead ReLU, or a filter that does not fire on this image);
-* ``kernels_<layer>``: the first conv layer's kernels, each normalised on its own; RGB
-  when the input has 3 channels, else one grayscale tile per (kernel, input channel).
-
-Stages are found without knowing the architecture: forward hooks on every leaf module
-follow the "trunk" resolution, starting at the input's; a layer whose input is at the
-trunk resolution and whose output is smaller is a downsampling step (a strided conv, a
-pool, a patch embedding), and its output is logged. Squeeze-excitation branches (their
-input is already 1x1) and global pools (adaptive pools, meant to end the trunk) are not
-stages. This works for the hand-written AlexNet, timm and torchvision models and MogaNet.
-
-The cost is one probe of the first image (eval mode, no_grad), plus encoding a handful
-of small PNGs; channel and kernel counts are capped.
+The tags and how stages are found: docs/lessons.md, "Feature maps in TensorBoard". One
+tile per channel, each normalised on its own: the course reshaped 6 channels into two RGB
+pictures, which mixes unrelated channels into one colour.
 """
 
 from __future__ import annotations
@@ -36,22 +16,13 @@ MIN_TILE = 32
 MIN_INPUT = 64  # the same for the input images (a 32x32 image is shown at 64x64)
 
 
-def _writer(writer_or_tracker: Any) -> Any:
-    """A SummaryWriter from a writer or a RunTracker (``.tb``; None when TensorBoard is off)."""
-    if hasattr(writer_or_tracker, "add_image"):
-        return writer_or_tracker
-    return getattr(writer_or_tracker, "tb", None)
-
-
 def _norm_tiles(x: Any) -> Any:
     """(N, ...) -> each of the N tiles scaled to [0, 1] on its own; a constant tile -> 0."""
     import torch
 
     flat = x.reshape(x.shape[0], -1).float()
-    lo = flat.min(1, keepdim=True).values
-    span = flat.max(1, keepdim=True).values - lo
-    out = torch.where(span > 1e-12, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
-    return out.reshape(x.shape)
+    lo, hi = flat.aminmax(dim=1, keepdim=True)
+    return torch.where(hi - lo > 1e-12, (flat - lo) / (hi - lo).clamp_min(1e-12), 0.0).reshape(x.shape)
 
 
 def _factor(tiles: Any, min_side: int = MIN_TILE) -> int:
@@ -72,11 +43,11 @@ def _grid(tiles: Any, nrow: int = 8, factor: int | None = None) -> Any:
 
 def _taps(model: Any, x: Any, max_channels: int) -> tuple[list[tuple[str, Any]], Any]:
     """One probe of ``x`` (B, C, H, W) with hooks: the maps to show, (layer name, the first
-    image's (C, h, w) channels, capped, on the CPU), and the first conv."""
-    import torch
+    image's (C, h, w) channels, capped, on the CPU), and the first conv. A layer whose input
+    is at the trunk's resolution and whose output is smaller is a downsampling stage."""
     from torch import nn
 
-    from cnnlab.models.profile import probe
+    from cnnlab.models.profile import first_tensor, in_hw, probe
 
     taps: list[tuple[str, Any]] = []
     first_conv: list[nn.Conv2d] = []
@@ -84,15 +55,14 @@ def _taps(model: Any, x: Any, max_channels: int) -> tuple[list[tuple[str, Any]],
 
     def hook(name: str):
         def fn(m: nn.Module, inp: tuple, out: Any) -> None:
-            t = out[0] if isinstance(out, (tuple, list)) else out
-            if not (isinstance(t, torch.Tensor) and t.dim() == 4):
+            t, src = first_tensor(out), in_hw(inp)
+            if t is None or t.dim() != 4:
                 return
             size = t.shape[-2] * t.shape[-1]
             is_first_conv = isinstance(m, nn.Conv2d) and not first_conv
-            src = inp[0] if inp and isinstance(inp[0], torch.Tensor) and inp[0].dim() == 4 else None
             downsamples = (
                 src is not None
-                and src.shape[-2] * src.shape[-1] == trunk[0]  # on the trunk, not a side branch
+                and src[0] * src[1] == trunk[0]  # on the trunk, not a side branch
                 and size < trunk[0]
                 and not isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))  # global pool
             )
@@ -120,17 +90,9 @@ def kernel_grid(conv: Any, max_kernels: int = 64) -> Any:
     return _grid(per_channel[:max_kernels], nrow=w.shape[1] if 1 < w.shape[1] <= 16 else 8)
 
 
-def log_feature_maps(
-    model: Any,
-    images: Any,
-    writer_or_tracker: Any,
-    step: int,
-    tag_prefix: str = "feature_maps",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    max_channels: int = 32,
-    max_kernels: int = 64,
-) -> list[str]:
+def log_feature_maps(model: Any, images: Any, writer_or_tracker: Any, step: int, tag_prefix: str = "feature_maps",
+                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                     max_channels: int = 32, max_kernels: int = 64) -> list[str]:
     """Write the input, max-pooled input, feature maps and first-layer kernels; return the tags.
 
     ``images``: (N, C, H, W) floats in [0, 1] (a few: N=1..8; the maps use the first).
@@ -138,15 +100,16 @@ def log_feature_maps(
     model was trained on normalised images); None = feed ``images`` as they are.
     ``writer_or_tracker``: a SummaryWriter or a RunTracker; nothing is written (and []
     is returned) when it has no TensorBoard writer. The model (its unwrapped module,
-    for DDP / torch.compile) is probed (:func:`cnnlab.models.profile.probe`): eval
-    mode, no_grad, its mode and the RNG states restored.
+    for DDP / torch.compile) is probed: its mode and the RNG states are restored.
     """
     import torch
     import torch.nn.functional as F
 
     from cnnlab.lifecycle.checkpoint import unwrap
+    from cnnlab.models.profile import one_thread
 
-    writer = _writer(writer_or_tracker)
+    w = writer_or_tracker  # a RunTracker's writer is its .tb (None when TensorBoard is off)
+    writer = w if hasattr(w, "add_image") else getattr(w, "tb", None)
     if writer is None:
         return []
     net = unwrap(model)
@@ -158,16 +121,9 @@ def log_feature_maps(
         s = torch.tensor(list(std), device=x.device).view(1, -1, 1, 1)
         x = (x - m) / s
 
-    threads = torch.get_num_threads()
-    if param.device.type == "cpu":
-        # These tensors are tiny: with several threads the sync costs more than the math
-        # (measured 3x slower on 2 busy cores). Restored below.
-        torch.set_num_threads(1)
-    try:
+    with one_thread(param.device.type == "cpu"):  # these tensors are tiny
         # Only the first image's maps are shown: forward it alone (B=1), not the batch.
         taps, first_conv = _taps(net, x[:1].to(param.dtype), max_channels)
-    finally:
-        torch.set_num_threads(threads)
 
     tags = []
 

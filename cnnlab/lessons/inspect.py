@@ -1,32 +1,18 @@
-"""``python -m cnnlab.inspect [overrides | run=<run|checkpoint>]``: the layer-shape inspector.
+"""``python -m cnnlab.inspect``: the layer-shape inspector (docs/lessons.md, "Layer-shape inspector").
 
-The course's "size of the output after pooling", for any model: a layer-by-layer table
-(layer, kind, output shape, params, MACs, totals) at the dataset's input size, for the
-model a run's overrides describe or the one a run trained (``run=``; rebuilt by
-:mod:`cnnlab.evaluation.source`, as evaluate and predict rebuild it). ``depth=N`` sums
-the rows into the modules N levels deep (``layer1.0.conv1`` -> ``layer1`` at depth 1).
-It flags the layer where the map first shrinks to 1x1 (an ImageNet stem, total stride
-32, turns 224x224 into 7x7 but 32x32 into 1x1 halfway); where the map is gone before a
-layer that can't take it, the forward pass fails and the table stops at that layer.
-
-How: one probe with hooks on every module (:func:`cnnlab.models.profile.trace_layers`),
-on the CPU with one thread: any model, no per-architecture code. The model is built on
-the meta device and given empty CPU memory, so its weights are never initialised (most
-of a large model's build time; shapes do not depend on values); a model that can't be
-built or run that way is built normally.
-
-The printed table is cached (:mod:`cnnlab.cache`) under a hash of everything it depends
-on (the resolved model config, input shape, class count, ``depth``, the torch,
-torchvision and timm versions, the bytes of cnnlab/models/ and this file): a cached
-answer imports no torch. ``cache=false`` recomputes; ``--warm`` fills the cache for every
-conf/model entry on every dataset, with and without ``small_input``.
-
-(Named like the standard library's ``inspect``: safe, as it is only ever imported as
-``cnnlab.lessons.inspect``.)
+One probe with hooks on every module (:func:`cnnlab.models.profile.trace_layers`), so any
+model works with no per-architecture code; the printed table is cached (:func:`cached_table`),
+so a repeated question imports no torch. (Named like the standard library's ``inspect``:
+safe, as it is only ever imported as ``cnnlab.lessons.inspect``.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import itertools
+import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -34,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.compose import CONF_DIR, compose, composing
-from cnnlab.errors import ConfigError, run_main
+from cnnlab.errors import ConfigError
 from cnnlab.units import human
 
 USAGE = """\
@@ -112,56 +98,35 @@ def build_model(cfg: Any, device: str = "cpu") -> tuple[Any, tuple[int, int, int
     return model, shape
 
 
-def _too_small(err: BaseException) -> bool:
-    text = str(err)
-    return "too small" in text or "Kernel size can't be greater than actual input size" in text
-
-
 def trace(model: Any, input_shape: tuple[int, int, int]) -> Any:
     """The model's Trace; a forward that fails because the map got smaller than a window ends
     the table at that layer, any other error is raised."""
-    import torch
+    from cnnlab.models.profile import one_thread, trace_layers
 
-    from cnnlab.models.profile import trace_layers
-
-    threads = torch.get_num_threads()
-    if input_shape[1] * input_shape[2] <= 64 * 64:
-        torch.set_num_threads(1)  # one small image: more threads only add sync costs
-    try:
+    with one_thread(input_shape[1] * input_shape[2] <= 64 * 64):  # one small image
         t = trace_layers(model, input_shape)
-    finally:
-        torch.set_num_threads(threads)
-    if t.error is not None and not _too_small(t.error):
+    too_small = ("too small", "Kernel size can't be greater than actual input size")
+    if t.error is not None and not any(s in str(t.error) for s in too_small):
         raise t.error
     return t
 
 
-def _uninitialised(cfg: Any) -> tuple[Any, tuple[int, int, int]] | None:
-    """The model with CPU weights never initialised (MogaNet-Large: 1.4 s, against 5.7 s
-    initialised), or None where construction reads a tensor's value (meta has none)."""
-    try:
-        model, shape = build_model(cfg, device="meta")
-    except Exception:  # noqa: BLE001 - any failure here only means "build it the usual way"
-        return None
-    return model.to_empty(device="cpu"), shape
-
-
 def inspect_model(cfg: Any) -> Report:
-    """Build the configured model (uninitialised where it allows) and trace it.
+    """Build the configured model and trace it.
 
-    Should the forward pass of the uninitialised model fail (a buffer whose values
-    matter, such as an index table), the model is built for real and traced again.
+    It is first built on the meta device and given empty CPU memory: weights never
+    initialised (MogaNet-Large: 1.4 s, against 5.7 s). Where that fails (construction
+    reads a tensor's value, or a buffer's values matter in the forward, such as an index
+    table), the model is built for real and traced again.
     """
     from cnnlab.models.profile import count_params
 
-    fast = _uninitialised(cfg)
     try:
-        model, shape = fast or build_model(cfg)
+        model, shape = build_model(cfg, device="meta")
+        model = model.to_empty(device="cpu")
         t = trace(model, shape)
-    except Exception:
-        if fast is None:
-            raise
-        model, shape = build_model(cfg)  # values mattered: trace a real model
+    except Exception:  # noqa: BLE001 - values mattered: trace a real model
+        model, shape = build_model(cfg)
         t = trace(model, shape)
     return Report(cfg.model.name, shape, bool(cfg.model.small_input), t, count_params(model))
 
@@ -292,15 +257,42 @@ def _closing_notes(report: Report, gone: int | None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the cache
+# The table is cached as JSON under a hash of everything it depends on, so a changed input
+# gets a new name and a stale entry is never read; computing it takes a fraction of a second,
+# importing torch, torchvision and timm to do so about 7 s on 2 cores.
 # Keys of cfg.model that do not change the table: weights, the DDP flag.
 _NOT_SHAPE = ("pretrained", "checkpoint", "sync_bn")
+
+
+def cache_root() -> Path:
+    """``$CNNLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/cnnlab``, else ``~/.cache/cnnlab`` (the XDG
+    convention torch.hub and Hugging Face follow); not created here, always safe to delete."""
+    if os.environ.get("CNNLAB_CACHE_DIR"):
+        return Path(os.environ["CNNLAB_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "cnnlab"
+
+
+def versions(*dists: str) -> dict[str, str | None]:
+    """Installed versions of ``dists`` from their metadata (None: not installed), importing none."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for d in dists:
+        try:
+            out[d] = metadata.version(d)
+        except metadata.PackageNotFoundError:
+            out[d] = None
+    return out
+
+
+def source_digest(*paths: Path) -> list[tuple[str, str]]:
+    """The names and bytes' hashes of the given files (the code a table depends on)."""
+    return [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in sorted(paths)]
 
 
 def cache_path(cfg: Any, depth: int | None = None) -> Path:
     """Where the table of this config is cached: a hash of everything it depends on."""
     from omegaconf import OmegaConf
-
-    from cnnlab import cache
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
     for k in _NOT_SHAPE:
@@ -308,9 +300,10 @@ def cache_path(cfg: Any, depth: int | None = None) -> Path:
     num_classes, shape = input_of(cfg)
     code = [*sorted((Path(__file__).parents[1] / "models").glob("*.py")), Path(__file__)]
     key = {"model": model, "num_classes": num_classes, "input": shape, "depth": depth,
-           "versions": cache.versions("torch", "torchvision", "timm"), "code": cache.source_digest(*code)}
+           "versions": versions("torch", "torchvision", "timm"), "code": source_digest(*code)}
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
     label = re.sub(r"[^\w.-]", "_", str(cfg.model.name))  # e.g. a hub name's "/" and ":"
-    return cache.cache_root() / "inspect" / f"{label}-{cache.digest(key)}.json"
+    return cache_root() / "inspect" / f"{label}-{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
 
 
 def cached_table(cfg: Any, depth: int | None = None, use_cache: bool = True) -> tuple[str, Path | None]:
@@ -320,11 +313,14 @@ def cached_table(cfg: Any, depth: int | None = None, use_cache: bool = True) -> 
     refusal of the input (AlexNet's stride-4 stem on 32x32), raised as a ModelError with
     the model's own first line, cached or not. An unreadable entry counts as missing.
     """
-    from cnnlab import cache
     from cnnlab.errors import CnnlabError, ModelError
+    from cnnlab.lifecycle.atomic import write_json_atomic
 
     path = cache_path(cfg, depth)
-    stored = cache.read(path) if use_cache else None
+    try:
+        stored = json.loads(path.read_text()) if use_cache else None
+    except (OSError, ValueError):
+        stored = None
     if isinstance(stored, dict) and isinstance(stored.get("refused"), str):
         raise ModelError(stored["refused"])
     if isinstance(stored, dict) and isinstance(stored.get("table"), str):
@@ -338,9 +334,11 @@ def cached_table(cfg: Any, depth: int | None = None, use_cache: bool = True) -> 
         if not isinstance(e.__cause__, (CnnlabError, ValueError)):
             raise
         text = str(e.__cause__).strip().splitlines()[0] or type(e.__cause__).__name__
-        cache.write(path, {"refused": text})
+        with contextlib.suppress(OSError):  # a cache that can't be written is skipped
+            write_json_atomic(path, {"refused": text})
         raise ModelError(text) from None
-    cache.write(path, {"model": str(cfg.model.name), "table": table})
+    with contextlib.suppress(OSError):
+        write_json_atomic(path, {"model": str(cfg.model.name), "table": table})
     return table, None
 
 
@@ -357,19 +355,17 @@ def warm(conf_dir: Path = CONF_DIR, out: Any = sys.stdout) -> int:
     datasets = sorted(p.stem for p in (conf_dir / "dataset").glob("*.yaml") if p.stem != "imagefolder")
     computed = 0
     with composing(conf_dir) as compose_one:
-        for m in models:
-            for d in datasets:
-                for small in ("true", "false"):
-                    cfg = compose_one([f"model={m}", f"dataset={d}", f"model.small_input={small}"])
-                    if cache_path(cfg).is_file():
-                        continue
-                    try:
-                        cached_table(cfg, use_cache=False)
-                    except CnnlabError as e:  # e.g. AlexNet's stride-4 stem on 32x32
-                        print(f"  {m} {d} small_input={small}: {e}", file=out)
-                        continue
-                    computed += 1
-                    print(f"cached {m} on {d} (small_input={small})", file=out, flush=True)
+        for m, d, small in itertools.product(models, datasets, ("true", "false")):
+            cfg = compose_one([f"model={m}", f"dataset={d}", f"model.small_input={small}"])
+            if cache_path(cfg).is_file():
+                continue
+            try:
+                cached_table(cfg, use_cache=False)
+            except CnnlabError as e:  # e.g. AlexNet's stride-4 stem on 32x32
+                print(f"  {m} {d} small_input={small}: {e}", file=out)
+                continue
+            computed += 1
+            print(f"cached {m} on {d} (small_input={small})", file=out, flush=True)
     return computed
 
 
@@ -397,8 +393,6 @@ def main(argv: list[str] | None = None) -> int:
     if "--warm" in argv:
         if argv != ["--warm"]:
             raise ConfigError("--warm takes no other arguments (it caches every conf/model on every dataset)")
-        from cnnlab.cache import cache_root
-
         print(f"{warm()} tables computed; the cache is {cache_root() / 'inspect'}")
         return 0
     table, hit = _table(argv)
@@ -406,7 +400,3 @@ def main(argv: list[str] | None = None) -> int:
     if hit is not None:
         print(f"\n(read from the cache: {hit}; cache=false recomputes it)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_main(main))

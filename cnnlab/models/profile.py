@@ -1,20 +1,15 @@
 """Probing a model: one forward pass with hooks, and the parameter and MAC counts it gives.
 
-Every probe of a model goes through :func:`probe`: the build-time input check, the
-small-input rule's trials, the final feature map, a run's MAC count, the inspector's
-table and the TensorBoard feature maps. It runs in eval mode under no_grad and gives
-back the model's train/eval mode and torch's CPU and CUDA random states, so a probe
-draws nothing from the streams a training run uses afterwards.
-
-MACs are ``torch.utils.flop_counter.FlopCounterMode``'s count over 2 (a
-multiply-accumulate is 2 FLOPs): convolutions and matrix products, attention's too;
-BatchNorm, activations and pooling count nothing (fvcore's convention and the papers').
-For conv and linear layers that is out elements x in/groups x kh x kw and out x in.
+Every probe goes through :func:`probe`, which gives back the model's mode and torch's
+random states: a probe draws nothing from the streams a training run uses afterwards.
+MACs are ``FlopCounterMode``'s FLOPs / 2: convolutions and matrix products (attention's
+too); BatchNorm, activations and pooling count nothing (fvcore's convention and the papers').
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +42,19 @@ def probe(model: nn.Module, x: torch.Tensor | tuple[int, int, int], hooks: Itera
         model.train(was_training)
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def one_thread(on: bool = True) -> Iterator[None]:
+    """torch on one CPU thread inside, when ``on``: for a tiny input, more threads only add
+    sync costs (measured 3x slower on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    if on:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -95,13 +103,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     return counter.get_total_flops() // 2
 
 
-def _first_tensor(x: object) -> torch.Tensor | None:
+def first_tensor(x: object) -> torch.Tensor | None:
     t = x[0] if isinstance(x, (tuple, list)) and x else x
     return t if isinstance(t, torch.Tensor) else None
 
 
-def _in_hw(inp: tuple) -> tuple[int, int] | None:
-    x = _first_tensor(inp)
+def in_hw(inp: tuple) -> tuple[int, int] | None:
+    x = first_tensor(inp)
     return tuple(x.shape[-2:]) if x is not None and x.dim() == 4 else None
 
 
@@ -122,14 +130,14 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> Trace:
 
     def pre(name: str, leaf: bool) -> Callable[..., None]:
         def fn(m: nn.Module, inp: tuple) -> None:
-            started[name] = (macs(), _in_hw(inp))
+            started[name] = (macs(), in_hw(inp))
             if leaf:
                 running.append(name)
         return fn
 
     def post(name: str, leaf: bool) -> Callable[..., None]:
         def fn(m: nn.Module, inp: tuple, out: object) -> None:
-            t = _first_tensor(out)
+            t = first_tensor(out)
             if t is None:
                 return
             shape, done = tuple(t.shape[1:]), macs() - started[name][0]
