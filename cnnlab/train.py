@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -251,19 +252,22 @@ def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int) -
     is not kept, so a resume redoes it exactly. A NaN/inf loss or weight ends it
     ``diverged`` before anything is saved.
     """
+    from tqdm import tqdm
+
     from cnnlab.lifecycle.guards import all_finite, oom_hint
-    from cnnlab.progress import epoch_progress
     from cnnlab.recipes.bn import recalibrate_bn
 
     record, stop, ddp = p.record, p.stop, p.ddp
     steps_per_epoch = trained_batches(len(p.train_loader), s.accumulate)
+    # A progress bar: trainer.progress=bar, or auto on a terminal (not CI, not a multirun); DDP: rank 0's.
+    no_bar = not ddp.is_main or s.progress == "log" or (s.progress == "auto" and not sys.stderr.isatty())
     outcome = Outcome("finished", max(s.epochs, start_epoch - 1))
     for epoch in range(start_epoch, s.epochs + 1):
         if stop.requested:
             break
         t0 = time.perf_counter()
-        mode = s.progress if ddp.is_main else "log"  # DDP: one progress bar, rank 0's
-        with (epoch_progress(epoch, s.epochs, steps_per_epoch, mode) as bar, ddp.guard(),
+        with (tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}", leave=False, unit="step",
+                   dynamic_ncols=True, disable=no_bar) as bar, ddp.guard(),
               oom_hint("training", "trainer.batch_size", s.batch_size, record.device)):
             sums = train_one_epoch(p.train_model, p.train_loader, p.optimizer, p.scheduler, p.policy,
                                    grad_clip=s.grad_clip, scaler=p.scaler, progress=bar,
@@ -572,9 +576,9 @@ def _test_best(p: Parts, state: LoopState, save_checkpoints: bool) -> None:
         unwrap(p.model).load_state_dict(ck["model"])
         if p.ema is not None:
             _load_ema(p.ema, ck, best)
-    p.ddp.broadcast_module(p.model)  # DDP: every rank tests rank 0's best weights
+    p.ddp.sync_buffers(p.model, weights=True)  # DDP: every rank tests rank 0's best weights
     if p.ema is not None:
-        p.ddp.broadcast_module(p.ema.module)
+        p.ddp.sync_buffers(p.ema.module, weights=True)
     report = test_report(p.eval_model, p.test_loader, p.policy, p.class_names, record.run_dir / "test_report",
                          tracker=record.tracker, step=state.best_epoch, ddp=p.ddp)
     record.completed_test(state.best_epoch, **report)
