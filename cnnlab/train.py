@@ -51,6 +51,9 @@ class EpochSums:
         n = max(self.seen, 1)
         return (self.loss_sum / n).item(), self.correct.item() / n
 
+    def bad_step(self) -> int:
+        return int(self.first_bad_step.item())
+
     def over_ranks(self, ddp: Dist) -> EpochSums:
         """The sums over every rank (single-process: unchanged); ``first_bad_step`` the earliest."""
         import torch
@@ -281,7 +284,7 @@ def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int) -
         train_loss, train_acc = sums.means()
         state.train_seconds += time.perf_counter() - t0
         state.images_seen += sums.seen
-        bad_step = int(sums.first_bad_step.item())
+        bad_step = sums.bad_step()
         if bad_step >= 0 or not all_finite(p.model):
             outcome = Outcome("diverged", epoch, steps=bad_step)
             break
