@@ -1,19 +1,9 @@
-"""Data-parallel training under torchrun: one model, N processes, one run folder.
+"""Data-parallel training under torchrun: one :class:`Dist` answers every distributed question.
 
-    torchrun --standalone --nproc_per_node=2 -m cnnlab.run device=cpu
-
-torchrun gives each process ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them
-every call here is a no-op and the run is the single-process one. ``train()`` holds
-one :class:`Dist` and asks it every distributed question: ranks > 0 compose a
-throwaway run folder (:func:`rank_overrides`) and adopt rank 0's
-(:meth:`Dist.share_path`); ``trainer.batch_size`` is the global batch
-(:meth:`Dist.local_batch`); sums are all-reduced (:meth:`Dist.all_reduce`) and the
-test logits gathered (:meth:`Dist.gather`); a signal is agreed by every rank
-(:class:`AgreedStop`); a dead or hung peer becomes one :class:`DistError` after
-``CNNLAB_DDP_TIMEOUT`` seconds at most. docs/distributed.md says why each is so.
-
-Only the standard library is imported at module level: ``cnnlab.run`` calls
-:func:`rank_overrides` at start-up.
+Without torchrun's ``RANK``/``WORLD_SIZE`` every call is a no-op; a dead or hung peer
+becomes one :class:`DistError` after ``CNNLAB_DDP_TIMEOUT`` seconds at most. Why each
+is so: docs/distributed.md. Only the standard library is imported at module level
+(``cnnlab.run`` calls :func:`rank_overrides` at start-up).
 """
 
 from __future__ import annotations
@@ -52,21 +42,14 @@ def env_ranks() -> tuple[int, int, int]:
 
 
 def rank_overrides(argv: list[str]) -> list[str]:
-    """Hydra overrides to append to a torchrun worker's command line.
-
-    Rank 0 and single processes get none. A rank > 0 gets a throwaway run dir in the
-    temp dir (removed at exit) and no ``.hydra/`` files: it adopts rank 0's folder
-    later, in :meth:`Dist.share_path`. Appended last, they win over a user's
-    ``hydra.run.dir=...`` (Hydra keeps the last value of a key).
-    """
+    """Hydra overrides, appended last (they win), for a torchrun worker: a rank > 0 gets a
+    throwaway run dir (removed at exit) and no ``.hydra/``; it adopts rank 0's in :meth:`Dist.share_path`."""
     rank, world, _ = env_ranks()
-    if world <= 1:
-        return []
-    if any(a in ("-m", "--multirun") or a.lower() == "hydra.mode=multirun" for a in argv):
+    if world > 1 and any(a in ("-m", "--multirun") or a.lower() == "hydra.mode=multirun" for a in argv):
         raise ConfigError("-m/--multirun under torchrun is not supported: torchrun trains one config; "
                           "run one torchrun per config, or sweep with hydra/launcher=submitit_slurm "
                           "(docs/distributed.md)")
-    if rank == 0:
+    if rank == 0 or world <= 1:
         return []
     scratch = tempfile.mkdtemp(prefix=f"cnnlab-rank{rank}-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
@@ -99,27 +82,12 @@ class Dist:
         return self.world_size > 1
 
     @property
-    def is_main(self) -> bool:
-        """Rank 0: the one that writes the run folder."""
+    def is_main(self) -> bool:  # rank 0: the one that writes the run folder
         return self.rank == 0
 
-    @property
-    def device(self) -> torch.device:
-        """Where this backend's collectives want their tensors: the rank's GPU for nccl."""
-        import torch
-
-        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
-
-    # ---- start-up ------------------------------------------------------------------------
     def share_path(self, path: Path) -> Path:
         """Rank 0's ``path`` on every rank (the run folder: ranks > 0 composed a throwaway one)."""
-        if not self.enabled:
-            return path
-        import torch.distributed as dist
-
-        box = [str(path) if self.is_main else None]
-        self._guard(dist.broadcast_object_list, box, src=0)
-        return Path(box[0])
+        return Path(self.gather(str(path))[0])
 
     def barrier(self) -> None:
         """Wait for every rank (on the CPU group: no device work)."""
@@ -137,7 +105,6 @@ class Dist:
                 f"{self.world_size} processes: use {lo or self.world_size} or {lo + self.world_size}")
         return global_batch // self.world_size
 
-    # ---- the model -------------------------------------------------------------------------
     def convert_sync_bn(self, model: torch.nn.Module, sync_bn: bool, device_type: str) -> torch.nn.Module:
         """``model.sync_bn=true``: BatchNorm layers become SyncBatchNorm (batch statistics over
         the global batch, not each rank's share). Call before the optimizer is built."""
@@ -153,11 +120,8 @@ class Dist:
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     def wrap(self, model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
-        """The training-step module: DDP around ``model`` (then ``torch.compile`` if asked).
-
-        Evaluation should use the bare model instead: DDP's forward broadcasts buffers,
-        a collective, and ranks' eval shards can differ by one batch.
-        """
+        """The training-step module: DDP around ``model`` (then ``torch.compile`` if asked). Not for
+        evaluation: DDP's forward broadcasts buffers, and ranks' eval shards can differ by a batch."""
         import torch
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -165,41 +129,28 @@ class Dist:
                   gradient_as_bucket_view=True)  # grads live in the all-reduce buckets: no copy
         return torch.compile(ddp) if compile else ddp
 
-    def sync_buffers(self, model: torch.nn.Module) -> None:
-        """Give every rank rank 0's buffers (BatchNorm running stats), e.g. before evaluating.
-
-        DDP broadcasts them before each training forward, but each rank's last step then
-        updates its own copy from its own share of the batch.
-        """
+    def sync_buffers(self, model: torch.nn.Module, weights: bool = False) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics: each rank's last step updated its
+        own) before evaluating; with ``weights`` its parameters too (the best checkpoint it loaded)."""
         if self.enabled:
-            self._broadcast(list(model.buffers()))
+            import torch.distributed as dist
 
-    def broadcast_module(self, model: torch.nn.Module) -> None:
-        """Give every rank rank 0's parameters and buffers (e.g. the best checkpoint it loaded)."""
-        if self.enabled:
-            self._broadcast([p.data for p in model.parameters()] + list(model.buffers()))
+            for t in ([p.data for p in model.parameters()] if weights else []) + list(model.buffers()):
+                self._guard(dist.broadcast, t, src=0)
 
-    def _broadcast(self, tensors: list[torch.Tensor]) -> None:
-        import torch.distributed as dist
-
-        for t in tensors:
-            self._guard(dist.broadcast, t, src=0)
-
-    # ---- metrics ---------------------------------------------------------------------------
     def all_reduce(self, *values: Any, op: str = "sum") -> tuple[Any, ...]:
-        """``values`` (0-d tensors on one device, or ints) reduced over every rank: one all-reduce.
-
-        ``op``: sum, min or max. Each comes back in its own type (float64 on the wire,
-        so integer counts stay exact); single-process: ``values`` unchanged.
-        """
+        """``values`` (0-d tensors on one device, or ints) reduced (sum, min or max) over every rank in
+        one all-reduce, each in its own type (float64 on the wire: counts stay exact). Ints only: on
+        the CPU group, no device sync. Single-process: ``values`` unchanged."""
         if not self.enabled:
             return values
         import torch
         import torch.distributed as dist
 
-        device = next(v.device for v in values if isinstance(v, torch.Tensor))
+        device = next((v.device for v in values if isinstance(v, torch.Tensor)), None)
         wire = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in values])
-        self._guard(dist.all_reduce, wire, op=getattr(dist.ReduceOp, op.upper()))
+        self._guard(dist.all_reduce, wire, op=getattr(dist.ReduceOp, op.upper()),
+                    group=self.cpu_group if device is None else None)
         return tuple(int(w.item()) if isinstance(v, int) else w.to(v.dtype) if v.is_floating_point()
                      else w.round().to(v.dtype) for w, v in zip(wire, values, strict=True))
 
@@ -213,7 +164,6 @@ class Dist:
         self._guard(dist.all_gather_object, parts, obj)
         return parts
 
-    # ---- stopping and teardown -------------------------------------------------------------
     def agreed_stop(self, stop: Any) -> AgreedStop:
         """Wrap a :class:`cnnlab.lifecycle.signals.GracefulStop` so all ranks read the same flag."""
         every = int(os.environ.get(STOP_EVERY_ENV, STOP_EVERY))
@@ -233,9 +183,8 @@ class Dist:
 
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """Around a training pass: DDP's gradient all-reduce failing (a peer died or timed out)
-        becomes a DistError that says so. gloo raises a plain RuntimeError there, so whether
-        a peer is gone is asked of the process group (a barrier), not read from the message."""
+        """Around a training pass: DDP's gradient all-reduce failing becomes a DistError. gloo raises
+        a plain RuntimeError there, so whether a peer is gone is asked of a barrier, not the message."""
         import torch.distributed as dist
 
         try:
@@ -277,30 +226,27 @@ def lost_peer(d: Dist, e: BaseException) -> DistError:
 
 
 class AgreedStop:
-    """A GracefulStop whose ``requested`` is the same on every rank, at the same step.
+    """A GracefulStop whose ``signum`` is the same on every rank, at the same step.
 
-    ``poll()`` is called after every training step: every ``every``-th call (and on
-    :meth:`sync`, at each epoch's end) the ranks all-reduce (MAX) the signal number
-    each received, on the CPU: no device sync. ``requested`` and ``signum`` read the
-    last agreed value, so every rank takes the same branches. Single-process: the
-    local flag, read live, as GracefulStop.
+    Every ``every``-th :meth:`poll` (after each training step) and each :meth:`sync` (each
+    epoch's end) the ranks all-reduce (MAX) the signal each received, on the CPU: no device
+    sync. Single-process: the local flag, read live.
     """
 
-    def __init__(self, stop: Any, d: Dist, every: int = STOP_EVERY) -> None:
+    def __init__(self, stop: Any, d: Dist, every: int) -> None:
         self._stop, self._dist, self.every = stop, d, every
         self._calls = 0
         self._agreed: int | None = None  # the agreed signal number, or None
 
     @property
     def requested(self) -> bool:
-        return self._stop.requested if not self._dist.enabled else self._agreed is not None
+        return self.signum is not None
 
     @property
     def signum(self) -> int | None:
-        return self._stop.signum if not self._dist.enabled else self._agreed
+        return self._agreed if self._dist.enabled else self._stop.signum
 
     def poll(self) -> bool:
-        """After a training step: agree every ``every`` calls, else the last agreed flag."""
         if self._dist.enabled:
             self._calls += 1
             if self._calls % self.every == 0:
@@ -310,20 +256,12 @@ class AgreedStop:
     def sync(self) -> bool:
         """Agree now (a collective: every rank must call it at the same point)."""
         if self._dist.enabled:
-            import torch
-            import torch.distributed as dist
-
-            flag = torch.tensor([self._stop.signum or 0], dtype=torch.int64)
-            self._dist._guard(dist.all_reduce, flag, op=dist.ReduceOp.MAX, group=self._dist.cpu_group)
-            self._agreed = int(flag.item()) or None
+            (signum,) = self._dist.all_reduce(self._stop.signum or 0, op="max")
+            self._agreed = signum or None
         return self.requested
 
-    def request(self, signum: int | None = None) -> None:
-        self._stop.request(*(() if signum is None else (signum,)))
-
-    def install(self) -> AgreedStop:
-        self._stop.install()
-        return self
+    def request(self, *signum: int) -> None:
+        self._stop.request(*signum)
 
     def restore(self) -> None:
         self._stop.restore()

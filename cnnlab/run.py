@@ -1,12 +1,8 @@
-"""``python -m cnnlab.run [overrides]``: the thin Hydra entry point.
+"""``python -m cnnlab.run [overrides]``: the thin Hydra entry point around ``cnnlab.train.train``.
 
-All the work is in ``cnnlab.train.train(cfg)``; this file only composes the config
-and hands the best val accuracy back to Hydra (which is what a sweeper such as Optuna
-maximises). Errors leave through the boundary of every entry point,
-:func:`cnnlab.errors.run_main`: one line on stderr and an exit status (docs/errors.md).
-In a multirun a failing job is recorded instead (summary.json ``failed``), the sweep
-goes on, and the exit status is 1 at the end. Nothing heavy is imported at module
-level, so ``--help`` and ``--cfg job`` are instant.
+It returns the best val accuracy to Hydra (what a sweeper such as Optuna maximises); errors
+leave through :func:`cnnlab.errors.run_main` (docs/errors.md), except in a multirun, where a
+failing job is recorded and the sweep goes on. Nothing heavy is imported at module level.
 """
 
 from __future__ import annotations
@@ -44,10 +40,8 @@ def main(cfg: DictConfig) -> float:
     except Exception as e:
         if not _is_multirun():
             raise  # hydra_task: one line and the exit status
-        # Hydra's basic sweeper re-raises a job's exception once its batch is done, which
-        # would abort the sweep before the report. One broken job should not cost the others
-        # their report: log it (a bug with its traceback), return NaN, and let the report
-        # (and the exit status) say it failed.
+        # Hydra's basic sweeper re-raises a job's exception after its batch, aborting the sweep
+        # before the report: log it (a bug with its traceback), and let the report say it failed.
         message = describe(e)
         if message is None:
             log.exception("job failed: %s: %s", type(e).__name__, e)
@@ -63,12 +57,8 @@ def main(cfg: DictConfig) -> float:
 
 
 def _no_score() -> float:
-    """What a job without a val accuracy returns: NaN, or the worst value under Optuna.
-
-    hydra-optuna-sweeper 1.2 aborts the whole study on a NaN (optuna rejects it, and
-    the sweeper's fallback then fails too), so there a failed trial scores -inf when
-    maximising (+inf when minimising): the study goes on and never picks it.
-    """
+    """What a job without a val accuracy returns: NaN, or under Optuna the worst value (-inf when
+    maximising): hydra-optuna-sweeper 1.2 aborts the whole study on a NaN."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():

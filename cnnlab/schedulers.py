@@ -1,12 +1,8 @@
 """Learning-rate schedules, stepped once per optimizer step.
 
-Each is the ``_target_`` of a conf/scheduler/*.yaml with ``_partial_: true``; the
-runner completes the call with the optimizer and the run's length in steps, so
-every schedule has the same signature and the loop never asks which one it has.
-
-Warm-up is one mechanism for all of them (:func:`with_warmup`, ``scheduler.warmup_epochs``):
-torch's LinearLR for the first W steps, then the schedule over the remaining steps,
-chained by SequentialLR.
+Each is the ``_target_`` of a conf/scheduler/*.yaml with ``_partial_: true`` and one
+signature, so the loop never asks which it has; warm-up is one mechanism for all
+(:func:`with_warmup`, ``scheduler.warmup_epochs``).
 """
 
 from __future__ import annotations
@@ -18,21 +14,15 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LinearLR, LRScheduler, OneCycleLR, SequentialLR
 
 
-def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
-    """W, the warm-up's length in optimizer steps: ``round(warmup_epochs * steps_per_epoch)``."""
-    return round(warmup_epochs * steps_per_epoch)
-
-
 def with_warmup(make: Callable[..., LRScheduler], optimizer: Optimizer, total_steps: int,
                 steps_per_epoch: int, warmup_epochs: float = 0.0) -> LRScheduler:
-    """``make(optimizer, total_steps=, steps_per_epoch=)``, after a linear warm-up of W steps.
+    """``make(optimizer, total_steps=, steps_per_epoch=)`` after a linear warm-up of W =
+    round(warmup_epochs * steps_per_epoch) optimizer steps (SequentialLR; W = 0: ``make``'s own).
 
-    W = :func:`warmup_steps`. Step k < W gets (k + 1) / W of the schedule's first lr
-    (so the first step runs at 1/W of it: lr / W for cosine, step and none; for
-    onecycle its own start, max_lr / 25); the schedule then runs over the remaining
-    ``total_steps - W`` steps from its step 0. W = 0 returns ``make``'s schedule itself.
+    Step k < W gets (k + 1) / W of the schedule's first lr (onecycle's: max_lr / 25); the
+    schedule then runs over the remaining ``total_steps - W`` steps from its step 0.
     """
-    warmup = warmup_steps(warmup_epochs, steps_per_epoch)
+    warmup = round(warmup_epochs * steps_per_epoch)
     if warmup <= 0:
         return make(optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     main = make(optimizer, total_steps=max(total_steps - warmup, 1), steps_per_epoch=steps_per_epoch)

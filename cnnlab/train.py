@@ -1,19 +1,8 @@
-"""``train(cfg)``: the composition root and the course's two loops.
+"""``train(cfg)``: the composition root and the course's two loops, read top to bottom.
 
-Read it top to bottom. ``train`` builds the data, the model, the optimizer, the
-schedule and the device policy from the config, then hands them to the epoch loop:
-
-    for epoch in 1..E:
-        train_one_epoch   zero_grad, forward, backward, step over the train split
-        evaluate          forward only, over the val split
-        log the epoch, keep the best, checkpoint, maybe stop early
-
-and finally evaluates the best checkpoint on the test split. What can end a run
-early (a signal, a NaN, out of memory, a bad resume) and what the run folder then
-says lives in cnnlab/lifecycle/; this file only says *when* each of those happens.
-This is the composition root: it reads the DictConfig and hands plain arguments to
-the passes, the loop and the lifecycle (the config's own helpers, ``validate`` and
-Hydra's ``instantiate``, take config nodes).
+``train`` builds data, model, optimizer, schedule and device policy from the config and
+hands plain arguments to the passes (``train_one_epoch``, ``evaluate``) and the epoch
+loop (``run_epochs``); cnnlab/lifecycle/ says what ends a run early, this file *when*.
 """
 
 from __future__ import annotations
@@ -21,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -90,19 +80,14 @@ def _autocast(policy: Any) -> Any:
 def train_one_epoch(model, loader, optimizer, scheduler, policy, grad_clip=None, scaler=None,
                     progress=None, should_stop=lambda: False, label_smoothing=0.0, mixer=None,
                     accumulate=1, ema=None) -> EpochSums:
-    """One pass over the training split; returns the sums, still on the device.
+    """One pass over the training split; returns the sums, still on the device (no ``.item()``
+    per step: the GPU never waits for the host).
 
-    Loss and accuracy are summed on the device: no ``.item()`` per step, so the GPU
-    never waits for the host. ``scaler``: a GradScaler; fp16 needs one enabled, and
-    a disabled one (the default) passes every call straight through, so there is
-    one code path for every precision.
-
-    The recipes (each off by default): ``label_smoothing`` in the cross-entropy;
-    ``mixer`` (cnnlab/recipes/mix.py) turns (x, y) into mixed images and soft targets,
-    and the accuracy then counts the dominant label (the target's argmax); ``accumulate``
-    micro-batches per optimizer step, DDP syncing the gradients on the last one only
-    (a trailing partial group is not trained on); ``ema`` (cnnlab/recipes/ema.py)
-    is updated after each optimizer step.
+    ``scaler``: a GradScaler, enabled for fp16; a disabled one (the default) passes every
+    call through, so every precision has one code path. Recipes, each off by default:
+    ``mixer`` (cnnlab/recipes/mix.py) gives soft targets, and the accuracy counts their
+    argmax; ``accumulate`` micro-batches per optimizer step, DDP syncing on the last one;
+    ``ema`` (cnnlab/recipes/ema.py) is updated after each optimizer step.
     """
     import torch
     import torch.nn.functional as F
@@ -160,10 +145,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, policy, grad_clip=None,
 
 
 def evaluate(model, loader, policy, ddp: Dist | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (fraction) over a split; one host read at the end.
-
-    Under DDP (``ddp``) each rank evaluates its shard and the sums are all-reduced.
-    """
+    """Mean cross-entropy and accuracy (fraction) over a split (under DDP: over every rank's
+    shard); one host read at the end."""
     import torch
     import torch.nn.functional as F
 
@@ -214,12 +197,8 @@ class LoopState:
 
     def update(self, epoch: int, val_loss: float, val_acc: float, patience: int | None,
                metric: str) -> tuple[bool, bool]:
-        """After a val pass: (is this the best epoch so far, should the run stop early).
-
-        The best epoch is the one with the highest val accuracy (best.pt holds it). Early
-        stopping counts epochs without a better ``metric`` (val_loss or val_acc); its
-        counters are updated here, before the checkpoint that holds them.
-        """
+        """After a val pass: (is this the best epoch so far, by val accuracy; should the run stop
+        early: ``patience`` epochs without a better ``metric``). Before the checkpoint that holds them."""
         improved = val_acc > (self.best_val_acc if self.best_val_acc is not None else -math.inf)  # NaN: never
         if improved:
             self.best_val_acc, self.best_epoch = val_acc, epoch
@@ -233,55 +212,65 @@ class LoopState:
 
 @dataclass
 class Parts:
-    """What the loop drives, built by :func:`train` from the config."""
+    """What the loop drives, reports to and listens to, built by :func:`train` from the config."""
 
     model: Any          # the bare model (weights, checkpoints, feature maps)
     train_model: Any    # what training steps call: DDP's wrapper and/or torch.compile
-    eval_model: Any     # what evaluation calls: never DDP (no collective per batch); compiled
-                        # with device.compile; the EMA's weights with ema.enabled
+    eval_model: Any     # never DDP (no collective per batch); compiled with device.compile;
+                        # the EMA's weights with ema.enabled
     optimizer: Any
     scheduler: Any
     scaler: Any         # a GradScaler, enabled only for fp16
     policy: Any         # cnnlab.device.DevicePolicy
-    ddp: Dist           # this process's place in a torchrun job (single-process: every call a no-op)
+    ddp: Dist           # single-process: every call a no-op
+    record: RunRecord   # summary.json and metrics.csv
+    stop: Any           # cnnlab.dist.AgreedStop: SIGINT/SIGTERM, agreed by every rank
     train_loader: Any
     val_loader: Any
     test_loader: Any
-    class_names: list[str]        # the dataset's, in label order (into checkpoints and summary.json)
-    ema: Any = None               # cnnlab.recipes.ema.WeightEma, or None
-    mixer: Any = None             # cnnlab.recipes.mix.make_mixer's Mixup, or None
-    label_smoothing: float = 0.0  # loss.label_smoothing
+    config: dict[str, Any]  # the resolved config, into every checkpoint
+    class_names: list[str]  # the dataset's, in label order
+    ema: Any = None         # cnnlab.recipes.ema.WeightEma, or None
+    mixer: Any = None       # cnnlab.recipes.mix.make_mixer's Mixup, or None
+    label_smoothing: float = 0.0
+
+    def save(self, epoch: int, is_best: bool, state: LoopState) -> None:
+        """The epoch's training checkpoint, written by rank 0 only (the ranks hold the same weights)."""
+        from cnnlab.lifecycle.checkpoint import save_epoch, training_state
+        from cnnlab.lifecycle.resume import rng_state
+
+        if self.ddp.is_main:
+            ck = training_state(self.model, self.optimizer, self.scheduler, self.scaler, epoch,
+                                state.to_checkpoint(), rng_state(self.train_loader), self.config["model"]["name"],
+                                self.config, self.class_names)
+            if self.ema is not None:
+                ck["ema"] = self.ema.state_dict()  # only then: an EMA-less checkpoint keeps its keys
+            save_epoch(ck, self.record.run_dir / "checkpoints", is_best)
 
 
-@dataclass(frozen=True)
-class Hooks:
-    """What the loop reports to and listens to."""
-
-    record: RunRecord                  # summary.json and metrics.csv (cnnlab/lifecycle/record.py)
-    stop: Any                          # cnnlab.dist.AgreedStop: SIGINT/SIGTERM, agreed by every rank
-    save: Callable[[int, bool], None]  # save(epoch, is_best): the epoch's checkpoints
-
-
-def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int, hooks: Hooks) -> Outcome:
+def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int) -> Outcome:
     """The epoch loop, from ``start_epoch`` to ``s.epochs``; returns how it ended.
 
-    A signal lets the current step finish; the loop then ends ``interrupted`` and a
-    partial epoch is not kept, so a resumed run redoes it from its start, exactly. A
-    NaN/inf loss or weight ends it ``diverged`` before anything is saved.
+    A signal lets the current step finish, then ends it ``interrupted``; the partial epoch
+    is not kept, so a resume redoes it exactly. A NaN/inf loss or weight ends it
+    ``diverged`` before anything is saved.
     """
+    from tqdm import tqdm
+
     from cnnlab.lifecycle.guards import all_finite, oom_hint
-    from cnnlab.progress import epoch_progress
     from cnnlab.recipes.bn import recalibrate_bn
 
-    record, stop, ddp = hooks.record, hooks.stop, p.ddp
+    record, stop, ddp = p.record, p.stop, p.ddp
     steps_per_epoch = trained_batches(len(p.train_loader), s.accumulate)
+    # A progress bar: trainer.progress=bar, or auto on a terminal (not CI, not a multirun); DDP: rank 0's.
+    no_bar = not ddp.is_main or s.progress == "log" or (s.progress == "auto" and not sys.stderr.isatty())
     outcome = Outcome("finished", max(s.epochs, start_epoch - 1))
     for epoch in range(start_epoch, s.epochs + 1):
         if stop.requested:
             break
         t0 = time.perf_counter()
-        mode = s.progress if ddp.is_main else "log"  # DDP: one progress bar, rank 0's
-        with (epoch_progress(epoch, s.epochs, steps_per_epoch, mode) as bar, ddp.guard(),
+        with (tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}", leave=False, unit="step",
+                   dynamic_ncols=True, disable=no_bar) as bar, ddp.guard(),
               oom_hint("training", "trainer.batch_size", s.batch_size, record.device)):
             sums = train_one_epoch(p.train_model, p.train_loader, p.optimizer, p.scheduler, p.policy,
                                    grad_clip=s.grad_clip, scaler=p.scaler, progress=bar,
@@ -317,7 +306,7 @@ def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int, h
         improved, early_stop = state.update(epoch, val_loss, val_acc, s.early_stop_patience,
                                             s.early_stop_metric)
         if s.save_checkpoints:
-            hooks.save(epoch, improved)
+            p.save(epoch, improved, state)
         record.epoch_done(epoch, state)
         if early_stop:
             log.info("early stop: no %s improvement for %d epochs", s.early_stop_metric,
@@ -333,13 +322,9 @@ def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int, h
 
 # --------------------------------------------------------------------------- train
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train the configured model; write the run folder; return the summary dict.
-
-    Raises :class:`cnnlab.lifecycle.signals.Interrupted` after a SIGINT/SIGTERM (the run
-    folder then says ``interrupted`` and last.pt holds the last completed epoch), and a
-    CnnlabError for a user error (``failed``). A NaN/inf loss returns the summary with
-    status ``diverged``.
-    """
+    """Train the configured model; write the run folder; return the summary dict (status
+    ``diverged`` after a NaN/inf loss). Raises :class:`cnnlab.lifecycle.signals.Interrupted`
+    after a SIGINT/SIGTERM, a CnnlabError for a user error (``failed``)."""
     _check(cfg)
     from cnnlab.dist import setup as setup_distributed
     from cnnlab.lifecycle.guards import oom_hint
@@ -365,19 +350,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         with record, oom_hint("setup", "trainer.batch_size", tc.batch_size, record.device):
             seed_everything(cfg.seed, tc.deterministic)
-            p = _build(cfg, ddp, record)
-            state, start_epoch = _resume(cfg, plan, p, record)
+            p = _build(cfg, ddp, record, stop)
+            state, start_epoch = _resume(cfg, plan, p)
 
         with record:
-            save = _saver(cfg, p, state, run_dir / "checkpoints")
-            maps = _feature_maps(cfg, p, tracker)
+            maps = _feature_maps(cfg, p)
             maps(start_epoch - 1)
             if plan.checkpoint is None:
-                tracker.add_images("inputs/train_batch", _preview(p.train_loader), 0)
+                tracker.add_images("inputs/train_batch", p.train_loader.preview(16).float() / 255.0, 0)
                 if tc.save_checkpoints:
-                    save(0, False)  # epoch 0: the state before any step, so even epoch 1 resumes exactly
+                    p.save(0, False, state)  # epoch 0: the state before any step, so even epoch 1 resumes exactly
             record.completed = start_epoch - 1
-            outcome = run_epochs(p, OmegaConf.to_object(tc), state, start_epoch, Hooks(record, stop, save))
+            outcome = run_epochs(p, OmegaConf.to_object(tc), state, start_epoch)
 
             steps_per_epoch = trained_batches(len(p.train_loader), tc.accumulate)
             if outcome.kind == "interrupted":
@@ -387,7 +371,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             else:
                 with oom_hint("evaluation", "trainer.eval_batch_size", tc.eval_batch_size, record.device):
                     maps(outcome.epoch)
-                    _test_best(p, record, state, run_dir / "checkpoints", tc.save_checkpoints)
+                    _test_best(p, state, tc.save_checkpoints)
             _finish(cfg, record, outcome, t_start)
         return dict(tracker.summary)
     finally:
@@ -422,7 +406,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def _build(cfg: DictConfig, ddp: Dist, record: RunRecord) -> Parts:
+def _build(cfg: DictConfig, ddp: Dist, record: RunRecord, stop: Any) -> Parts:
     """Device policy, data, model, optimizer and schedule, in the order that fixes the RNG draws."""
     import torch
 
@@ -480,26 +464,24 @@ def _build(cfg: DictConfig, ddp: Dist, record: RunRecord) -> Parts:
     m = cfg.mix
     mixer = make_mixer(m.mixup_alpha, m.cutmix_alpha, m.prob, m.switch_prob, cfg.loss.label_smoothing,
                        data.num_classes, ddp.local_batch(tc.batch_size))
-    return Parts(model, train_model, eval_model, optimizer, scheduler, scaler, policy, ddp,
-                 train_loader, val_loader, test_loader, list(data.classes), ema, mixer,
-                 cfg.loss.label_smoothing)
+    return Parts(model, train_model, eval_model, optimizer, scheduler, scaler, policy, ddp, record, stop,
+                 train_loader, val_loader, test_loader, OmegaConf.to_container(cfg, resolve=True),
+                 list(data.classes), ema, mixer, cfg.loss.label_smoothing)
 
 
-def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord) -> tuple[LoopState, int]:
-    """Load the resumed checkpoint into the parts; return the loop's counters and the first epoch.
-
-    A fresh start gets new counters and epoch 1 (and an auto_resume that starts over
-    drops the dead start's metrics rows).
-    """
+def _resume(cfg: DictConfig, plan: Any, p: Parts) -> tuple[LoopState, int]:
+    """Load the resumed checkpoint into the parts; return the loop's counters and the first epoch
+    (a fresh start: new counters and epoch 1; an auto_resume that starts over drops the dead
+    start's metrics rows)."""
     from cnnlab.lifecycle.checkpoint import keep_best_in_step
     from cnnlab.lifecycle.resume import restore_training
 
+    record = p.record
     if plan.checkpoint is None:
         if plan.previous is not None:
             record.tracker.truncate_metrics(0)
         return LoopState(), 1
     source, ck = plan.checkpoint
-    # The loop's counters (best epoch, time, early stopping) come back with the weights.
     restore_training(ck, source, p.model, p.optimizer, p.scheduler, p.scaler, p.train_loader,
                      optimizer_name=_optimizer_name(cfg))
     state = LoopState.from_checkpoint(ck)
@@ -513,11 +495,8 @@ def _resume(cfg: DictConfig, plan: Any, p: Parts, record: RunRecord) -> tuple[Lo
 
 
 def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int) -> tuple[Any, Any]:
-    """The optimizer and its per-optimizer-step schedule (warm-up: cnnlab/schedulers.py).
-
-    A ``_target_`` the schema does not know is checked by what it raises when built:
-    one line naming the section and target (cnnlab.errors.construction_errors).
-    """
+    """The optimizer and its per-optimizer-step schedule (warm-up: cnnlab/schedulers.py); a bad
+    ``_target_`` is one line naming the section and target (cnnlab.errors.construction_errors)."""
     from hydra.utils import instantiate
 
     from cnnlab.errors import construction_errors
@@ -540,20 +519,15 @@ def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int) -> tup
 def _load_ema(ema: Any, ck: dict[str, Any], source: Path) -> None:
     """The checkpoint's EMA state, bit for bit; one saved with ema.enabled=false starts the EMA
     from its weights (a resume that turned EMA on, or a best.pt from before it)."""
-    if "ema" in ck:
-        ema.load_state_dict(ck["ema"])
-        return
-    log.warning("%s holds no EMA weights (saved with ema.enabled=false): the EMA starts from its "
-                "weights", source)
-    ema.load_state_dict({"weights": ck["model"], "updates": 0})
+    if "ema" not in ck:
+        log.warning("%s holds no EMA weights (saved with ema.enabled=false): the EMA starts from its "
+                    "weights", source)
+    ema.load_state_dict(ck.get("ema") or {"weights": ck["model"], "updates": 0})
 
 
 def _make_optimizer(opt_cfg: DictConfig, model, policy):
-    """Instantiate the partial optimizer; use the fused CUDA kernel where torch has one.
-
-    ``optimizer.no_weight_decay_norm_bias``: norm and bias parameters in a group without
-    weight decay (cnnlab/recipes/optim.py).
-    """
+    """Instantiate the partial optimizer, fused where torch has the kernel; norm and bias parameters
+    without weight decay with ``optimizer.no_weight_decay_norm_bias`` (cnnlab/recipes/optim.py)."""
     import inspect
 
     from hydra.utils import instantiate
@@ -561,14 +535,12 @@ def _make_optimizer(opt_cfg: DictConfig, model, policy):
     from cnnlab.recipes.optim import param_groups
 
     make = instantiate(_without(opt_cfg, "no_weight_decay_norm_bias"))
-    kwargs = {}
     # fused unless the config chose: optimizer.fused=false, or foreach (torch refuses both at once)
     chosen = opt_cfg.get("fused") is not None or opt_cfg.get("foreach")
-    if policy.fused_optimizer and not chosen and "fused" in inspect.signature(make.func).parameters:
-        kwargs["fused"] = True
+    fused = policy.fused_optimizer and not chosen and "fused" in inspect.signature(make.func).parameters
     params = param_groups(model, float(opt_cfg.get("weight_decay") or 0.0),
                           bool(opt_cfg.get("no_weight_decay_norm_bias") or False))
-    return make(params, **kwargs)
+    return make(params, **({"fused": True} if fused else {}))
 
 
 def _without(node: DictConfig, key: str) -> DictConfig:
@@ -580,60 +552,37 @@ def _optimizer_name(cfg: DictConfig) -> str:
     return str(cfg.optimizer._target_).rsplit(".", 1)[-1]
 
 
-def _saver(cfg: DictConfig, p: Parts, state: LoopState, folder: Path) -> Callable[[int, bool], None]:
-    """``save(epoch, is_best)``: the epoch's training checkpoint, written by rank 0 only."""
-    from cnnlab.lifecycle.checkpoint import save_epoch, training_state
-    from cnnlab.lifecycle.resume import rng_state
-
-    def save(epoch: int, is_best: bool) -> None:
-        if p.ddp.is_main:  # the ranks hold the same weights: one writer
-            ck = training_state(p.model, p.optimizer, p.scheduler, p.scaler, epoch, state.to_checkpoint(),
-                                rng_state(p.train_loader), cfg.model.name,
-                                OmegaConf.to_container(cfg, resolve=True), p.class_names)
-            if p.ema is not None:
-                ck["ema"] = p.ema.state_dict()  # only then: an EMA-less checkpoint keeps its keys
-            save_epoch(ck, folder, is_best)
-
-    return save
-
-
-def _feature_maps(cfg: DictConfig, p: Parts, tracker: Any) -> Callable[[int], None]:
+def _feature_maps(cfg: DictConfig, p: Parts) -> Callable[[int], None]:
     """``maps(step)``: the course's conv/pool images in TensorBoard, at the start and the end."""
+    tracker = p.record.tracker
     if not (cfg.trainer.log_feature_maps and tracker.enabled):
         return lambda step: None
     from cnnlab.lessons.featuremaps import log_feature_maps
     from cnnlab.lifecycle.checkpoint import unwrap
 
-    images = _preview(p.train_loader, 8)  # the same 8 images each time
+    images = p.train_loader.preview(8).float() / 255.0  # the same 8 images each time, in [0, 1]
     mean, std = list(cfg.dataset.mean), list(cfg.dataset.std)
     return lambda step: log_feature_maps(unwrap(p.model), images, tracker, step, mean=mean, std=std)
 
 
-def _preview(loader, n: int = 16):
-    """The first training images of a batch, un-normalised to [0, 1], for TensorBoard."""
-    return loader.preview(n).float() / 255.0
-
-
 # --------------------------------------------------------------------------- the end
-def _test_best(p: Parts, record: RunRecord, state: LoopState, folder: Path, save_checkpoints: bool) -> None:
-    """Evaluate the best epoch's weights (best.pt; its EMA weights with ema.enabled) on the test split.
-
-    One pass: the test loss and accuracy and the per-class report (<run>/test_report/ and
-    TensorBoard's test/) come from the same logits.
-    """
+def _test_best(p: Parts, state: LoopState, save_checkpoints: bool) -> None:
+    """Evaluate the best epoch's weights (best.pt; its EMA weights with ema.enabled) on the test
+    split: the test loss and accuracy and the per-class report come from the same logits."""
     from cnnlab.evaluation.report import test_report
     from cnnlab.lifecycle.checkpoint import load_checkpoint, unwrap
 
-    best = folder / "best.pt"
+    record = p.record
+    best = record.run_dir / "checkpoints" / "best.pt"
     if save_checkpoints and p.ddp.is_main and best.exists():
         ck = load_checkpoint(best, p.policy.device)
         unwrap(p.model).load_state_dict(ck["model"])
         if p.ema is not None:
             _load_ema(p.ema, ck, best)
-    p.ddp.broadcast_module(p.model)  # DDP: every rank tests rank 0's best weights
+    p.ddp.sync_buffers(p.model, weights=True)  # DDP: every rank tests rank 0's best weights
     if p.ema is not None:
-        p.ddp.broadcast_module(p.ema.module)
-    report = test_report(p.eval_model, p.test_loader, p.policy, p.class_names, folder.parent / "test_report",
+        p.ddp.sync_buffers(p.ema.module, weights=True)
+    report = test_report(p.eval_model, p.test_loader, p.policy, p.class_names, record.run_dir / "test_report",
                          tracker=record.tracker, step=state.best_epoch, ddp=p.ddp)
     record.completed_test(state.best_epoch, **report)
 

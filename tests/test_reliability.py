@@ -393,10 +393,17 @@ def test_kill_9_at_a_random_step_then_auto_resume_matches(reference, tmp_path):
     _assert_same_state(run / "checkpoints" / "last.pt", reference / "checkpoints" / "last.pt")
 
 
-def test_the_resume_folder_is_path_arithmetic():
-    """hydra.run.dir and output_subdir follow resume= without looking at the disk."""
+def test_the_resume_folder_is_path_arithmetic(tmp_path, monkeypatch):
+    """hydra.run.dir and output_subdir follow resume= by path arithmetic; one that does not exist fails."""
     from cnnlab.lifecycle.resume import _hydra_subdir, _run_dir
 
+    monkeypatch.chdir(tmp_path)
+    for d in ("runs/a/checkpoints", "runs/12-00-00.123456_alexnet_digits", "elsewhere"):
+        Path(d).mkdir(parents=True)
+    for f in ("runs/a/checkpoints/last.pt", "runs/a/checkpoints/best.pt", "elsewhere/weights.pt"):
+        Path(f).touch()
+    with pytest.raises(CheckpointError, match="no such run folder"):
+        _run_dir("runs/missing", "outputs/new")
     assert _run_dir(None, "outputs/new") == "outputs/new"
     assert _run_dir("runs/a", "outputs/new") == "runs/a"
     assert _run_dir("runs/12-00-00.123456_alexnet_digits", "outputs/new") == "runs/12-00-00.123456_alexnet_digits"

@@ -1,10 +1,7 @@
 """One way to replace a file so that a reader never sees half of it: checkpoints, summary.json.
 
-The bytes go to a temp file in the target's folder (same filesystem, so the rename
-is atomic on POSIX), are flushed and fsynced, then ``os.replace`` puts them in
-place and the folder is fsynced so the rename itself survives a crash. A failure
-or Ctrl-C at any point leaves the previous file whole and no temp file behind.
-Only the standard library is imported.
+A temp file in the target's folder, fsynced, then ``os.replace`` (atomic on POSIX) and a
+fsync of the folder; a failure or Ctrl-C leaves the previous file whole, no temp behind.
 """
 
 from __future__ import annotations
@@ -21,11 +18,8 @@ from typing import IO, Any
 
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], None], binary: bool = True,
                  suffix: str = "") -> None:
-    """Call ``write(f)`` on a temp file beside ``path``, then rename it over ``path``.
-
-    The temp file is ``.<name>.<random><suffix>`` (``remove_stale_temps`` in
-    checkpoint.py finds those a ``kill -9`` left). Exceptions propagate unchanged.
-    """
+    """Call ``write(f)`` on a temp file ``.<name>.<random><suffix>`` beside ``path`` (those a ``kill -9``
+    left: ``remove_stale_temps``), then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
@@ -58,9 +52,7 @@ def finite_or_none(v: Any) -> Any:
 
 
 def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item"):
-        return v.item()
-    return str(v)
+    return v.item() if hasattr(v, "item") else str(v)
 
 
 def _umask() -> int:
@@ -75,8 +67,7 @@ def _fsync_dir(folder: Path) -> None:
     except OSError:
         return  # not supported here (e.g. some network filesystems)
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)

@@ -1,23 +1,8 @@
 """Checkpoints: atomic writes, safe loads, and weights that fit or say why not.
 
-Writes go to a temp file in the same folder, are flushed and fsynced, then renamed
-over the target with ``os.replace`` (atomic on POSIX): a crash mid-write leaves the
-previous checkpoint whole. Loads use ``torch.load(weights_only=True)``, which
-refuses any pickle that would run code; everything we save is tensors, numbers,
-strings, lists and dicts (the resolved config as a plain container, the RNG states
-as tensors and lists), so no safe globals need registering.
-
-What a training checkpoint holds (:func:`training_state`): model, optimizer,
-scheduler and GradScaler state dicts, the epoch, the loop's counters
-(:class:`cnnlab.lifecycle.resume.LoopState`: the best metric, time, early stopping),
-the RNG states (python, numpy, torch, cuda and the loader's data-order generator),
-the resolved config, the model's name and the dataset's class names; with
-``ema.enabled`` also ``ema`` (the average's weights and update count).
-
-The order of the writes is part of the format (:func:`save_epoch`): ``last.pt`` at
-epoch 0, before any step, so even a run stopped in its first epoch resumes exactly;
-then after each completed epoch ``best.pt`` (when the epoch is the best so far)
-*before* ``last.pt``. A partial epoch is never saved.
+Loads use ``torch.load(weights_only=True)``, which refuses any pickle that would run code;
+everything saved is tensors and plain data, so no safe globals need registering. The
+order of the writes is part of the format (:func:`save_epoch`).
 """
 
 from __future__ import annotations
@@ -38,7 +23,6 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` to ``path`` atomically (:func:`cnnlab.lifecycle.atomic.write_atomic`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,12 +40,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 def training_state(model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, epoch: int,
                    counters: dict[str, Any], rng: dict[str, Any], model_name: str,
                    config: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
-    """Everything a resume needs, as plain data: the checkpoint of ``epoch``.
-
-    ``counters``: ``LoopState.to_checkpoint()``; ``rng``: ``resume.rng_state(loader)``;
-    ``config``: the run's resolved config as a plain dict; ``class_names``: the
-    dataset's, in label order (``cnnlab.evaluate`` and ``cnnlab.predict`` read them).
-    """
+    """Everything a resume needs, as plain data: the checkpoint of ``epoch``. ``counters``:
+    ``LoopState.to_checkpoint()``; ``class_names`` in label order (evaluate and predict read them)."""
     return {
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -71,34 +51,24 @@ def training_state(model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any
 
 
 def save_epoch(state: dict[str, Any], folder: Path, best: bool) -> None:
-    """Save a completed epoch: best.pt first (if ``best``), then last.pt.
-
-    In that order a kill between the two writes leaves last.pt an epoch behind (redone
-    on resume), never a best.pt older than last.pt says.
-    """
+    """Save a completed epoch (epoch 0: before any step): best.pt first (if ``best``), then last.pt,
+    so a kill between the two leaves last.pt an epoch behind, never best.pt older than it says."""
     if best:
         save_checkpoint(state, folder / "best.pt")
     save_checkpoint(state, folder / "last.pt")
 
 
 def keep_best_in_step(state: dict[str, Any], source: Path, folder: Path) -> None:
-    """On resume: if the checkpoint resumed from is the best epoch's, make best.pt hold it too.
-
-    A kill between the two writes of :func:`save_epoch`, or a checkpoint brought from
-    elsewhere, can leave best.pt behind; the final test must use the same weights as
-    an uninterrupted run would.
-    """
+    """On resume: if the checkpoint resumed from is the best epoch's, make best.pt hold it too (a
+    kill inside :func:`save_epoch` can leave it behind; the final test must use the same weights)."""
     if state["best_epoch"] == state["epoch"] and source.name != "best.pt":
         save_checkpoint(state, folder / "best.pt")
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> int:
-    """Delete temp files a killed save left behind (``.last.pt.*.tmp``); return how many."""
-    n = 0
+def remove_stale_temps(folder: str | os.PathLike) -> None:
+    """Delete temp files a killed save left behind (``.last.pt.*.tmp``)."""
     for p in Path(folder).glob(".*.tmp"):
         p.unlink(missing_ok=True)
-        n += 1
-    return n
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -176,10 +146,8 @@ def check_compatible(model: nn.Module, sd: dict[str, torch.Tensor], source: str)
         if k not in sd:
             raise CheckpointError(f"{source} does not fit this model: it has no weights for layer {k!r}")
         if tuple(sd[k].shape) != tuple(v.shape):
-            raise CheckpointError(
-                f"{source} does not fit this model: layer {k!r} is {tuple(sd[k].shape)} in the file "
-                f"but {tuple(v.shape)} in the model"
-            )
+            raise CheckpointError(f"{source} does not fit this model: layer {k!r} is {tuple(sd[k].shape)} "
+                                  f"in the file but {tuple(v.shape)} in the model")
     extra = [k for k in sd if k not in own]
     if extra:
         raise CheckpointError(f"{source} does not fit this model: unexpected layer {extra[0]!r}")

@@ -1,15 +1,5 @@
-"""Guards around the training passes: out of memory, and NaN/inf weights.
-
-An out-of-memory error deep in a forward pass says nothing about the config. Inside
-``with oom_hint("training", "trainer.batch_size", 256, device)`` it becomes one
-line that names the phase and the key to change, with a value to try::
-
-    out of memory on cuda during training with trainer.batch_size=256: try
-    trainer.batch_size=128, device.amp=bf16 or device.channels_last=true
-
-The traceback's frames, which hold the device tensors, are dropped so the memory is
-freed before the message is shown.
-"""
+"""Guards around the training passes: out of memory (one line naming the key to change,
+the device tensors' frames dropped first), and NaN/inf weights."""
 
 from __future__ import annotations
 
@@ -25,9 +15,8 @@ class OutOfMemory(DeviceError):
 
 
 def is_oom(e: BaseException) -> bool:
-    """torch's OutOfMemoryError (CUDA, and any backend that raises it) or a host MemoryError: by type,
-    never by the message's wording. (A CPU tensor too large to allocate is a RuntimeError in torch
-    2.x with no type of its own: it is reported as torch says it.)"""
+    """torch's OutOfMemoryError or a host MemoryError: by type, never by the wording (a CPU tensor
+    too large to allocate is a plain RuntimeError in torch 2.x: reported as torch says it)."""
     import torch
 
     return isinstance(e, (torch.OutOfMemoryError, MemoryError))
@@ -35,11 +24,8 @@ def is_oom(e: BaseException) -> bool:
 
 @contextmanager
 def oom_hint(phase: str, key: str, batch: int, device: Callable[[], str]) -> Iterator[None]:
-    """Re-raise an out-of-memory error inside the block as :class:`OutOfMemory`.
-
-    ``phase``: setup, training or evaluation; ``key``/``batch``: the batch-size key
-    that governs the phase and its value; ``device()``: the device's name.
-    """
+    """Re-raise an out-of-memory error in the block as :class:`OutOfMemory`, naming ``phase``, the
+    batch-size ``key`` that governs it and a value to try: ``key=batch // 2``."""
     try:
         yield
     except Exception as e:

@@ -1,21 +1,8 @@
-"""The run record: summary.json's status, and every message a run can end with.
+"""The run record: summary.json's status (docs/errors.md) and every message a run can end with.
 
-A run's status moves from ``running`` to one of ``completed``, ``failed``,
-``interrupted`` or ``diverged`` (docs/errors.md lists what each means for the exit
-status). :class:`RunRecord` owns those moves and their one-line messages, so the
-training loop only says *what happened* (an :class:`Outcome`) and this module
-says how it reads. Used as a context manager around the run, it also records the
-exceptions that end a run early:
-
-- a second Ctrl-C or SIGTERM (``KeyboardInterrupt``): ``interrupted``, naming the
-  checkpoint to resume from;
-- a :class:`~cnnlab.errors.CnnlabError`: ``failed`` with its message, unless it was
-  a resume that did not fit (another model's checkpoint), in which case the run
-  folder it named is left exactly as it was;
-- anything else: ``failed`` with ``<Type>: <message>``, and the exception goes on.
-
-Only the standard library is imported; the files are written by
-:class:`cnnlab.reporting.track.RunTracker`.
+The loop says *what happened* (an :class:`Outcome`); :class:`RunRecord` says how it reads,
+and, as a context manager around the run, records the exceptions that end it early.
+Only the standard library is imported; :class:`cnnlab.reporting.track.RunTracker` writes.
 """
 
 from __future__ import annotations
@@ -36,13 +23,9 @@ Ending = Literal["finished", "early_stopped", "interrupted", "diverged"]
 
 @dataclass(frozen=True)
 class Outcome:
-    """How the epoch loop ended.
-
-    ``epoch``: the epoch it ended in (diverged, a partial interrupted epoch) or after
-    (finished, early_stopped, interrupted between epochs). ``steps``: for a partial
-    epoch, the training steps done; for a divergence, the 0-based first step whose
-    loss was NaN/inf (-1: the loss stayed finite but the weights did not).
-    """
+    """How the epoch loop ended. ``epoch``: the one it ended in (diverged, partial interrupted)
+    or after (finished, early_stopped, interrupted between epochs). ``steps``: a partial epoch's
+    steps done; a divergence's 0-based first NaN/inf step (-1: only the weights were)."""
 
     kind: Ending
     epoch: int
@@ -50,11 +33,8 @@ class Outcome:
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """A run folder's summary.json as a dict; None if there is none.
-
-    Raises OSError or ValueError (JSON that is garbled or not an object); each
-    caller decides what an unreadable summary means to it.
-    """
+    """A run folder's summary.json as a dict; None if there is none. Raises OSError or ValueError
+    (garbled, or not an object): each caller decides what an unreadable summary means."""
     try:
         data = json.loads((Path(run_dir) / "summary.json").read_text())
     except FileNotFoundError:
@@ -65,13 +45,8 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def mark_failed(run_dir: str | os.PathLike, error: str, **fields: Any) -> None:
-    """Mark a run ``failed`` when it died outside train()'s own bookkeeping.
-
-    Leaves alone a summary that already says why the run ended; one that is missing
-    (the job failed before training began) or still says ``running`` becomes
-    ``failed`` with ``error``. Used by cnnlab.run in multiruns, so the sweep report
-    shows the error rather than an incomplete folder.
-    """
+    """Mark a multirun job ``failed`` when it died outside train()'s bookkeeping (a summary that is
+    missing or still ``running``; one that says why the run ended is left alone)."""
     from cnnlab.lifecycle.atomic import write_json_atomic
 
     try:
@@ -89,12 +64,9 @@ def mark_failed(run_dir: str | os.PathLike, error: str, **fields: Any) -> None:
 class RunRecord:
     """summary.json of one run, its status changes and their messages.
 
-    ``tracker`` writes the files (a RunTracker; on DDP ranks > 0 a disabled one).
-    ``previous`` is the summary the folder held before this launch (None: a new
-    folder); ``resume_epoch`` the epoch of the checkpoint resumed from (None: a
-    fresh start). ``completed`` is the last completed epoch: the resumed one at
-    first; a fresh run's is None until train sets it to 0 after the epoch-0 checkpoint
-    (or where that checkpoint would be, with trainer.save_checkpoints=false).
+    ``tracker``: a RunTracker (disabled on DDP ranks > 0); ``previous``: the folder's summary
+    before this launch; ``resume_epoch``: the resumed checkpoint's; None for new ones.
+    ``completed``: the last completed epoch (a fresh run's is None until train sets it to 0).
     """
 
     def __init__(self, tracker: Any, run_dir: Path, previous: dict[str, Any] | None,
@@ -115,8 +87,7 @@ class RunRecord:
         """The epoch checkpoints/last.pt holds: the last completed one when checkpoints are on."""
         return self.completed if self.save_checkpoints else self.resume_epoch
 
-    def device(self) -> str:
-        """The device as the summary names it (the config's choice until it is resolved)."""
+    def device(self) -> str:  # the config's choice until it is resolved
         return str(self.summary.get("device"))
 
     def update(self, **fields: Any) -> None:
@@ -173,8 +144,7 @@ class RunRecord:
         return Interrupted(signum, msg)
 
     def completed_test(self, best_epoch: int, **report: Any) -> None:
-        """The best checkpoint's test split is scored: the run is complete. ``report``: the
-        summary.json fields of :func:`cnnlab.evaluation.report.test_report` (``test_acc``, ...)."""
+        """The best checkpoint is tested (``report``: test_report's summary fields): the run is complete."""
         self.update(status="completed", **report)
         log.info("test (best epoch %d): loss %.4f acc %.4f", best_epoch, report["test_loss"], report["test_acc"])
 

@@ -1,32 +1,10 @@
 """Resuming: in the run's own folder, with the run's own config, from its own checkpoint.
 
-Two moments. **At composition** (the CLI registers the resolvers at startup), Hydra
-picks the output folder before ``train`` runs, so the folder has to follow
-``resume=``: conf/hydra/default.yaml sets
-
-    hydra.run.dir:       ${cnnlab_run_dir:${resume},'outputs/...'}
-    hydra.output_subdir: ${cnnlab_hydra_subdir:${resume},${now:...}}
-
-Both are path arithmetic on the value of ``resume`` (one disk read: a ``resume`` that
-does not exist fails here, before Hydra makes a folder for it): a run folder, or the folder above
-``checkpoints/`` for a checkpoint file inside one; any other checkpoint file starts
-a new folder. A resume in the run's folder writes its Hydra files to
-``.hydra/resume-<timestamp>/``, so the run's own ``.hydra/config.yaml`` is never
-overwritten.
-
-**In train**, before the run folder is touched: :func:`plan_resume` finds and loads
-the checkpoint (:func:`load_resume`) and refuses a folder that already holds a run.
-The checkpoint holds the run's resolved config: :func:`resumed_config` is that config
-plus this command's overrides, so ``resume=<folder>`` alone suffices and
-``resume=<folder> trainer.epochs=20`` changes only the number of epochs (the
-checkpoints then hold 20, for the next resumes). :func:`check_resume_fits` refuses a
-checkpoint of another model or dataset. A training checkpoint
-(cnnlab/lifecycle/checkpoint.py) holds the model, optimizer, scheduler and GradScaler
-states, the epoch, every RNG (:func:`rng_state`) and the loop's counters
-(``cnnlab.train.LoopState``); restoring all of them (:func:`restore_training`) is what
-makes a resumed deterministic run bit-for-bit the uninterrupted one.
-
-Only the standard library, OmegaConf and Hydra are imported at module level.
+At composition, the resolvers make Hydra's folder follow ``resume=`` (path arithmetic,
+conf/hydra/default.yaml; a resumed run's Hydra files go to ``.hydra/resume-<stamp>/``).
+In train, before the folder is touched, :func:`plan_resume` loads the checkpoint, and
+:func:`resumed_config` is its config plus this command's overrides. Restoring every RNG
+with the states makes a resumed deterministic run bit-for-bit the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -71,14 +49,9 @@ def register_resolvers() -> None:
 
 
 def resumed_config(cfg: DictConfig, path: Path, ck: dict[str, Any]) -> DictConfig:
-    """The checkpoint's config plus this command's overrides; refuses another model's or dataset's.
-
-    Under Hydra only: the key=value overrides are this command's (``resume`` and
-    ``paths`` are always this launch's); a group override (``device=cpu``) takes the
-    group's composed node, and one that changes the model or dataset is refused by
-    :func:`check_resume_fits`. Outside Hydra (``train(cfg)`` from Python) ``cfg`` is
-    the whole config. A checkpoint older than a config key keeps that key's default.
-    """
+    """The checkpoint's config plus this command's key=value overrides (under Hydra; from Python
+    ``cfg`` is the whole config); ``resume`` and ``paths`` are this launch's; a key newer than
+    the checkpoint keeps its default. Refuses another model's or dataset's (:func:`check_resume_fits`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -115,26 +88,21 @@ def resumed_config(cfg: DictConfig, path: Path, ck: dict[str, Any]) -> DictConfi
 
 def restore_training(ck: dict[str, Any], source: Path, model: Any, optimizer: Any, scheduler: Any,
                      scaler: Any, loader: Any, optimizer_name: str) -> None:
-    """Load a training checkpoint into the run's objects (the loop's counters: ``LoopState.from_checkpoint``).
-
-    ``source`` names the checkpoint in messages; ``optimizer_name`` the configured one;
-    ``scaler`` is a GradScaler, enabled or not.
-    """
+    """Load a training checkpoint (from ``source``) into the run's objects; the loop's counters:
+    ``LoopState.from_checkpoint``."""
     from cnnlab.lifecycle.checkpoint import check_compatible
 
     check_compatible(model, ck["model"], f"checkpoint {str(source)!r}")
     model.load_state_dict(ck["model"])
-    try:
-        optimizer.load_state_dict(ck["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {str(source)!r}: its optimizer state does not fit "
-                              f"optimizer={optimizer_name} ({e}); resume with the run's own optimizer") from None
-    try:
-        scheduler.load_state_dict(ck["scheduler"])
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {str(source)!r}: its schedule state does not fit this scheduler "
-                              f"({type(e).__name__}: {e}); resume with the run's own scheduler and "
-                              "scheduler.warmup_epochs (0 and > 0 build different schedules)") from None
+    for obj, key, what, fix in (
+            (optimizer, "optimizer", f"optimizer state does not fit optimizer={optimizer_name}", "optimizer"),
+            (scheduler, "scheduler", "schedule state does not fit this scheduler",
+             "scheduler and scheduler.warmup_epochs (0 and > 0 build different schedules)")):
+        try:
+            obj.load_state_dict(ck[key])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {str(source)!r}: its {what} ({type(e).__name__}: {e}); "
+                                  f"resume with the run's own {fix}") from None
     if scaler.is_enabled() and ck.get("scaler"):
         scaler.load_state_dict(ck["scaler"])
     set_rng_state(ck["rng"], loader)
@@ -174,13 +142,8 @@ _TRAINING_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng")
 
 
 def load_resume(resume: str | None, auto_resume: bool, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint to continue from, loaded on the CPU, or None for a fresh start.
-
-    ``resume=<file>`` loads that file. ``resume=<run folder>``, and auto_resume when
-    the run folder holds checkpoints, try last.pt, then best.pt with a warning if
-    last.pt does not load: best.pt is a full checkpoint of an earlier epoch, and
-    the run continues exactly from there.
-    """
+    """The checkpoint to continue from, loaded on the CPU, or None for a fresh start: ``resume=<file>``,
+    or in a run folder last.pt, then (with a warning) best.pt, a full checkpoint of an earlier epoch."""
     from cnnlab.lifecycle.checkpoint import load_checkpoint, remove_stale_temps
 
     def load(path: Path) -> dict[str, Any]:
@@ -232,8 +195,7 @@ class ResumePlan:
     previous: dict[str, Any] | None
 
     @property
-    def epoch(self) -> int | None:
-        """The resumed checkpoint's epoch; None for a fresh start."""
+    def epoch(self) -> int | None:  # None for a fresh start
         return self.checkpoint[1]["epoch"] if self.checkpoint else None
 
     @property
@@ -245,13 +207,9 @@ class ResumePlan:
 
 
 def plan_resume(resume: str | None, auto_resume: bool, run_dir: Path) -> ResumePlan:
-    """Decide, before the run folder is touched, whether this launch starts or continues a run.
-
-    A folder that already holds a run is refused unless the launch resumes it, or is
-    ``trainer.auto_resume`` on a run that did not complete (one that died before its
-    first checkpoint starts over, with a warning). So a mistyped command cannot mark
-    a finished run failed.
-    """
+    """Decide, before the run folder is touched, whether this launch starts or continues a run. A
+    folder that holds a run is refused unless this resumes it, or auto-resumes a run that did not
+    complete: a mistyped command cannot mark a finished run failed."""
     from cnnlab.lifecycle.record import read_summary
 
     checkpoint = load_resume(resume, auto_resume, run_dir)

@@ -1,15 +1,8 @@
 """Graceful stops: SIGINT (Ctrl-C) and SIGTERM (a cluster's warning before SIGKILL).
 
-Inside ``with GracefulStop() as stop:`` the first signal only sets ``stop.requested``;
-the training loop checks it after every step (a Python bool: no device sync),
-finishes that step, leaves the last completed epoch's checkpoint in place, marks
-the run ``interrupted`` and raises :class:`Interrupted`. A second signal raises
-:class:`Interrupted` at once, from wherever the program is. On exit the previous
-handlers come back, so a notebook or a test runner keeps its own Ctrl-C.
-
-The CLI turns :class:`Interrupted` into one line on stderr and the shell's
-convention for a death by signal: exit status 128 + signal number (130 for SIGINT,
-143 for SIGTERM). Only the standard library is imported here.
+The first signal only sets ``stop.requested`` (the loop finishes the step and stops
+cleanly); a second raises :class:`Interrupted` at once. The CLI exits 128 + the signal
+number (130 for SIGINT, 143 for SIGTERM). Only the standard library is imported here.
 """
 
 from __future__ import annotations
@@ -31,11 +24,8 @@ def signal_name(signum: int) -> str:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Training stopped on a signal. A KeyboardInterrupt, so it also stops a Hydra sweep.
-
-    ``exit_code`` is 128 + the signal number; ``immediate`` is True for a second
-    signal, which did not wait for the step to finish.
-    """
+    """Training stopped on a signal; a KeyboardInterrupt, so it also stops a Hydra sweep.
+    ``immediate``: a second signal, which did not wait for the step to finish."""
 
     def __init__(self, signum: int, message: str = "", immediate: bool = False) -> None:
         self.signum = signum
@@ -53,8 +43,7 @@ class GracefulStop:
         self._previous: dict[int, Any] = {}
 
     @property
-    def requested(self) -> bool:
-        """True once a stop was asked for (read after every training step)."""
+    def requested(self) -> bool:  # read after every training step
         return self.signum is not None
 
     def request(self, signum: int = signal.SIGTERM) -> None:
@@ -76,7 +65,7 @@ class GracefulStop:
                      "(send it again to stop at once)\n").encode())
 
     def install(self) -> GracefulStop:
-        """Take over SIGINT and SIGTERM, remembering the handlers to put back."""
+        """Take over SIGINT and SIGTERM, remembering the handlers to put back (:meth:`restore`)."""
         # signal.signal only works in the main thread; elsewhere (a launcher's worker
         # thread) the default handlers stay and the flag is never set.
         if threading.current_thread() is threading.main_thread() and not self._previous:
