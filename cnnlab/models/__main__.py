@@ -1,18 +1,9 @@
 """``python -m cnnlab.models``: a table of every model in conf/model/.
 
-For each entry (the generic ``timm`` and ``torchvision`` ones are skipped: they
-have no architecture of their own) the config is composed as a run composes it,
-and the model is built twice at 10 classes and 3 channels:
-
-* with ``small_input`` (the 32x32 datasets' setting): params, MACs at 32x32, and
-  the final feature map at 32x32;
-* without it (the ImageNet stem): MACs at 224x224 and the final map at 32x32, to
-  show what the stem does to a small image.
-
-MACs are Conv2d + Linear multiply-accumulates (``cnnlab.models.profile``). The
-models are built on PyTorch's meta device, so the whole table takes seconds.
-``--markdown`` prints a Markdown table; ``--update FILE`` rewrites the table
-between the markers in FILE (docs/models.md), so the docs come from the code.
+Each entry (bar the generic ``timm`` and ``torchvision``) is composed as a run composes
+it and built on the meta device at 10 classes and 3 channels, with ``small_input`` (32x32)
+and without (the ImageNet stem). ``--update FILE`` rewrites the table between the markers
+in FILE (docs/models.md), so the docs come from the code.
 """
 
 from __future__ import annotations
@@ -20,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.compose import CONF_DIR, compose
@@ -30,18 +20,8 @@ from cnnlab.units import human
 GENERIC = ("timm", "torchvision")  # take any architecture by name: nothing to tabulate
 BEGIN, END = "<!-- model-table:begin -->", "<!-- model-table:end -->"
 COMMAND = "python -m cnnlab.models --update docs/models.md"
-
-
-@dataclass
-class Row:
-    name: str
-    source: str
-    arch: str
-    params: int
-    macs_32: int
-    macs_224: int
-    map_small: str
-    map_plain: str  # "too small" when the ImageNet stem cannot take 32x32 (AlexNet's 11x11/4)
+HEADER = ["model", "source", "arch", "params", "MACs 32x32 (small_input)", "MACs 224x224",
+          "final map 32x32 (small_input)", "final map 32x32 (ImageNet stem)"]
 
 
 def model_entries(conf_dir: Path = CONF_DIR) -> list[str]:
@@ -57,8 +37,8 @@ def _source_label(source: str, arch: str) -> str:
     return source
 
 
-def describe(name: str, conf_dir: Path = CONF_DIR) -> Row:
-    """Compose ``model=<name>``, build it with and without small_input, and measure it."""
+def describe(name: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """Compose ``model=<name>``, build it with and without small_input: its row of HEADER."""
     import torch
     from hydra.utils import instantiate
 
@@ -75,56 +55,31 @@ def describe(name: str, conf_dir: Path = CONF_DIR) -> Row:
             built[small] = instantiate(mcfg, num_classes=10, in_chans=3,
                                        img_size=32 if small else 224, small_input=small)
     small, plain = built[True], built[False]
-    return Row(
-        name=name,
-        source=_source_label(mcfg.source, mcfg.arch),
-        arch=mcfg.arch,
-        params=count_params(small),
-        macs_32=count_macs(small, (3, 32, 32)),
-        macs_224=count_macs(plain, (3, 224, 224)),
-        map_small=_map(final_feature_map(small, (3, 32, 32))),
-        map_plain=_map_or_error(plain, (3, 32, 32)),
-    )
-
-
-def _map_or_error(model: object, shape: tuple[int, int, int]) -> str:
-    from cnnlab.models.adapt import final_feature_map
-
     try:
-        return _map(final_feature_map(model, shape))
-    except RuntimeError as e:  # a layer's output would be empty: the image is too small
-        if "too small" not in str(e):  # e.g. "Output size is too small" from a pool
-            raise
-        return "too small"
+        map_plain = _map(final_feature_map(plain, (3, 32, 32)))
+    except RuntimeError:  # the probe's shape error: the ImageNet stem can't take 32x32 (AlexNet's 11x11/4)
+        map_plain = "too small"
+    return [name, _source_label(mcfg.source, mcfg.arch), mcfg.arch, human(count_params(small)),
+            human(count_macs(small, (3, 32, 32))), human(count_macs(plain, (3, 224, 224))),
+            _map(final_feature_map(small, (3, 32, 32))), map_plain]
 
 
 def _map(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
 
-HEADER = ["model", "source", "arch", "params", "MACs 32x32 (small_input)", "MACs 224x224",
-          "final map 32x32 (small_input)", "final map 32x32 (ImageNet stem)"]
-
-
-def _cells(r: Row) -> list[str]:
-    return [r.name, r.source, r.arch, human(r.params), human(r.macs_32), human(r.macs_224),
-            r.map_small, r.map_plain]
-
-
-def format_text(rows: list[Row]) -> str:
-    table = [HEADER] + [_cells(r) for r in rows]
+def format_text(rows: list[list[str]]) -> str:
+    table = [HEADER, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def format_markdown(rows: list[Row]) -> str:
+def format_markdown(rows: list[list[str]]) -> str:
     right = {3, 4, 5}  # numbers read best right-aligned
-    lines = ["| " + " | ".join(HEADER) + " |",
-             "|" + "|".join("---:" if i in right else "---" for i in range(len(HEADER))) + "|"]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
-    return "\n".join(lines)
+    rule = "|" + "|".join("---:" if i in right else "---" for i in range(len(HEADER))) + "|"
+    return "\n".join(["| " + " | ".join(HEADER) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def update_file(path: Path, table: str) -> None:
@@ -148,10 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    names = args.only or model_entries()
     t0 = time.perf_counter()
     rows = []
-    for name in names:
+    for name in args.only or model_entries():
         print(f"  {name} ...", file=sys.stderr, flush=True)
         rows.append(describe(name))
     print(f"  {len(rows)} models in {time.perf_counter() - t0:.0f}s", file=sys.stderr)

@@ -1,37 +1,8 @@
 """Adapting ImageNet models to other inputs: small images, other channel counts.
 
-ImageNet stems downsample by 4 before the first block (a 7x7/2 conv and a 3x3/2
-max-pool in ResNet), so a 32x32 CIFAR image is 8x8 after the stem and 1x1 at the
-end. ``adapt_small_input`` applies the usual CIFAR-style changes where a family has
-a well-known one, and one general rule everywhere else:
-
-===================  =========================================  ==================
-family               change                                     final map at 32x32
-===================  =========================================  ==================
-ResNet               7x7/2 conv + max-pool -> 3x3/1 conv         4x4 (was 1x1)
-ResNet, deep stem    first stem conv -> stride 1, no max-pool    4x4 (was 1x1)
-MobileNet V2/V3/V4   stride-2 stem conv -> stride 1              2x2 (was 1x1)
-GoogLeNet            7x7/2 conv1 -> 3x3/1 (pools kept)           2x2 (was 1x1)
-any other            general rule: the stem's strides reduced    4x4 or 2x2 mostly
-===================  =========================================  ==================
-
-The MobileNet rule (timm's ``conv_stem``) also covers timm's EfficientNet family, and
-the deep-stem rule torchvision's ShuffleNetV2 (``conv1`` + ``maxpool`` too).
-
-The general rule (``_reduce_stem``): the strided convs and pools that come first in
-the model (definition order) are the stem. Their strides are divided, first layer
-first, until the final map at the input size reaches 4x4 or the stem's budget is
-spent: the reduction of the first timm ``feature_info`` level at or past /4 (the
-stride before the first stage; 4 for a torchvision model, which has no
-feature_info). Each candidate is checked with one forward pass at the input size,
-and the rule keeps the longest prefix of changes that runs: a strided block whose
-shortcut would no longer match is left alone. Models that took the input size
-themselves (timm's ``img_size``: ViT, DeiT, Swin, MaxViT, CoAtNet, LeViT, ...) are
-not changed here; the factory passes them the size instead.
-
-MogaNet takes ``small_input`` itself (stage-1 convs at stride 1: 4x4), and AlexNet
-has its own small stem (3x3). ``final_feature_map`` measures these; the tests,
-``python -m cnnlab.models`` and scripts/model_coverage.py check them.
+An ImageNet stem downsamples by 4 before the first block, so a 32x32 image ends as a 1x1
+map. ``adapt_small_input`` applies a family's well-known CIFAR-style change (ResNet,
+MobileNet, GoogLeNet), else the general rule ``_reduce_stem``; docs/models.md has the table.
 """
 
 from __future__ import annotations
@@ -65,23 +36,22 @@ def _small_conv(conv: nn.Conv2d) -> nn.Conv2d:
 
 def adapt_small_input(model: nn.Module, img_size: int = 32) -> nn.Module:
     """Reduce the early downsampling of an ImageNet model for ~32x32 inputs (in place)."""
-    log.info("small_input: %s: %s", type(model).__name__, small_input_rule(model, img_size))
+    log.info("small_input: %s: %s", type(model).__name__, _small_input_rule(model, img_size))
     return model
 
 
-def small_input_rule(model: nn.Module, img_size: int = 32) -> str:
+def _small_input_rule(model: nn.Module, img_size: int) -> str:
     """Apply the small-input rule of ``model``'s family (in place); return what was done."""
     kind = type(model).__name__
-    if hasattr(model, "conv1") and hasattr(model, "maxpool") and isinstance(model.conv1, nn.Conv2d):
-        # ResNet (timm and torchvision share these names).
-        model.conv1 = _small_conv(model.conv1)
+    stem = getattr(model, "conv1", None)
+    if hasattr(model, "maxpool") and isinstance(stem, (nn.Conv2d, nn.Sequential)):
         model.maxpool = nn.Identity()
-        return "ResNet: conv1 -> 3x3/1, no max-pool"
-    if hasattr(model, "conv1") and hasattr(model, "maxpool") and isinstance(model.conv1, nn.Sequential):
+        if isinstance(stem, nn.Conv2d):  # ResNet (timm and torchvision share these names)
+            model.conv1 = _small_conv(stem)
+            return "ResNet: conv1 -> 3x3/1, no max-pool"
         # timm's deep-stem ResNets (resnet*d, resnet*t): three 3x3 convs, the first at
         # stride 2, then the max-pool. Unstride the first and drop the pool: total /1.
-        _first_conv(model.conv1)[2].stride = (1, 1)
-        model.maxpool = nn.Identity()
+        _first_conv(stem)[2].stride = (1, 1)
         return "deep stem: first stem conv -> stride 1, no max-pool"
     if hasattr(model, "conv_stem") and isinstance(model.conv_stem, nn.Conv2d):
         # timm's MobileNetV3 / MobileNetV4 / EfficientNet family.
@@ -99,9 +69,6 @@ def small_input_rule(model: nn.Module, img_size: int = 32) -> str:
     return _reduce_stem(model, img_size)
 
 
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
-
-
 def _stride(m: nn.Module) -> int:
     s = m.stride
     return int(s[0] if isinstance(s, tuple) else s)
@@ -114,10 +81,9 @@ def _set_stride(m: nn.Module, s: int) -> None:
 def _budgets(model: nn.Module, img_size: int) -> tuple[int, int]:
     """(stem budget, wanted reduction): how much stride may go, and how much should.
 
-    From timm's ``feature_info`` (each level's ``reduction``): the stem is what comes
-    before the first level at /4 or more, and the final map is ``img_size`` over the
-    last level's reduction; 4x4 is wanted. torchvision models have no feature_info:
-    an ImageNet stem is /4 and their final reduction /32.
+    From timm's ``feature_info``: the stem is what comes before the first level at /4 or
+    more; the final map (4x4 wanted) is ``img_size`` over the last level's reduction.
+    torchvision models have none: an ImageNet stem is /4 and their final reduction /32.
     """
     info = getattr(model, "feature_info", None)
     reductions = [int(f["reduction"]) for f in info] if isinstance(info, list) and info else []
@@ -128,7 +94,7 @@ def _budgets(model: nn.Module, img_size: int) -> tuple[int, int]:
 
 
 def _runs(model: nn.Module, img_size: int, in_chans: int, hooks: list = ()) -> bool:
-    """One probe of a zero image (:func:`cnnlab.models.profile.probe`): does it run?"""
+    """Does one probe of a zero image (:func:`cnnlab.models.profile.probe`) run?"""
     try:
         probe(model, (in_chans, img_size, img_size), hooks)
         return True
@@ -146,7 +112,7 @@ def _strided_layers(model: nn.Module, in_chans: int) -> list[tuple[str, nn.Modul
     side, so parallel branches (a block's conv and its strided shortcut) share one.
     """
     layers = [(n, m) for n, m in model.named_modules()
-              if isinstance(m, (nn.Conv2d, *_POOLS)) and _stride(m) > 1]
+              if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and _stride(m) > 1]
     for side in (128, 224):
         # id(layer) -> (name, layer, stride, input side); dicts keep insertion (= call) order.
         seen: dict[int, tuple[str, nn.Module, int, int]] = {}
@@ -197,17 +163,13 @@ def _reduce_stem(model: nn.Module, img_size: int) -> str:
     return "general rule: no stem stride could be reduced and still run; unchanged"
 
 
-_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
 def final_feature_map(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
     """(C, H, W) of the last feature map before global pooling, for one eval-mode zero image.
 
-    timm models (MogaNet and our AlexNet too) have ``forward_features``. torchvision
-    models don't, so hooks record every module's 4-D output in call order and the
-    answer is the last one before the first 2-D output (the head), skipping global
-    pools: their 1x1 output is not a feature map. Parent modules' hooks fire after
-    their children's, so an Inception block reports its concatenated output.
+    timm models have ``forward_features``. For torchvision's, hooks record every module's
+    4-D output in call order up to the first 2-D one (the head), global pools skipped (1x1
+    is not a feature map); a parent's hook fires after its children's, so an Inception
+    block reports its concatenated output.
     """
     if hasattr(model, "forward_features"):
         return tuple(probe(model, input_shape, call=model.forward_features).shape[1:])
@@ -216,7 +178,7 @@ def final_feature_map(model: nn.Module, input_shape: tuple[int, int, int]) -> tu
 
     def hook(m: nn.Module, _inp: object, out: object) -> None:
         nonlocal head_seen
-        if head_seen or not isinstance(out, torch.Tensor) or isinstance(m, _GLOBAL_POOLS):
+        if head_seen or not isinstance(out, torch.Tensor) or isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             return
         if out.dim() == 4:
             maps.append(tuple(out.shape[1:]))
@@ -230,11 +192,8 @@ def final_feature_map(model: nn.Module, input_shape: tuple[int, int, int]) -> tu
 
 
 def set_in_chans_torchvision(model: nn.Module, in_chans: int, pretrained: bool) -> None:
-    """Replace the first conv so it takes ``in_chans`` (torchvision has no in_chans).
-
-    Pretrained RGB filters are adapted with timm's ``adapt_input_conv`` (summed for
-    one channel, tiled and rescaled for more), as timm does for its own models.
-    """
+    """Replace the first conv so it takes ``in_chans`` (torchvision has no in_chans); pretrained
+    RGB filters are adapted with timm's ``adapt_input_conv`` (summed for one channel)."""
     parent, name, conv = _first_conv(model)
     new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.groups, bias=conv.bias is not None)
@@ -260,13 +219,9 @@ def reset_torchvision_head(model: nn.Module, num_classes: int) -> None:
 
 
 def googlenet_with_aux_loss(model: nn.Module, aux_weight: float = 0.3) -> nn.Module:
-    """Make torchvision's GoogLeNet speak the loss-terms protocol of ``cnnlab.models.outputs``.
-
-    In training with aux_logits, it returns ``(logits, [(w, aux1), (w, aux2)])``, so the
-    loss is main + w * (aux1 + aux2) (Szegedy et al. 2015 use w = 0.3). In eval it returns
-    the main logits. The class is swapped in place rather than wrapped, so the state
-    dict keeps torchvision's names and its checkpoints load unchanged.
-    """
+    """Make torchvision's GoogLeNet return ``(logits, [(w, aux1), (w, aux2)])`` in training with
+    aux_logits (``cnnlab.models.outputs``; Szegedy et al. 2015 use w = 0.3). The class is
+    swapped in place, not wrapped, so the state dict keeps torchvision's names."""
     from torchvision.models import GoogLeNet
 
     class GoogLeNetAux(GoogLeNet):

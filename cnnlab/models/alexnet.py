@@ -1,30 +1,14 @@
-"""The course's AlexNet, written by hand and made correct, registered in timm as ``cnnlab_alexnet``.
+"""The course's AlexNet, made correct, registered in timm as ``cnnlab_alexnet``.
 
-The course's layer plan is kept: five convs with 48-128-192-192-128 channels,
-three 3x3/2 max-pools, and a classifier 2048-1024-classes. What the course's
-version got wrong is fixed:
-
-* it had no activation anywhere, so the whole net collapsed into one linear map;
-  here a ReLU follows every conv and every hidden FC;
-* dropout sits before each hidden FC (Krizhevsky et al. 2012), BatchNorm is optional;
-* the classifier's input width is computed from the input size, not hard-coded
-  as 128*3*3, so any image size works.
-
-Shapes at 224x224 (ImageNet stem, 11x11/4 conv):
-    224 -> conv 55 -> pool 27 -> conv 27 -> pool 13 -> convs 13 -> pool 6: 128*6*6 features.
-Shapes at 32x32 with small_input (3x3/1 conv):
-    32 -> conv 32 -> pool 15 -> conv 15 -> pool 7 -> convs 7 -> pool 3: 128*3*3 = 1152,
-which is the course's 128*3*3.
-
-timm's model API: ``num_features`` is the channels of the last map (128), the head is
-``flatten -> classifier`` whose last Linear (``classifier.6``) is the class layer, and
-``head_hidden_size`` the width before it (1024). The four feature stages (for
-``forward_intermediates`` and ``features_only``) end at conv1's ReLU, conv2's ReLU,
-conv5's ReLU and the last pool: strides 4, 8, 16, 32 with the ImageNet stem (1, 2, 4, 8
-with ``small_input``). The classifier's width depends on the input size, so the
-pretrained cfg says ``fixed_input_size`` and the model takes ``img_size``, as timm's ViTs do.
-
-    timm.create_model("cnnlab_alexnet", num_classes=10, in_chans=1, img_size=32, small_input=True)
+The course's layer plan is kept (convs 48-128-192-192-128, three 3x3/2 max-pools, FC
+2048-1024-classes); its bugs are fixed: a ReLU after every conv and hidden FC (it had none,
+so the net was one linear map), dropout before each hidden FC, optional BatchNorm, and a
+classifier width computed from the input size instead of a hard-coded 128*3*3:
+    224, 11x11/4 stem: 224 -> conv 55 -> pool 27 -> conv 27 -> pool 13 -> convs 13 -> pool 6: 128*6*6
+    32, small_input 3x3/1 stem: 32 -> 32 -> pool 15 -> 15 -> pool 7 -> 7 -> pool 3: 128*3*3 = 1152
+Hence the pretrained cfg's ``fixed_input_size`` and the ``img_size`` argument, as timm's ViTs.
+Feature stages (``forward_intermediates``, ``features_only``) end at conv1's, conv2's and
+conv5's ReLU and the last pool: strides 4, 8, 16, 32 (1, 2, 4, 8 with ``small_input``).
 """
 
 from __future__ import annotations
@@ -55,25 +39,14 @@ def _conv(c_in: int, c_out: int, k: int, s: int, p: int, batch_norm: bool) -> li
 
 
 def _out_side(h: int, m: nn.Module) -> int:
-    """Output side of a square conv or pool layer for input side ``h``."""
     k, s, p, d = (m.kernel_size, m.stride, m.padding, m.dilation)
     k, s, p, d = (v[0] if isinstance(v, tuple) else v for v in (k, s, p, d))
     return (h + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 class AlexNet(nn.Module):
-    """AlexNet with the course's widths; timm's model API (num_classes, in_chans, drop_rate).
-
-    Args:
-        num_classes: classifier outputs; 0 leaves the 1024-wide pre-logits.
-        in_chans: input image channels.
-        img_size: input side (or (H, W)); fixes the classifier's input width.
-        small_input: a 3x3/1 stem instead of ImageNet's 11x11/4 (for 32x32 images).
-        drop_rate: dropout before each hidden FC.
-        batch_norm: BatchNorm after every conv.
-        global_pool: ``"flatten"`` (the classifier takes the flattened map) or ``""``
-            (``forward_head`` returns the map untouched: no classifier).
-    """
+    """AlexNet with the course's widths and timm's model API. ``num_classes=0`` leaves the
+    1024-wide pre-logits; ``global_pool=""`` makes ``forward_head`` return the map untouched."""
 
     widths = (48, 128, 192, 192, 128)
 
@@ -119,7 +92,6 @@ class AlexNet(nn.Module):
                 h, w = _out_side(h, m), _out_side(w, m)
         if min(h, w) < 1:
             raise ValueError(f"img_size={img_size} is too small for AlexNet (map shrinks below 1x1)")
-        self.feature_shape = (c5, h, w)
         flat = c5 * h * w  # e.g. 128*3*3 = 1152 at 32x32, small_input
         self.num_features = c5
         self.head_hidden_size = 1024
@@ -155,7 +127,6 @@ class AlexNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Parameter groups for layer-wise LR decay: one per layer of ``features``, then the head."""
         return dict(stem=r"^features\.0\.", blocks=r"^features\.(\d+)")
 
     @torch.jit.ignore
@@ -168,7 +139,6 @@ class AlexNet(nn.Module):
         return self.classifier[-1]
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh class layer (``classifier.6``) for ``num_classes``; 0 leaves the pre-logits."""
         if global_pool is not None:
             if global_pool not in ("flatten", ""):
                 raise ValueError(f"global_pool must be 'flatten' or '', got {global_pool!r}")
@@ -189,8 +159,7 @@ class AlexNet(nn.Module):
             self.classifier[-1] = nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> the last pooled map, (B, 128, h, w)."""
-        return self.features(x)
+        return self.features(x)  # (B, in_chans, H, W) -> the last pooled map, (B, 128, h, w)
 
     def forward_intermediates(
         self,

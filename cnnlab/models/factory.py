@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from torch import nn
@@ -26,59 +26,45 @@ def _closest(name: str, names: list[str]) -> str:
 
 @contextmanager
 def _hub_offline_unless_reachable() -> Iterator[None]:
-    """Put huggingface_hub in offline mode while its host can't be reached.
-
-    Offline, a hub download otherwise retries for about a minute before failing. In
-    offline mode it reads the local cache only: cached weights still load, and
-    missing ones fail at once. The flag is read per request, so setting it here works
-    after import; it is restored on exit.
-    """
+    """Put huggingface_hub in offline mode (read per request) while its host can't be reached:
+    it would otherwise retry for about a minute; offline, a cache miss fails at once."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or _reachable(constants.ENDPOINT):
-        yield
-        return
-    constants.HF_HUB_OFFLINE = True
+    was = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = was or not _reachable(constants.ENDPOINT)
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = False
+        constants.HF_HUB_OFFLINE = was
 
 
 def _takes(model: nn.Module, key: str) -> bool:
-    """Whether ``model``'s ``__init__``, or a base class's, names ``key``.
-
-    A class that swallows ``**kwargs`` accepts any keyword but ignores the size: only
-    a named parameter means the model sized itself from it.
-    """
+    """Whether ``model``'s ``__init__``, or a base class's, names ``key`` (a class that
+    swallows ``**kwargs`` accepts any keyword but did not size itself from it)."""
     import inspect
 
     return any(key in inspect.signature(c.__init__).parameters
                for c in type(model).__mro__ if "__init__" in vars(c) and c is not nn.Module)
 
 
-def _create_timm(arch: str, img_size: int, **kw: Any) -> tuple[nn.Module, bool]:
-    """``timm.create_model`` with ``img_size`` where the model takes one; (model, took it).
-
-    The model's class decides: ViT, DeiT, Swin, MaxViT, CoAtNet, EVA, LeViT ... take
-    ``img_size`` and size their position embeddings, windows and grids from it; the
-    others reject it at the call, before any layer is built, and are built without.
+def _create_sized(create: Callable[..., nn.Module], sizes: dict[str, Any], **kw: Any) -> tuple[nn.Module, bool]:
+    """``create(**kw)`` with the first input-size keyword of ``sizes`` the model's class takes;
+    (model, took one). timm's ViT, Swin, MaxViT ... (``img_size``) and torchvision's ViT
+    (``image_size``) and MaxViT (``input_size``) size their grids from it; the others reject
+    it at the call, before any layer is built.
     """
-    import timm
-
-    if is_cnnlab_model(arch):  # AlexNet takes img_size (its classifier's width), MogaNet does not
-        size = {"img_size": img_size} if "img_size" in extra_kwargs(arch) else {}
-        return timm.create_model(arch, **kw, **size), False
-    try:
-        model = timm.create_model(arch, img_size=img_size, **kw)
-    except TypeError as e:
-        if "img_size" not in str(e):
-            raise
-        return timm.create_model(arch, **kw), False
-    sized = _takes(model, "img_size")
-    if sized:
-        log.info("small_input: %s: takes img_size=%d (sizes its own grid)", type(model).__name__, img_size)
-    return model, sized
+    for key, value in sizes.items():
+        try:
+            model = create(**kw, **{key: value})
+        except TypeError as e:
+            if f"'{key}'" not in str(e):
+                raise
+            continue
+        if not _takes(model, key):  # swallowed by **kwargs (MobileNetV3 takes any keyword)
+            return model, False
+        log.info("small_input: %s: takes %s=%s (sizes its own grid)", type(model).__name__, key, value)
+        return model, True
+    return create(**kw), False
 
 
 def _size_hint(source: str, arch: str) -> tuple[str, int]:
@@ -105,7 +91,6 @@ def _size_hint(source: str, arch: str) -> tuple[str, int]:
 
 
 def _size_error(source: str, arch: str, img_size: int, why: BaseException) -> ModelError:
-    """The one-line refusal of a model that can't take ``img_size`` x ``img_size`` images."""
     said, side = _size_hint(source, arch)
     return ModelError(
         f"model.arch={arch!r} ({source}) can't take {img_size}x{img_size} images ({said}; "
@@ -113,12 +98,38 @@ def _size_error(source: str, arch: str, img_size: int, why: BaseException) -> Mo
     )
 
 
-def check_input(model: nn.Module, source: str, arch: str, in_chans: int, img_size: int) -> None:
-    """Probe ``model`` with one zero image (:func:`cnnlab.models.profile.probe`); a failure is a
-    one-line ModelError.
+@contextmanager
+def _build_errors(source: str, arch: str, img_size: int, pretrained: bool) -> Iterator[None]:
+    """A library's error while ``arch`` is built (and its weights loaded), as one ModelError line."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    This is the build-time check that a model takes the dataset's images, so a size it
-    can't take fails before training starts, not with a traceback at the first step.
+    try:
+        yield
+    except CnnlabError:  # cnnlab's models and downloads fail in one line themselves (weights.py)
+        raise
+    except LocalEntryNotFoundError:
+        raise ModelError(
+            f"model.pretrained=true: the weights of timm {arch!r} are not in the Hugging Face cache "
+            "and the hub can't be reached; go online once (they are cached in "
+            "~/.cache/huggingface), or use model.pretrained=false"
+        ) from None
+    except TypeError as e:  # an argument this model doesn't take (drop_path_rate, in_chans ...)
+        raise ModelError(f"{source} {arch!r} can't be built with these settings ({first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - hub, network, unpickling and shape errors come in many types
+        if pretrained:
+            raise ModelError(
+                f"model.pretrained=true: the weights of {source} {arch!r} could not be loaded ({first_line(e)}); "
+                "use model.pretrained=false, or model.checkpoint=<file> for a local weights file"
+            ) from None
+        if isinstance(e, (ValueError, AssertionError, RuntimeError)):
+            # e.g. a window or patch size that doesn't divide the image: one line, and the fix.
+            raise _size_error(source, arch, img_size, e) from None
+        raise
+
+
+def check_input(model: nn.Module, source: str, arch: str, in_chans: int, img_size: int) -> None:
+    """Probe ``model`` with one zero image (:func:`cnnlab.models.profile.probe`) so a size it
+    can't take fails in one ModelError line at build time, not at the first step.
     Skipped on the meta device (``cnnlab.inspect`` builds there).
     """
     import torch
@@ -136,13 +147,9 @@ def check_input(model: nn.Module, source: str, arch: str, in_chans: int, img_siz
         raise _size_error(source, arch, img_size, e) from None
 
 
-def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, drop_rate: float,
-                drop_path_rate: float, img_size: int = 224, **cnnlab_kw: Any) -> tuple[nn.Module, bool]:
-    """The timm model, and whether it took ``img_size`` (then small_input leaves it alone).
-
-    ``cnnlab_kw`` (small_input, batch_norm; img_size too) go to cnnlab's own models, each
-    only to the models that take it.
-    """
+def _build_timm(arch: str, pretrained: bool, img_size: int, **kw: Any) -> tuple[nn.Module, bool]:
+    """The timm model, and whether it sized itself for ``img_size`` (then small_input leaves it
+    alone). ``kw``'s cnnlab-only keys (small_input, batch_norm) go to the models that take them."""
     import timm
 
     if not timm.is_model(arch) and arch in LEGACY_ARCHS:
@@ -153,72 +160,28 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int, in_chans: int, dr
         raise ModelError(
             f"model.arch={arch!r} is not a timm model; closest: {_closest(arch, timm.list_models())}"
         )
-    kw: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate)
-    if drop_path_rate > 0:
-        kw["drop_path_rate"] = drop_path_rate
-    kw.update({k: cnnlab_kw[k] for k in extra_kwargs(arch) if k in cnnlab_kw})
-    if not pretrained:
-        try:
-            return _create_timm(arch, img_size, **kw)
-        except TypeError as e:  # an argument this model doesn't take (drop_path_rate, in_chans ...)
-            raise ModelError(f"timm {arch!r} can't be built with these settings ({first_line(e)})") from None
-        except (ValueError, AssertionError, RuntimeError) as e:
-            # e.g. a window or patch size that doesn't divide the image: one line, and the fix.
-            raise _size_error("timm", arch, img_size, e) from None
+    extra = extra_kwargs(arch)
+    kw = {k: v for k, v in kw.items() if k not in ("small_input", "batch_norm") or k in extra}
+    if kw["drop_path_rate"] <= 0:
+        del kw["drop_path_rate"]
     if is_cnnlab_model(arch):
-        # cnnlab's models fetch their weights from the authors' release, not the HF hub, and
-        # fail offline in one line themselves (cnnlab.models.weights).
-        try:
-            return timm.create_model(arch, pretrained=True, **kw), False
-        except CnnlabError:
-            raise
-        except Exception as e:  # noqa: BLE001 - download, unpickling and shape errors
-            raise ModelError(
-                f"model.pretrained=true: the weights of {arch!r} could not be loaded ({first_line(e)}); "
-                "use model.pretrained=false, or model.checkpoint=<file> for a local weights file"
-            ) from None
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        with _hub_offline_unless_reachable():
-            return _create_timm(arch, img_size, pretrained=True, **kw)
-    except LocalEntryNotFoundError:
-        raise ModelError(
-            f"model.pretrained=true: the weights of timm {arch!r} are not in the Hugging Face cache "
-            "and the hub can't be reached; go online once (they are cached in "
-            "~/.cache/huggingface), or use model.pretrained=false"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - hub/network errors come in many types
-        raise ModelError(
-            f"model.pretrained=true: the weights of timm {arch!r} could not be loaded ({first_line(e)}); "
-            "use model.pretrained=false, or model.checkpoint=<file> for a local weights file"
-        ) from None
+        # AlexNet takes img_size (its classifier's width), MogaNet does not; both take small_input.
+        # Their weights come from the authors' release, not the HF hub (cnnlab.models.weights).
+        sizes, hub = {}, nullcontext()
+        kw.update({"img_size": img_size} if "img_size" in extra else {})
+    else:
+        sizes, hub = {"img_size": img_size}, _hub_offline_unless_reachable() if pretrained else nullcontext()
+    with _build_errors("timm", arch, img_size, pretrained), hub:
+        model, sized = _create_sized(timm.create_model, sizes, model_name=arch, pretrained=pretrained, **kw)
+    return model, sized or "small_input" in extra
 
 
-def _tv_get_model(tvm: Any, arch: str, img_size: int, **kw: Any) -> tuple[nn.Module, bool]:
-    """``tvm.get_model`` with the input size where the model's class takes one; (model, took it).
-
-    torchvision's ViT takes ``image_size`` (a side) and its MaxViT ``input_size`` (H, W);
-    the others reject both at the call, before any layer is built.
-    """
-    for key, value in (("image_size", img_size), ("input_size", (img_size, img_size))):
-        try:
-            model = tvm.get_model(arch, **kw, **{key: value})
-        except TypeError as e:
-            if f"'{key}'" not in str(e):
-                raise
-            continue
-        if not _takes(model, key):  # swallowed by **kwargs (MobileNetV3 takes any keyword)
-            return model, False
-        log.info("small_input: %s: takes %s=%s (sizes its own grid)", type(model).__name__, key, value)
-        return model, True
-    return tvm.get_model(arch, **kw), False
-
-
-def _build_torchvision(arch: str, pretrained: bool, num_classes: int, in_chans: int,
-                       drop_rate: float, aux_logits: bool, img_size: int = 224) -> tuple[nn.Module, bool]:
-    """The torchvision model, and whether it took ``img_size`` (then small_input leaves it alone)."""
+def _build_torchvision(arch: str, pretrained: bool, img_size: int, num_classes: int, in_chans: int,
+                       drop_rate: float, aux_logits: bool) -> tuple[nn.Module, bool]:
+    """The torchvision model, and whether it sized itself for ``img_size`` (then small_input leaves it alone)."""
     from torchvision import models as tvm
+
+    from cnnlab.models.adapt import googlenet_with_aux_loss, reset_torchvision_head
 
     names = tvm.list_models(module=tvm)
     if arch not in names:
@@ -232,31 +195,19 @@ def _build_torchvision(arch: str, pretrained: bool, num_classes: int, in_chans: 
     if drop_rate > 0 and arch in ("googlenet", "inception_v3", "mobilenet_v2", "mobilenet_v3_large",
                                   "mobilenet_v3_small", "alexnet", "squeezenet1_0", "squeezenet1_1"):
         kw["dropout"] = drop_rate
-    try:
+    with _build_errors("torchvision", arch, img_size, pretrained):
         if pretrained:
             weights = tvm.get_model_weights(arch).DEFAULT
             download_weights(f"torchvision {arch!r}", weights.url, check_hash=True)
             model, sized = tvm.get_model(arch, weights=weights, **kw), False
         else:
-            model, sized = _tv_get_model(tvm, arch, img_size, weights=None, num_classes=num_classes, **kw)
-    except TypeError as e:  # an argument this model doesn't take
-        raise ModelError(f"torchvision {arch!r} can't be built with these settings ({first_line(e)})") from None
-    except (OSError, RuntimeError, ValueError, AssertionError) as e:
-        if pretrained:
-            raise ModelError(
-                f"pretrained weights for torchvision {arch!r} could not be downloaded ({type(e).__name__}); "
-                "go online once (they are cached in ~/.cache/torch), or use model.pretrained=false"
-            ) from None
-        raise _size_error("torchvision", arch, img_size, e) from None
+            sizes = {"image_size": img_size, "input_size": (img_size, img_size)}
+            model, sized = _create_sized(tvm.get_model, sizes, name=arch, weights=None, num_classes=num_classes, **kw)
     if pretrained and num_classes != 1000:
-        from cnnlab.models.adapt import reset_torchvision_head
-
         reset_torchvision_head(model, num_classes)
     if in_chans != 3:
         set_in_chans_torchvision(model, in_chans, pretrained)
     if arch == "googlenet":
-        from cnnlab.models.adapt import googlenet_with_aux_loss
-
         model = googlenet_with_aux_loss(model)
     return model, sized
 
@@ -292,18 +243,14 @@ def build_model(
                              f"{', '.join(cnnlab_models())}, or model.source=timm")
         source = "timm"
     if source == "timm":
-        model, sized = _build_timm(arch, pretrained, num_classes, in_chans, drop_rate, drop_path_rate,
-                                   img_size=img_size, small_input=small_input, batch_norm=batch_norm)
-        # A model that took img_size has sized itself for the input; cnnlab's take small_input.
-        if small_input and not sized and "small_input" not in extra_kwargs(LEGACY_ARCHS.get(arch, arch)):
-            adapt_small_input(model, img_size)
-        check_input(model, source, arch, in_chans, img_size)
+        model, sized = _build_timm(arch, pretrained, img_size, num_classes=num_classes, in_chans=in_chans,
+                                   drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                                   small_input=small_input, batch_norm=batch_norm)
     else:  # torchvision (model.source's choices are checked with the config)
-        model, sized = _build_torchvision(arch, pretrained, num_classes, in_chans, drop_rate, aux_logits,
-                                          img_size)
-        if small_input and not sized:
-            adapt_small_input(model, img_size)
-        check_input(model, source, arch, in_chans, img_size)
+        model, sized = _build_torchvision(arch, pretrained, img_size, num_classes, in_chans, drop_rate, aux_logits)
+    if small_input and not sized:  # a model that sized itself (or takes small_input) is left alone
+        adapt_small_input(model, img_size)
+    check_input(model, source, arch, in_chans, img_size)
     if aux_logits and hasattr(model, "aux_weight"):
         model.aux_weight = aux_weight
     if checkpoint:
@@ -314,12 +261,8 @@ def build_model(
 
 
 def instantiate_model(node: Any, **kwargs: Any) -> nn.Module:
-    """``hydra.utils.instantiate(node, **kwargs)`` for a model node, re-raising a user error as itself.
-
-    Hydra wraps whatever the target raises in an InstantiationException whose text is
-    a repr and a traceback hint; ours (a bad weights file, an unknown arch) already say
-    what is wrong in one line.
-    """
+    """``hydra.utils.instantiate(node, **kwargs)``, re-raising a CnnlabError cause as itself
+    (Hydra's InstantiationException text is a repr and a traceback hint; ours is one line)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 

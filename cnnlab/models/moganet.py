@@ -550,7 +550,7 @@ def _create_moganet(variant: str, pretrained: bool = False, **kwargs: Any) -> Mo
     if pretrained:
         weights.check_weight_source(variant, kwargs)
     model_args = {**MOGANET_ARCHS[variant], **kwargs}
-    with weights.release_loading(variant):
+    with weights.release_loading(variant, kwargs):
         return timm.models.build_model_with_cfg(
             MogaNet,
             variant,

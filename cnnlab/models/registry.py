@@ -1,12 +1,6 @@
-"""cnnlab's models in timm's registry: registration, and which names are ours.
-
-cnnlab writes two families (AlexNet, MogaNet) and registers each variant in timm's model
-registry, so ``timm.create_model(name, ...)`` builds them like any timm model and the
-factory builds every model through one timm path. A cnnlab model may take keyword
-arguments beyond timm's common ones (``small_input``, AlexNet's ``img_size`` and
-``batch_norm``); ``register(extra_kwargs=...)`` records them, so the factory passes
-exactly those.
-"""
+"""cnnlab's models (AlexNet, MogaNet) in timm's registry, so the factory builds every model
+through one timm path; ``register(extra_kwargs=...)`` records the keywords a model takes
+beyond timm's common ones (``small_input``, AlexNet's ``img_size`` and ``batch_norm``)."""
 
 from __future__ import annotations
 
@@ -29,13 +23,9 @@ LEGACY_ARCHS: dict[str, str] = {"alexnet": "cnnlab_alexnet"}
 
 
 def register(extra_kwargs: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """Decorator: ``timm.models.register_model``, guarded against double registration.
-
-    A reload of the defining module re-registers (so the registry points at the fresh
-    function); a name already owned by another module (a second copy of the file imported
-    under another name, or a future timm model of the same name) is left alone rather than
-    overwritten. ``extra_kwargs`` names the cnnlab-specific constructor arguments.
-    """
+    """Decorator: ``timm.models.register_model``, guarded against double registration: a
+    reload of the defining module re-registers; a name another module owns (a copy of the
+    file imported under another name, a future timm model) is left alone."""
 
     def deco(fn: F) -> F:
         import timm.models
@@ -46,10 +36,8 @@ def register(extra_kwargs: tuple[str, ...] = ()) -> Callable[[F], F]:
             if owner != fn.__module__:
                 _logger.info("timm model %r already registered by %s; not re-registering", name, owner)
                 return fn
-            with warnings.catch_warnings():  # our own reload: replace without timm's overwrite warning
-                warnings.simplefilter("ignore")
-                timm.models.register_model(fn)
-        else:
+        with warnings.catch_warnings():  # our own reload: replace without timm's overwrite warning
+            warnings.simplefilter("ignore")
             timm.models.register_model(fn)
         _EXTRA_KWARGS[name] = tuple(extra_kwargs)
         return fn

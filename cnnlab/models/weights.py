@@ -1,19 +1,9 @@
 """Pretrained weights of cnnlab's timm models: the release format, safe loading, offline errors.
 
-The MogaNet authors publish their ImageNet-1K weights as the ``model.pth.tar`` of their
-timm-based training script (their README; their ``extract_ckpt.py`` reads ``state_dict``,
-``state_dict_ema``, ``arch`` and ``metric`` from such files). timm's checkpoint saver
-writes a dict with ``state_dict``, ``state_dict_ema`` when training kept an EMA, and
-bookkeeping: ``epoch``, ``arch``, ``optimizer``, ``version``, ``metric`` and ``args``, an
-``argparse.Namespace`` of the training options. (Written from those sources: no release
-file could be downloaded here, so the tests use files written in that format.) Loading
-stays ``torch.load(weights_only=True)``: the only class the unpickler may build besides
-tensors and plain data is ``argparse.Namespace`` (``RELEASE_SAFE_GLOBALS``), so a file
-that would import anything else is refused.
-
-Which weights: ``state_dict_ema`` when present, else ``state_dict`` (timm's
-``load_state_dict(use_ema=True)`` rule). The released small/base/large were trained and
-evaluated with EMA; xtiny and tiny have no EMA copy.
+The MogaNet release files are timm training checkpoints (``state_dict``, ``state_dict_ema``,
+bookkeeping, and the training ``args`` as an ``argparse.Namespace``, the one class the
+``weights_only=True`` unpickler may build here); docs/models.md describes them. No release
+file could be downloaded here, so the tests use files written in that format.
 """
 
 from __future__ import annotations
@@ -21,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,100 +19,62 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import ModelError
-
-# The globals a release checkpoint needs beyond tensors and plain data: the training args.
-RELEASE_SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+from cnnlab.errors import ModelError, first_line
 
 
 @contextmanager
-def release_safe_globals() -> Iterator[None]:
-    """Allow ``RELEASE_SAFE_GLOBALS`` in every ``torch.load(weights_only=True)`` inside."""
-    with torch.serialization.safe_globals(RELEASE_SAFE_GLOBALS):
-        yield
-
-
-@contextmanager
-def release_loading(variant: str) -> Iterator[None]:
-    """``release_safe_globals``, and a refused pickle turned into one ModelError line.
-
-    torch says "Weights only load failed ..." over many lines (timm's file loader adds
-    "Unsupported globals: ..."); the one line names the class the file would import.
-    """
-    with release_safe_globals():
+def release_loading(variant: str, kwargs: dict[str, Any]) -> Iterator[None]:
+    """Allow ``argparse.Namespace`` in every ``torch.load(weights_only=True)`` inside (timm's
+    loads of the entrypoint's weights, picked by ``kwargs``), and say a refused pickle in one
+    ModelError line naming the globals it would import (torch's multi-line error doesn't)."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
         try:
             yield
         except (pickle.UnpicklingError, RuntimeError) as e:
-            text = str(e)
-            if "Unsupported global" not in text:  # torch's and timm's refusals both say this
+            # torch refuses with an UnpicklingError; timm's file loader re-raises it as a RuntimeError
+            if not isinstance(e.__cause__ if isinstance(e, RuntimeError) else e, pickle.UnpicklingError):
                 raise
-            found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported globals: ([\w.]+)", text)
-            what = found.group(1) if found else "an object that is not plain data"
+            cfg = _pretrained_cfg(variant, kwargs)
+            try:
+                path = cfg.get("file") or cached_path(cfg["url"])
+                names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            except Exception:  # noqa: BLE001 - no file to read the names from (a hub file, not a zip)
+                names = []
+            what = ", ".join(names) or "an object that is not plain data"
             raise ModelError(
                 f"the {variant} weights file was refused: loading it would import {what}; a release "
                 "checkpoint may hold only tensors, plain data and argparse.Namespace (weights_only=True)"
             ) from None
 
 
-def is_release_format(obj: Any) -> bool:
-    """A timm training checkpoint: ``state_dict`` (or ``state_dict_ema``) holding the weights."""
-    return isinstance(obj, dict) and any(
-        isinstance(obj.get(k), dict) for k in ("state_dict_ema", "state_dict")
-    )
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn`` (the keys already match): the weights of a checkpoint,
+    the EMA's first as timm's ``load_state_dict(use_ema=True)`` (the released small/base/large
+    were evaluated with EMA; xtiny and tiny have none), without wrapper prefixes."""
+    from cnnlab.lifecycle.checkpoint import extract_state_dict, tensors_only
 
-
-def release_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights of a release checkpoint (EMA first), or ``obj`` itself if it is bare.
-
-    Wrapper prefixes (``module.`` from DDP) are stripped; non-tensor entries dropped.
-    """
-    if is_release_format(obj):
-        obj = obj["state_dict_ema"] if isinstance(obj.get("state_dict_ema"), dict) else obj["state_dict"]
-    from cnnlab.lifecycle.checkpoint import tensors_only
-
-    return tensors_only(obj)
-
-
-def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """timm ``pretrained_filter_fn``: unwrap the release format; the keys already match.
-
-    timm's file loader has unwrapped ``state_dict``/``state_dict_ema`` already; its URL
-    loader hands over the whole checkpoint. timm then loads the result with
-    ``strict=True`` (the head is dropped first when ``num_classes`` is not 1000).
-    """
     del model  # the layout is the release's: nothing to rename
-    return release_state_dict(state_dict)
+    ema = state_dict.get("state_dict_ema")
+    return tensors_only(ema) if isinstance(ema, dict) and "model" not in state_dict else extract_state_dict(state_dict)
 
 
 def load_weights_file(model: nn.Module, path: str | os.PathLike) -> None:
     """``model.checkpoint=<file>``: load weights strictly from a cnnlab checkpoint, a bare
     state dict, or a release checkpoint (EMA weights first, as ``pretrained=True`` loads).
+    Errors are cnnlab.lifecycle.checkpoint's one-liners."""
+    from cnnlab.lifecycle.checkpoint import check_compatible, load_checkpoint, unwrap
 
-    Errors are cnnlab.lifecycle.checkpoint's one-liners (missing file, refused pickle, first
-    mismatched layer with both shapes).
-    """
-    from cnnlab.lifecycle.checkpoint import (
-        check_compatible,
-        extract_state_dict,
-        load_checkpoint,
-        unwrap,
-    )
-
-    with release_safe_globals():
+    with torch.serialization.safe_globals([argparse.Namespace]):
         obj = load_checkpoint(path)
-    sd = release_state_dict(obj) if "model" not in obj and is_release_format(obj) else extract_state_dict(obj)
+    sd = checkpoint_filter_fn(obj)
     model = unwrap(model)
     check_compatible(model, sd, f"weights file {str(path)!r}")
     model.load_state_dict(sd, strict=True)
 
 
 def reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether ``url``'s host accepts a TCP connection.
-
-    Only for the Hugging Face hub, which retries a failed request five times with
-    backoff (24 s offline, measured) and has no setting for it; every other download is
-    tried, and its failure reported (``download_weights``).
-    """
+    """Whether ``url``'s host accepts a TCP connection. Only for the Hugging Face hub, which
+    retries a failed request with backoff (24 s offline, measured) and has no setting for it."""
     import socket
     from urllib.parse import urlparse
 
@@ -141,12 +92,9 @@ def cached_path(url: str) -> Path:
 
 
 def download_weights(name: str, url: str, check_hash: bool = False) -> Path:
-    """Download ``url`` into torch.hub's cache unless it is there; a failure is one ModelError line.
-
-    timm and torchvision then load the cached file without the network. ``check_hash``:
-    the file name holds a prefix of its sha256 (torchvision's files), checked as
-    torchvision would. The message names the URL and where to put the file offline.
-    """
+    """Download ``url`` into torch.hub's cache (where timm and torchvision look) unless it is
+    there; a failure is one ModelError line naming the URL and where to put the file offline.
+    ``check_hash``: the file name holds a prefix of its sha256 (torchvision's files)."""
     cached = cached_path(url)
     if cached.is_file():
         return cached
@@ -155,29 +103,30 @@ def download_weights(name: str, url: str, check_hash: bool = False) -> Path:
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(cached), found.group(1) if found else None)
     except (OSError, RuntimeError) as e:  # URLError (offline, HTTP 404), a hash mismatch
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ModelError(
             f"model.pretrained=true: the {name} weights could not be downloaded ({type(e).__name__}: "
-            f"{first}); offline, download {url} and put it at {cached}, or pass the file as "
+            f"{first_line(e)[:200]}); offline, download {url} and put it at {cached}, or pass the file as "
             "model.checkpoint=<file>, or use model.pretrained=false"
         ) from None
     return cached
 
 
-def check_weight_source(variant: str, kwargs: dict[str, Any]) -> None:
-    """For a timm entrypoint's ``pretrained=True``: have the chosen weights in the cache
-    before timm loads them, or fail in one line (none published, or the download failed).
-
-    ``kwargs`` are the entrypoint's: ``pretrained_cfg`` (a tag such as ``"in1k_256"``, or a
-    cfg) and ``pretrained_cfg_overlay`` (e.g. ``dict(file=PATH)``) pick the weights.
-    """
+def _pretrained_cfg(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pretrained cfg a timm entrypoint's ``kwargs`` pick: ``pretrained_cfg`` (a tag such
+    as ``"in1k_256"``, or a cfg) and ``pretrained_cfg_overlay`` (e.g. ``dict(file=PATH)``)."""
     import timm.models
 
-    cfg = timm.models.resolve_pretrained_cfg(
+    return timm.models.resolve_pretrained_cfg(
         variant,
         pretrained_cfg=kwargs.get("pretrained_cfg"),
         pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
     ).to_dict()
+
+
+def check_weight_source(variant: str, kwargs: dict[str, Any]) -> None:
+    """For a timm entrypoint's ``pretrained=True``: have the chosen weights in the cache
+    before timm loads them, or fail in one line (none published, or the download failed)."""
+    cfg = _pretrained_cfg(variant, kwargs)
     if cfg.get("file") or cfg.get("state_dict") or cfg.get("hf_hub_id"):
         return  # a local file, a state dict or a hub id: timm loads it
     name = f"{variant}.{cfg['tag']}" if cfg.get("tag") else variant
