@@ -90,23 +90,6 @@ class _PermutationSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=self.generator).tolist())
 
 
-class _StridedSampler(torch.utils.data.Sampler[int]):
-    """Indices rank, rank + W, ...: an eval shard with every sample once across ranks, no padding.
-
-    (DistributedSampler pads the shards to equal length with repeated samples, which
-    would count those samples twice in an evaluation.)
-    """
-
-    def __init__(self, n: int, rank: int, world_size: int) -> None:
-        self.indices = range(rank, n, world_size)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-
 class ClassicLoader:
     """A torch DataLoader that yields normalised float batches on ``device`` (see the module doc)."""
 
@@ -130,7 +113,9 @@ class ClassicLoader:
         elif train:
             self.sampler = _PermutationSampler(n, self.generator)
         elif world_size > 1:
-            self.sampler = _StridedSampler(n, rank, world_size)
+            # rank, rank + W, ...: every sample once across ranks (DistributedSampler pads the
+            # shards with repeated samples, which an evaluation would count twice).
+            self.sampler = range(rank, n, world_size)
         else:
             self.sampler = SequentialSampler(dataset)
         self._preview_source = preview_source
