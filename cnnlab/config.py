@@ -1,23 +1,16 @@
 """The config schema (types), registered in Hydra's ConfigStore, and the rules types can't express.
 
-One place for each fact about a key (docs/config.md says why this split):
+One place for each fact about a key (docs/config.md says why): its DEFAULT is in the YAML
+of conf/; its RULE is in `RULES`, plain data (a range, choices, null or not) from which the
+message's "allowed" text and docs/errors.md's table (``python -m cnnlab.config``) are derived,
+and `RELATIONS` relates two keys (`validate` applies both); its TYPE is the schema dataclasses,
+made from `RULES` with every value ``MISSING``, so Hydra rejects an unknown key or a wrong type
+at composition (``Key 'epoch' not in 'TrainerConfig'``). The optimizer and scheduler nodes stay
+open dicts: their keys are the keywords of whatever ``_target_`` they name; any keyword without
+a rule here is checked by the target when it is built.
 
-- its TYPE: the dataclasses below (Hydra's "structured config as schema"); every value
-  is ``MISSING`` (``???``), so Hydra rejects an unknown key or a wrong type at composition,
-  with its own one-line message (``Key 'epoch' not in 'TrainerConfig'``);
-- its DEFAULT: the YAML files in conf/ (config.yaml and the group options);
-- its RULE: `RULES`, a table of plain data (a range, choices, null or not) from which
-  the message's "allowed" text is derived; `RELATIONS` holds the few rules that relate
-  two keys. `validate` applies both; docs/errors.md's table is generated from them
-  (``python -m cnnlab.config``).
-
-The optimizer and scheduler nodes stay open dicts: their keys are the keyword
-arguments of whatever ``_target_`` they name (SGD has ``momentum``, Adam has
-``betas``). The keys of the optimizers and schedules cnnlab ships have rules here;
-any other keyword is checked by the target itself when it is built.
-
-This module imports only the standard library and omegaconf: it runs on every
-``--help``, and a rule violation fails before torch is imported.
+Standard library and omegaconf only: this runs on every ``--help``, and a rule violation fails
+before torch is imported.
 """
 
 from __future__ import annotations
@@ -26,7 +19,7 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,146 +27,6 @@ from omegaconf import MISSING
 
 from cnnlab.errors import ConfigError
 from cnnlab.recipes.policy import POLICIES  # standard library only at import
-
-
-@dataclass
-class ModelConfig:
-    _target_: str = MISSING
-    name: str = MISSING
-    source: str = MISSING  # cnnlab | timm | torchvision
-    arch: str = MISSING
-    num_classes: Optional[int] = MISSING
-    in_chans: int = MISSING
-    img_size: int = MISSING
-    small_input: bool = MISSING
-    pretrained: bool = MISSING
-    checkpoint: Optional[str] = MISSING
-    drop_rate: float = MISSING
-    drop_path_rate: float = MISSING
-    batch_norm: bool = MISSING
-    aux_logits: bool = MISSING
-    aux_weight: float = MISSING
-    sync_bn: bool = MISSING
-
-
-@dataclass
-class AugmentConfig:
-    crop_padding: int = MISSING
-    pad_mode: str = MISSING
-    flip: bool = MISSING
-    cutout: int = MISSING
-    policy: str = MISSING
-    random_erasing: float = MISSING
-
-
-@dataclass
-class DatasetConfig:
-    name: str = MISSING
-    root: Optional[str] = MISSING
-    download: bool = MISSING
-    num_classes: Optional[int] = MISSING
-    in_chans: int = MISSING
-    image_size: int = MISSING
-    small_input: bool = MISSING
-    val_split: float = MISSING
-    test_split: float = MISSING
-    split_seed: int = MISSING
-    limit: Optional[int] = MISSING
-    loader: str = MISSING
-    num_workers: int = MISSING
-    memory_budget_mb: int = MISSING
-    mean: list[float] = MISSING
-    std: list[float] = MISSING
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-@dataclass
-class DeviceConfig:
-    name: str = MISSING
-    amp: Optional[str] = MISSING
-    channels_last: Optional[bool] = MISSING
-    compile: bool = MISSING
-
-
-@dataclass
-class TrainerConfig:
-    """The loop's settings (train.py builds one with ``OmegaConf.to_object(cfg.trainer)``)."""
-
-    epochs: int = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    grad_clip: Optional[float] = MISSING
-    early_stop_patience: Optional[int] = MISSING
-    early_stop_metric: str = MISSING
-    deterministic: bool = MISSING
-    auto_resume: bool = MISSING
-    log_feature_maps: bool = MISSING
-    save_checkpoints: bool = MISSING
-    progress: str = MISSING
-    accumulate: int = MISSING
-    bn_recalibrate: int = MISSING
-
-
-@dataclass
-class LossConfig:
-    label_smoothing: float = MISSING
-
-
-@dataclass
-class MixConfig:
-    mixup_alpha: float = MISSING
-    cutmix_alpha: float = MISSING
-    prob: float = MISSING
-    switch_prob: float = MISSING
-
-
-@dataclass
-class EmaConfig:
-    enabled: bool = MISSING
-    decay: float = MISSING
-    warmup: bool = MISSING
-
-
-@dataclass
-class PathsConfig:
-    root_dir: str = MISSING
-    data_dir: str = MISSING
-    # ${hydra:runtime.output_dir}; Optional because Hydra has no run folder yet when it
-    # only prints the config (`--cfg job --resolve`).
-    output_dir: Optional[str] = MISSING
-
-
-@dataclass
-class FitConfig:
-    underfit_train_acc: float = MISSING
-    overfit_gap: float = MISSING
-    still_improving_epochs: int = MISSING
-    diverge_loss_ratio: float = MISSING
-
-
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    optimizer: dict[str, Any] = field(default_factory=dict)
-    scheduler: dict[str, Any] = field(default_factory=dict)
-    device: DeviceConfig = field(default_factory=DeviceConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    fit: FitConfig = field(default_factory=FitConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    mix: MixConfig = field(default_factory=MixConfig)
-    ema: EmaConfig = field(default_factory=EmaConfig)
-    seed: int = MISSING
-    resume: Optional[str] = MISSING
-
-
-def register_schema() -> None:
-    """Store the schema as ``cnnlab_schema``, the first entry of config.yaml's defaults."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="cnnlab_schema", node=Config)
-
 
 # --------------------------------------------------------------------------- the rules
 SEED_MAX = 2**32 - 1  # numpy's seed range: np.random.seed rejects anything outside [0, 2**32 - 1]
@@ -314,12 +167,10 @@ def _path_problem(kind: str, value: str) -> str | None:
     return None
 
 
-# Every key of the composed config, with what it allows. A key missing here fails
-# tests/test_fuzz_config.py, so a new schema key gets its rule with it. Optimizer and
+# Every key of the composed config, in its order, with what it allows: the schema is made
+# from it. A conf key missing here fails tests/test_fuzz_config.py. Optimizer and
 # scheduler keys are checked when present (they depend on the _target_).
 RULES: dict[str, Rule] = {
-    "seed": Rule(int, f"[0, {SEED_MAX}]"),
-    "resume": Rule("exists", null=True),
     # -- model
     "model._target_": Rule("import", note="e.g. cnnlab.models.build_model"),
     "model.name": Rule(str, note="a label for run folders and reports"),
@@ -403,6 +254,18 @@ RULES: dict[str, Rule] = {
     "trainer.progress": Rule(choices=("auto", "bar", "log")),
     "trainer.accumulate": Rule(int, ">= 1"),
     "trainer.bn_recalibrate": Rule(int, ">= 0"),
+    # -- paths
+    "paths.root_dir": Rule("folder"),
+    "paths.data_dir": Rule("folder"),
+    # ${hydra:runtime.output_dir}: null while Hydra only prints the config (--cfg job --resolve)
+    "paths.output_dir": Rule("folder", null=True),
+    # -- fit diagnosis thresholds (cnnlab/reporting/fit.py). 0 turns "underfitting" off; a gap of
+    # 0 would call a 100%/100% run over-fitting, a ratio of 1 any run whose last loss is not its lowest
+    # diverged, and "a best within the last 0 epochs" never happens: those are refused.
+    "fit.underfit_train_acc": Rule(float, "[0, 1]"),
+    "fit.overfit_gap": Rule(float, "(0, 1]"),
+    "fit.still_improving_epochs": Rule(int, ">= 1"),
+    "fit.diverge_loss_ratio": Rule(float, "> 1"),
     # -- training recipes (cnnlab/recipes/, docs/recipes.md)
     "loss.label_smoothing": Rule(float, "[0, 1)"),
     "mix.mixup_alpha": Rule(float, ">= 0"),
@@ -412,18 +275,49 @@ RULES: dict[str, Rule] = {
     "ema.enabled": Rule(bool),
     "ema.decay": Rule(float, "(0, 1)"),
     "ema.warmup": Rule(bool),
-    # -- paths
-    "paths.root_dir": Rule("folder"),
-    "paths.data_dir": Rule("folder"),
-    "paths.output_dir": Rule("folder", null=True),
-    # -- fit diagnosis thresholds (cnnlab/reporting/fit.py). 0 turns "underfitting" off; a gap of
-    # 0 would call a 100%/100% run over-fitting, a ratio of 1 any run whose last loss is not its lowest
-    # diverged, and "a best within the last 0 epochs" never happens: those are refused.
-    "fit.underfit_train_acc": Rule(float, "[0, 1]"),
-    "fit.overfit_gap": Rule(float, "(0, 1]"),
-    "fit.still_improving_epochs": Rule(int, ">= 1"),
-    "fit.diverge_loss_ratio": Rule(float, "> 1"),
+    "seed": Rule(int, f"[0, {SEED_MAX}]"),
+    "resume": Rule("exists", null=True),
 }
+
+
+
+def _key_type(rule: Rule) -> Any:
+    """The type Hydra checks at composition: a choice's type, a list of floats, or str (a name, a path)."""
+    t = type(rule.choices[0]) if rule.choices else list[float] if rule.type is list else rule.type
+    t = t if t in (int, float, bool, list[float]) else str
+    return Optional[t] if rule.null else t
+
+
+def _schema(name: str, prefix: str = "") -> type:
+    """The dataclass of the keys under ``prefix``, each ``MISSING``; a node's own is made and
+    named too (``dataset.augment`` -> ``AugmentConfig``). optimizer and scheduler stay open dicts."""
+    fields: dict[str, tuple[str, Any, Any]] = {}
+    for key, rule in RULES.items():
+        head, _, rest = key.removeprefix(prefix).partition(".")
+        if not key.startswith(prefix) or head in fields:
+            continue
+        if prefix + head in ("optimizer", "scheduler"):
+            fields[head] = (head, dict[str, Any], field(default_factory=dict))
+        elif rest:
+            node = globals()[f"{head.capitalize()}Config"] = _schema(f"{head.capitalize()}Config", f"{prefix}{head}.")
+            fields[head] = (head, node, field(default_factory=node))
+        else:
+            fields[head] = (head, _key_type(rule), field(default=MISSING))
+    cls = make_dataclass(name, fields.values())
+    cls.__module__ = __name__  # (make_dataclass's module= is Python 3.12+)
+    return cls
+
+
+# Config, and ModelConfig, DatasetConfig, AugmentConfig, DeviceConfig, TrainerConfig, PathsConfig,
+# FitConfig, LossConfig, MixConfig, EmaConfig (train.py builds a TrainerConfig with OmegaConf.to_object).
+Config = _schema("Config")
+
+
+def register_schema() -> None:
+    """Store the schema as ``cnnlab_schema``, the first entry of config.yaml's defaults."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="cnnlab_schema", node=Config)
 
 
 def _mixing(get: Get) -> bool:
@@ -458,11 +352,16 @@ def validate(cfg: Any, needs_data: bool = True) -> None:
     def get(key: str) -> Any:
         return OmegaConf.select(cfg, key)
 
+    raw_cfg = OmegaConf.to_container(cfg, resolve=False)  # the values before interpolation
     # A rule whose range names another key is checked after that key's own rule.
     for key, rule in sorted(RULES.items(), key=lambda kv: bool(re.search(r"[a-z]\.", kv[1].range))):
-        raw = str(_raw(cfg, key))
+        raw = raw_cfg
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        raw = str(raw)
         alias = re.fullmatch(r"\$\{([\w.]+)\}", raw)  # exactly another key: ${dataset.in_chans}
-        if alias and _same_check(rule, RULES.get(alias.group(1))):
+        same = alias and alias.group(1) in RULES and replace(RULES[alias.group(1)], null=rule.null, note=rule.note)
+        if same == rule:  # the same check, null aside
             continue  # model.img_size: ${dataset.image_size} is checked (and named) as dataset.image_size
         if raw.startswith("${hydra:"):
             continue  # Hydra's own (the run folder): unset when a tool composes without a run
@@ -485,22 +384,6 @@ def validate(cfg: Any, needs_data: bool = True) -> None:
 
 
 _ABSENT = object()
-
-
-def _same_check(a: Rule, b: Rule | None) -> bool:
-    """Do two rules allow the same values (null aside)? Then an alias of one is checked as the other."""
-    return b is not None and (a.type, a.range, a.choices, a.length) == (b.type, b.range, b.choices, b.length)
-
-
-def _raw(cfg: Any, key: str) -> Any:
-    """The key's value before interpolation (``${dataset.image_size}``), or None."""
-    from omegaconf import OmegaConf
-
-    node = cfg
-    for part in key.split("."):
-        # (not `part in node`: that resolves the value, and this runs for every key)
-        node = node._get_node(part, validate_access=False) if OmegaConf.is_dict(node) else None
-    return node._value() if node is not None else None
 
 
 def rules_markdown() -> str:

@@ -49,14 +49,9 @@ def _mps_available() -> bool:
 
 def resolve_device(name: str, amp: str | None, channels_last: bool | None, compile: bool,
                    local_rank: int = 0) -> DevicePolicy:
-    """Turn the device config into a policy; fail in one line if the device is missing.
-
-    ``name`` and ``amp`` were checked with the config (cnnlab/config.py RULES, or
-    evaluate's and predict's own keys); what is left is what only this machine knows.
-
-    ``amp`` and ``channels_last`` None mean the device's default (bf16 and channels_last
-    on cuda; float32 and NCHW elsewhere). ``local_rank`` picks the GPU of a DDP rank.
-    """
+    """Turn the device config (checked with the config) into a policy; fail in one line if this
+    machine lacks the device. ``amp``/``channels_last`` None: the device's default (bf16 and
+    channels_last on cuda, float32 and NCHW elsewhere). ``local_rank``: a DDP rank's GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
     if name == "cuda":

@@ -202,11 +202,8 @@ def exit_status(e: BaseException) -> int:
 
 
 def log_traceback(e: BaseException) -> str:
-    """Write ``e``'s traceback to the run's log file only (not the console); return that file's path.
-
-    Inside a Hydra job the root logger has a FileHandler on the run folder's run.log;
-    elsewhere the traceback goes to a fresh ``cnnlab-error-*.log`` in the temp folder.
-    """
+    """Write ``e``'s traceback to the run's log file only (a Hydra job's run.log, else a fresh
+    ``cnnlab-error-*.log`` in the temp folder); return that file's path."""
     import traceback
 
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]

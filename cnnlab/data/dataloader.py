@@ -1,22 +1,11 @@
 """The classic path, ``dataset.loader=dataloader``: torch's DataLoader and per-image transforms.
 
-For data that does not fit in memory (an image folder over ``dataset.memory_budget_mb``,
-read file by file through torchvision's ImageFolder), or to compare against the
-tensor path. Worker processes decode and augment one image at a time with
-torchvision's transforms v2 (RandomCrop with padding, RandomHorizontalFlip, then
-ToDtype and Normalize); the main process copies each collated batch to the device
-(from pinned memory on CUDA, without blocking).
-
-:func:`build_dataloader` returns a :class:`ClassicLoader`, which has the interface of
-:class:`~cnnlab.data.loader.TensorLoader`: it yields normalised float (x (B, C, H, W),
-y (B,) int64) on the device, and has ``len()``, ``num_samples``, ``preview(n)`` and a
-``generator`` (a CPU torch.Generator that draws the shuffle order; the checkpoint
-saves its state, so a resumed run continues the same order). With augmentation off
-and world_size 1 it yields exactly the batches a TensorLoader with the same seed
-yields, in the same order (same permutation from the same generator), up to float
-rounding of the normalisation.
-
-What a resume does not restore: the per-image augmentation draws, which come from
+For data over ``dataset.memory_budget_mb`` (an image folder read file by file), or to
+compare against the tensor path. Workers decode and augment one image at a time with
+torchvision's transforms v2; the main process copies each batch to the device. A
+:class:`ClassicLoader` has TensorLoader's interface, and with augmentation off and
+world_size 1 yields its batches in the same order (the same permutation from the same
+generator). A resume does not restore the per-image augmentation draws: they come from
 the workers' own RNGs (seeded by torch's DataLoader from the global torch RNG).
 """
 
@@ -41,20 +30,19 @@ class _Cutout(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (C, H, W) float, normalised
         h, w = x.shape[-2:]
         cy, cx = int(torch.randint(0, h, ())), int(torch.randint(0, w, ()))
-        y0, x0 = max(cy - self.size // 2, 0), max(cx - self.size // 2, 0)
-        y1, x1 = max(cy - self.size // 2 + self.size, 0), max(cx - self.size // 2 + self.size, 0)
+        y0, x0 = cy - self.size // 2, cx - self.size // 2  # the square may overhang the border
         x = x.clone()
-        x[..., y0:y1, x0:x1] = 0.0
+        x[..., max(y0, 0) : y0 + self.size, max(x0, 0) : x0 + self.size] = 0.0
         return x
 
 
 def image_transform(mean: Sequence[float], std: Sequence[float], shape: Sequence[int],
-                    augment: Augment | None, from_pil: bool = False) -> Any:
-    """torchvision v2 transforms for one uint8 image of ``shape`` (C, H, W), or a PIL image
-    of that size when ``from_pil``: [crop, flip,] to float in [0, 1], normalise[, cutout]."""
+                    augment: Augment | None) -> Any:
+    """torchvision v2 transforms for one uint8 image of ``shape`` (C, H, W):
+    [crop, flip, policy,] to float in [0, 1], normalise[, cutout]."""
     from torchvision.transforms import v2
 
-    steps: list[Any] = [v2.PILToTensor()] if from_pil else []
+    steps: list[Any] = []
     a = augment or Augment()
     if a.crop_padding > 0:
         mode = "reflect" if a.pad_mode == "reflect" else "constant"
@@ -65,10 +53,8 @@ def image_transform(mean: Sequence[float], std: Sequence[float], shape: Sequence
         from cnnlab.recipes.policy import make_policy
 
         steps.append(make_policy(a.policy))  # on the uint8 image, before ToDtype
-    c = shape[0]
-    mean_c = [float(m) for m in mean] * (c if len(mean) == 1 else 1)
-    std_c = [float(s) for s in std] * (c if len(std) == 1 else 1)
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean_c, std_c)]
+    # One mean/std value broadcasts over every channel.
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([float(m) for m in mean], [float(s) for s in std])]
     if a.cutout > 0:
         steps.append(_Cutout(a.cutout))
     return v2.Compose(steps)
@@ -104,23 +90,6 @@ class _PermutationSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=self.generator).tolist())
 
 
-class _StridedSampler(torch.utils.data.Sampler[int]):
-    """Indices rank, rank + W, ...: an eval shard with every sample once across ranks, no padding.
-
-    (DistributedSampler pads the shards to equal length with repeated samples, which
-    would count those samples twice in an evaluation.)
-    """
-
-    def __init__(self, n: int, rank: int, world_size: int) -> None:
-        self.indices = range(rank, n, world_size)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-
 class ClassicLoader:
     """A torch DataLoader that yields normalised float batches on ``device`` (see the module doc)."""
 
@@ -144,7 +113,9 @@ class ClassicLoader:
         elif train:
             self.sampler = _PermutationSampler(n, self.generator)
         elif world_size > 1:
-            self.sampler = _StridedSampler(n, rank, world_size)
+            # rank, rank + W, ...: every sample once across ranks (DistributedSampler pads the
+            # shards with repeated samples, which an evaluation would count twice).
+            self.sampler = range(rank, n, world_size)
         else:
             self.sampler = SequentialSampler(dataset)
         self._preview_source = preview_source
@@ -204,23 +175,16 @@ def build_dataloader(split: Any, batch_size: int, mean: Sequence[float], std: Se
                      rank: int = 0, world_size: int = 1) -> ClassicLoader:
     """A classic DataLoader over ``split``: an in-memory Split (uint8 x, int64 y) or a FileSplit.
 
-    train=True shuffles with ``seed``, augments per image with ``augment`` and drops the
-    last partial batch; train=False keeps order and every sample. ``world_size > 1``
-    shards by ``rank`` (DistributedSampler for training).
+    Only train shuffles (with ``seed``), augments per image and drops the last partial batch;
+    ``world_size > 1`` shards by ``rank`` (DistributedSampler for training).
     """
-    shape = tuple(split.x.shape[1:])  # (C, H, W)
+    transform = image_transform(mean, std, tuple(split.x.shape[1:]), augment if train else None)
     if isinstance(split.x, torch.Tensor) and not split.x.is_meta:
         # Workers read the CPU copy (shared with them by fork, not pickled per item).
         x_cpu = split.x.cpu()
-        dataset = _TensorDataset(x_cpu, split.y.cpu(),
-                                 image_transform(mean, std, shape, augment if train else None))
-        preview: Any = x_cpu
-    elif hasattr(split, "dataset"):
-        dataset = split.dataset(image_transform(mean, std, shape, augment if train else None,
-                                                from_pil=True))
-        preview = split
-    else:
-        raise DataError(f"cannot build a DataLoader over a {type(split).__name__}")
+        dataset, preview = _TensorDataset(x_cpu, split.y.cpu(), transform), x_cpu
+    else:  # a FileSplit: torchvision's ImageFolder reads the files
+        dataset, preview = split.dataset(transform), split
     return ClassicLoader(dataset, batch_size, device, train, seed, channels_last, num_workers,
                          rank, world_size, preview_source=preview,
                          random_erasing=augment.random_erasing if (train and augment) else 0.0)

@@ -1,17 +1,9 @@
-"""Your own images: class subfolders, decoded once into uint8 tensors.
+"""Your own images: root/<class>/* (split with split_seed) or root/train/<class>/..., root/val/...
+[root/test/...], found by torchvision's ``find_classes``/``make_dataset``.
 
-Two layouts are accepted:
-
-    root/<class>/*.png                      split with split_seed into train/val/test
-    root/train/<class>/..., root/val/<class>/...  [root/test/<class>/...]
-
-Files are found with torchvision's own ``find_classes``/``make_dataset`` and its list
-of image extensions. A file that fails to decode is skipped with a warning naming it.
-
-A folder that fits ``memory_budget_mb`` is decoded once into uint8 tensors. One that
-does not is, with ``loader="dataloader"``, returned as :class:`FileSplit` s: lists of
-files that torchvision's ImageFolder reads at batch time (``cnnlab.data.dataloader``);
-with ``loader="tensor"`` it is an error that says so.
+Within ``memory_budget_mb`` the images are decoded once into uint8 tensors (an undecodable
+file is skipped with a warning naming it); over it, with ``loader="dataloader"``, each split
+is a :class:`FileSplit` that torchvision's ImageFolder reads at batch time.
 """
 
 from __future__ import annotations
@@ -85,10 +77,7 @@ def _decode(samples: list[tuple[str, int]], in_chans: int, image_size: int) -> S
 
 def _read_or_fail(path: str, in_chans: int, image_size: int) -> torch.Tensor:
     """``read_image``, failing in one line: a file read at batch time can't be skipped.
-
-    Module-level (with functools.partial) so that DataLoader workers started by spawn
-    can pickle it.
-    """
+    Module-level (with functools.partial) so that spawned DataLoader workers can unpickle it."""
     try:
         return read_image(path, in_chans, image_size)
     except UNREADABLE as e:
@@ -97,9 +86,7 @@ def _read_or_fail(path: str, in_chans: int, image_size: int) -> torch.Tensor:
 
 class _Files(ImageFolder):
     """torchvision's ImageFolder, told its files (and classes) instead of scanning the folder.
-
-    Module-level, so DataLoader workers started by spawn or forkserver can unpickle it.
-    """
+    Module-level, so DataLoader workers started by spawn or forkserver can unpickle it."""
 
     def __init__(self, root: str, samples: list[tuple[str, int]], classes: list[str],
                  loader: Callable[[str], Any], transform: Callable | None) -> None:
@@ -118,10 +105,9 @@ class _Files(ImageFolder):
 class FileSplit:
     """A split read from its files at batch time: what a folder over the memory budget becomes.
 
-    It quacks like :class:`~cnnlab.data.splits.Split` where the shapes are asked:
-    ``len()``, ``y``, ``take(n)``, and an ``x`` that is a *meta* tensor (shape
-    (N, C, S, S), uint8, no memory) so ``ImageSplits.in_chans``/``image_size`` work.
-    Its images come through :meth:`dataset`, never through ``x``.
+    Like a :class:`~cnnlab.data.splits.Split` where the shapes are asked (``len()``, ``y``,
+    ``take(n)``, and ``x``, a *meta* uint8 (N, C, S, S) tensor with no memory); its images
+    come through :meth:`dataset`, never through ``x``.
     """
 
     root: str
@@ -164,11 +150,8 @@ def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
                      val_split: float = 0.15, test_split: float = 0.15, split_seed: int = 0,
                      memory_budget_mb: int = 2048, loader: str = "tensor",
                      **_: object) -> ImageSplits:
-    """Load an image folder (either layout) into memory, within ``memory_budget_mb``.
-
-    Over the budget: with ``loader="dataloader"`` the splits are :class:`FileSplit` s
-    (read from disk at batch time); with ``loader="tensor"`` a one-line DataError.
-    """
+    """Load an image folder (either layout) into memory, within ``memory_budget_mb``; over it,
+    :class:`FileSplit` s with ``loader="dataloader"``, a one-line DataError with ``tensor``."""
     if not root or not os.path.isdir(root):
         raise DataError(f"dataset.root={root!r} is not a folder: give a folder with one subfolder per class")
     pre_split = os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "val"))

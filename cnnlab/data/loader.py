@@ -1,17 +1,10 @@
-"""The tensor-resident loader: the whole split on the device, batches cut by indexing.
+"""The tensor-resident loader: the whole split uint8 on the device, batches cut by indexing.
 
-Images stay uint8 on the training device (50k CIFAR images are 150 MB). Each epoch
-draws one permutation from the loader's own generator, and each batch is gathered,
-augmented (still uint8: 4x fewer bytes to move than float), converted to float and
-normalised in a handful of batched ops: no workers, no per-image Python, no
-host-device copies and no host syncs per step.
-
-``make_loaders`` is the one call ``train()`` makes: it returns the train, val and
-test loaders for ``dataset.loader=tensor`` (this module) or ``dataset.loader=dataloader``
-(the classic torch DataLoader path, ``cnnlab.data.dataloader``). Both kinds yield the
-same thing: normalised float (x (B, C, H, W), y (B,) int64) on the device, and both
-have ``len()``, ``num_samples``, ``preview(n)`` and a ``generator`` whose state the
-checkpoint saves.
+Each batch is gathered, augmented (still uint8: 4x fewer bytes to move than float) and
+normalised in a handful of batched ops: no workers, no per-image Python, no host syncs.
+``make_loaders`` builds this kind or ``cnnlab.data.dataloader``'s; both yield normalised
+float (x (B, C, H, W), y (B,) int64) on the device and have ``len()``, ``num_samples``,
+``preview(n)`` and a ``generator`` whose state the checkpoint saves.
 """
 
 from __future__ import annotations
@@ -34,19 +27,6 @@ class Augment:
     cutout: int = 0  # side of the zeroed square in pixels, 0 = off
     policy: str = "none"  # none | randaugment | trivialaugment | autoaugment: per image (cnnlab/recipes/policy.py)
     random_erasing: float = 0.0  # probability per image, on the normalised batch; 0 = off
-
-    @property
-    def active(self) -> bool:
-        return (self.crop_padding > 0 or self.flip or self.cutout > 0 or self.policy != "none"
-                or self.random_erasing > 0)
-
-
-def norm_scale_shift(mean: Sequence[float], std: Sequence[float], c: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1, C, 1, 1) scale and shift with x_norm = x_uint8 * scale + shift = (x/255 - mean) / std."""
-    mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32).expand(c)
-    std_t = torch.tensor([float(s) for s in std], dtype=torch.float32).expand(c)
-    return (1.0 / (255.0 * std_t)).view(1, c, 1, 1), (-mean_t / std_t).view(1, c, 1, 1)
 
 
 class TensorLoader:
@@ -93,9 +73,11 @@ class TensorLoader:
             self.x = self._padded[:, :, p : p + x.shape[2], p : p + x.shape[3]]
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
-        scale, shift = norm_scale_shift(mean, std, x.shape[1])
-        # x_norm = (x/255 - mean) / std = x * scale + shift: one multiply and one add.
-        self.scale, self.shift = scale.to(self.device), shift.to(self.device)
+        c = x.shape[1]
+        mean_t, std_t = (torch.tensor([float(v) for v in vs], dtype=torch.float32).expand(c) for vs in (mean, std))
+        # x_norm = (x/255 - mean) / std = x * scale + shift: one multiply and one add, (1, C, 1, 1) each.
+        self.scale = (1.0 / (255.0 * std_t)).view(1, c, 1, 1).to(self.device)
+        self.shift = (-mean_t / std_t).view(1, c, 1, 1).to(self.device)
         # The data-order and augmentation generator lives on the data's device, so
         # shuffling and the random draws need no host sync.
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -188,36 +170,27 @@ def make_loaders(
 ) -> tuple[Any, Any, Any]:
     """The (train, val, test) loaders of ``splits`` (an ImageSplits), of kind tensor or dataloader.
 
-    The train loader shuffles with ``seed``, augments and drops the last partial batch,
-    and is sharded by ``rank``/``world_size``. val and test keep order and are sharded
-    too, rank r taking samples r, r+W, ...: every sample is evaluated once across the
-    ranks, and ``evaluate`` all-reduces the sums. ``num_workers`` only matters for the
-    dataloader kind.
+    Only train shuffles (with ``seed``), augments and drops the last partial batch. Every
+    loader is sharded: rank r of val and test takes samples r, r+W, ..., so each sample is
+    evaluated once across the ranks. ``num_workers`` is for the dataloader kind only.
     """
-    if augment is None:
-        augment = Augment()
-    elif not isinstance(augment, Augment):
-        augment = Augment(**dict(augment))
-    if loader_kind == "dataloader":
-        from cnnlab.data.dataloader import build_dataloader
-
-        def make(split: Any, bs: int, train: bool, r: int, ws: int) -> Any:
-            return build_dataloader(split, bs, mean, std, device, train=train,
-                                    augment=augment if train else None, seed=seed,
-                                    channels_last=channels_last, num_workers=num_workers,
-                                    rank=r, world_size=ws)
-    else:
+    if not isinstance(augment, Augment):
+        augment = Augment(**dict(augment or {}))
+    if loader_kind != "dataloader":
         for split in (splits.train, splits.val, splits.test):
             if not isinstance(split.x, torch.Tensor) or split.x.is_meta:
                 raise DataError(
                     "this dataset is over dataset.memory_budget_mb and is read from its files: "
                     "use dataset.loader=dataloader, or raise dataset.memory_budget_mb")
 
-        def make(split: Any, bs: int, train: bool, r: int, ws: int) -> Any:
-            return TensorLoader(split.x, split.y, bs, mean, std, device=device, train=train,
-                                augment=augment if train else None, seed=seed,
-                                channels_last=channels_last, rank=r, world_size=ws)
+    def make(split: Any, bs: int, train: bool) -> Any:
+        kw = dict(train=train, augment=augment if train else None, seed=seed, channels_last=channels_last,
+                  rank=rank, world_size=world_size)
+        if loader_kind == "dataloader":
+            from cnnlab.data.dataloader import build_dataloader
 
-    return (make(splits.train, batch_size, True, rank, world_size),
-            make(splits.val, eval_batch_size, False, rank, world_size),
-            make(splits.test, eval_batch_size, False, rank, world_size))
+            return build_dataloader(split, bs, mean, std, device, num_workers=num_workers, **kw)
+        return TensorLoader(split.x, split.y, bs, mean, std, device=device, **kw)
+
+    return (make(splits.train, batch_size, True), make(splits.val, eval_batch_size, False),
+            make(splits.test, eval_batch_size, False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -9,31 +10,18 @@ from cnnlab.data.splits import ImageSplits
 from cnnlab.errors import DataError
 
 
-def _digits(**kw: Any) -> ImageSplits:
-    from cnnlab.data.digits import load_digits
-
-    return load_digits(**kw)
-
-
-def _imagefolder(**kw: Any) -> ImageSplits:
-    from cnnlab.data.imagefolder import load_imagefolder
-
-    return load_imagefolder(**kw)
-
-
-def _torchvision(name: str) -> Callable[..., ImageSplits]:
+def _lazy(module: str, fn: str, *args: Any) -> Callable[..., ImageSplits]:
+    """``cnnlab.data.<module>.<fn>(*args, **kw)``, imported when first called (torchvision is slow)."""
     def load(**kw: Any) -> ImageSplits:
-        from cnnlab.data.torchvision_sets import load_torchvision
-
-        return load_torchvision(name, **kw)
+        return getattr(importlib.import_module(f"cnnlab.data.{module}"), fn)(*args, **kw)
 
     return load
 
 
 DATASETS: dict[str, Callable[..., ImageSplits]] = {
-    "digits": _digits,
-    "imagefolder": _imagefolder,
-    **{n: _torchvision(n) for n in ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn")},
+    "digits": _lazy("digits", "load_digits"),
+    "imagefolder": _lazy("imagefolder", "load_imagefolder"),
+    **{n: _lazy("torchvision_sets", "load_torchvision", n) for n in ("cifar10", "cifar100", "mnist", "fashion_mnist", "svhn")},
 }
 
 

@@ -48,39 +48,29 @@ def _open(name: str, root: str, train: bool, download: bool) -> Any:
         ) from None
 
 
-def _to_tensor(ds: Any) -> Split:
-    """torchvision's in-memory arrays -> (N, C, H, W) uint8 and (N,) int64."""
-    data = ds.data
-    x = torch.as_tensor(data)
+def _to_tensor(ds: Any, image_size: int) -> Split:
+    """torchvision's in-memory arrays -> (N, C, S, S) uint8 resized to image_size, and (N,) int64."""
+    x = torch.as_tensor(ds.data)
     if x.ndim == 3:  # MNIST-like (N, H, W)
         x = x.unsqueeze(1)
     elif x.shape[-1] == 3:  # CIFAR (N, H, W, 3); SVHN is already (N, 3, H, W)
         x = x.permute(0, 3, 1, 2)
-    labels = getattr(ds, "targets", None)
-    if labels is None:
-        labels = ds.labels
-    return Split(x.contiguous().to(torch.uint8), torch.as_tensor(labels).long())
+    labels = ds.targets if hasattr(ds, "targets") else ds.labels  # SVHN's
+    return Split(resize_uint8(x.contiguous().to(torch.uint8), image_size), torch.as_tensor(labels).long())
 
 
 def load_torchvision(name: str, root: str, download: bool = True, image_size: int = 32,
                      val_split: float = 0.1, split_seed: int = 0, **_: object) -> ImageSplits:
     """Train (minus a seeded val split) and the official test set of a torchvision set."""
     train_ds = _open(name, root, True, download)
-    test_ds = _open(name, root, False, download)
-    full, test = _to_tensor(train_ds), _to_tensor(test_ds)
-    full = Split(resize_uint8(full.x, image_size), full.y)
-    test = Split(resize_uint8(test.x, image_size), test.y)
+    full, test = _to_tensor(train_ds, image_size), _to_tensor(_open(name, root, False, download), image_size)
     train, val = seeded_split(full.x, full.y, [val_split], split_seed)
     return ImageSplits(train, val, test, class_names(name, train_ds))
 
 
 def class_names(name: str, ds: Any) -> list[str]:
-    """The dataset's class names, index i naming label i.
-
-    torchvision gives CIFAR-10/100's (from their meta files) and MNIST's and
-    Fashion-MNIST's (``ds.classes``). SVHN has none: its labels are the digits,
-    with torchvision's 10 -> 0 remapping, so label i is the digit i.
-    """
+    """The class names, index i naming label i: torchvision's ``ds.classes``; SVHN has none, and
+    its label i is the digit i (torchvision remaps 10 -> 0)."""
     if name == "svhn":
         return [str(i) for i in range(10)]
     return [str(c) for c in ds.classes]

@@ -1,12 +1,8 @@
 """What was trained: a run folder or checkpoint -> the checkpoint, the model, the data.
 
-Every training checkpoint holds the resolved config as a plain dict (``config``), the
-weights (``model``), the epoch and the model's name; newer ones also hold
-``class_names``. From these the model is rebuilt exactly as ``train`` built it (its
-own ``model`` node, instantiated with the dataset's class count, channels and image
-size) and the run's dataset is rebuilt with the same split seed, so its test split
-holds the same images. The path checks here import no torch, so a mistyped ``run=``
-answers at once.
+A training checkpoint holds the resolved config (a plain dict), so the model is rebuilt
+from its own ``model`` node and the dataset with the same split seed (the same test
+images). The path checks import no torch, so a mistyped ``run=`` answers at once.
 """
 
 from __future__ import annotations

@@ -6,9 +6,7 @@ a short run's first epochs or at the top of a warm-up, the average describes wei
 that no longer exist, and eval mode can be far off: MobileNetV3 on digits reaches a val
 loss of 1e6 after epoch 1 whose weights score 2.97 with fresh statistics
 (docs/recipes.md). Re-estimating them over a few training batches, with the weights
-frozen, fixes that. torch.optim.swa_utils.update_bn does the work (it resets the
-statistics, averages them cumulatively over the batches, and restores each layer's
-momentum and the train/eval mode).
+frozen, fixes that; torch.optim.swa_utils.update_bn does the work.
 """
 
 from __future__ import annotations
@@ -18,12 +16,8 @@ from typing import Any
 
 
 def recalibrate_bn(model: Any, loader: Any, batches: int) -> None:
-    """Re-estimate every BatchNorm's running statistics over the first ``batches`` of ``loader``.
-
-    ``loader`` yields (x, y) training batches on the model's device; only x is used.
-    The loader draws its shuffle and augmentation from its own generator, whose state
-    checkpoints save, so a resumed run stays bit-exact.
-    """
+    """Re-estimate every BatchNorm's running statistics over the first ``batches`` (x, y) of ``loader``.
+    Its draws come from its own generator, which checkpoints save: a resumed run stays bit-exact."""
     from torch.optim.swa_utils import update_bn
 
     update_bn(itertools.islice(iter(loader), batches), model)

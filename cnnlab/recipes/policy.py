@@ -1,17 +1,11 @@
 """Stronger augmentation: an auto-augment policy per image, and random erasing per batch.
 
-``dataset.augment.policy`` (none | randaugment | trivialaugment | autoaugment) is
-torchvision.transforms.v2's op on uint8 images, one image at a time (each image
-draws its own ops and magnitudes from torch's global RNG), after the crop and flip
-and before the normalisation, as torchvision's and timm's recipes order it.
-AutoAugment uses torchvision's CIFAR-10 policy (cnnlab's datasets are small images).
-Per image is a Python loop over the batch: what it costs the tensor loader is in
-docs/benchmarks.md (``make bench``).
-
-``dataset.augment.random_erasing`` is timm's RandomErasing (mode "pixel": the
-rectangle is filled with normal noise) on the normalised float batch on the device;
-its per-image draws come from Python's ``random`` (saved by the checkpoint), the
-noise from torch's RNG on the batch's device.
+``dataset.augment.policy`` is torchvision.transforms.v2's op on each uint8 image (its own
+ops and magnitudes, from torch's global RNG), after the crop and flip and before the
+normalisation, as torchvision's and timm's recipes order it; AutoAugment uses the CIFAR-10
+policy (small images). The per-image loop's cost: docs/benchmarks.md.
+``dataset.augment.random_erasing`` is timm's RandomErasing (mode "pixel": normal noise) on
+the normalised device batch; its draws come from Python's ``random`` (saved by the checkpoint).
 """
 
 from __future__ import annotations

@@ -1,29 +1,10 @@
 """Under/overfitting diagnosis from a run's metrics rows: a verdict, its numbers, a hint.
 
-The course's definitions, made into rules. Given the rows of metrics.csv (epoch,
-train_loss, train_acc, val_loss, val_acc; accuracies are fractions of 1), the first
-rule that matches gives the verdict:
-
-1. **diverged**: the run's status is ``diverged`` (train stopped on a NaN/inf loss),
-   a loss in the rows is NaN/inf, or the final train loss is above
-   ``diverge_loss_ratio`` x the lowest train loss of the run (the loss blew up).
-2. **still improving**: the final train accuracy is below ``underfit_train_acc``,
-   but val was still improving at the end: the run stopped before it converged.
-3. **underfitting**: the final train accuracy is below ``underfit_train_acc`` and val
-   has stopped improving: poor results on the training data itself.
-4. **overfitting**: the generalisation gap, final train acc - final val acc, is at
-   least ``overfit_gap``: good results on train data, poor ones on val data.
-5. **good fit**: none of the above (train acc high, gap small).
-
-"Val still improving at the end" means the best val accuracy or the lowest val loss
-of the run was reached in the last ``still_improving_epochs`` epochs. A good fit that
-is still improving says so in its hint (more epochs may help).
-
-The thresholds are config (``fit.*``: values in conf/config.yaml, ranges in
-cnnlab/config.py RULES, checked before training). Caveat: the
-train accuracy is measured during the training pass, with augmentation and dropout on,
-so it understates what the model does on its training images; the gap is therefore
-conservative. This module is pure Python (no torch): it runs on a metrics.csv anywhere.
+The course's definitions made into rules, the first that matches wins: diverged, still
+improving, underfitting, overfitting, good fit (docs/lessons.md states each; the
+thresholds are the ``fit.*`` keys). The train accuracy is measured during the training
+pass, with augmentation and dropout on, so it understates the model and the gap is
+conservative. Pure Python (no torch): it runs on a metrics.csv anywhere.
 """
 
 from __future__ import annotations
@@ -31,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from cnnlab.lifecycle.atomic import finite_or_none
 
 VERDICTS = ("underfitting", "overfitting", "good fit", "still improving", "diverged")
 
@@ -52,8 +35,8 @@ def _num(v: Any) -> float:
     return float(v)
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def _argbest(values: list[float], higher: bool) -> int | None:
@@ -84,9 +67,7 @@ def diagnose(
     if not rows:
         if status != "diverged":
             return None
-        d: dict[str, Any] = {"verdict": "diverged", "epochs": 0}
-        d["hint"] = f"diverged before the first epoch ended: {ADVICE['diverged']}"
-        return d
+        return {"verdict": "diverged", "epochs": 0, "hint": f"diverged before the first epoch ended: {ADVICE['diverged']}"}
 
     epochs = [int(_num(r["epoch"])) for r in rows]
     tr_loss = [_num(r.get("train_loss")) for r in rows]
@@ -141,10 +122,7 @@ def diagnose(
                        "still_improving_epochs": still_improving_epochs,
                        "diverge_loss_ratio": diverge_loss_ratio},
     }
-    # JSON has no NaN: a missing number is null.
-    for k, v in d.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            d[k] = None
+    d = {k: finite_or_none(v) for k, v in d.items()}  # JSON has no NaN: a missing number is null
     d["hint"] = _hint(d, bad, blew_up, tr_loss, i_low_tl, epochs)
     return d
 
@@ -189,12 +167,9 @@ def fit_text(d: Mapping[str, Any] | None, markdown: bool = False) -> str:
         return "fit: no completed epoch to diagnose"
     lines = [d["hint"]]
     if "final_train_acc" in d:
-        def pct(v: Any) -> str:
-            return "n/a" if v is None else _pct(v)
-
-        lines.append(f"train acc: final {pct(d['final_train_acc'])}, best {pct(d['best_train_acc'])}")
+        lines.append(f"train acc: final {_pct(d['final_train_acc'])}, best {_pct(d['best_train_acc'])}")
         if d["final_val_acc"] is not None:
-            lines.append(f"val acc: final {pct(d['final_val_acc'])}, best {pct(d['best_val_acc'])} "
+            lines.append(f"val acc: final {_pct(d['final_val_acc'])}, best {_pct(d['best_val_acc'])} "
                          f"(epoch {d['best_val_epoch']})")
             lines.append(f"gap (final train - final val): {d['gap_pts']:.1f} pts "
                          f"(overfitting at >= {100 * d['thresholds']['overfit_gap']:.1f})")
