@@ -108,6 +108,10 @@ def describe(e: BaseException) -> str | None:
         key = oc.full_key or ""
         if isinstance(oc, (oce.ConfigAttributeError, oce.ConfigKeyError)) and key:  # trainer.epoch=3
             return f"{key} is not a config key{_near_keys(oc)}"
+        if key.startswith("[") and isinstance(e, he.ConfigCompositionException):
+            # An item of a list value (dataset.mean=['${']): OmegaConf knows only its index,
+            # Hydra's own first line names the override ("Error merging override ...").
+            return f"{first_line(e)}: {first_line(oc)}"
         if key and oc.value is not None:  # trainer.epochs=abc, model.name='${'
             return f"{key}={oc.value!r}: {first_line(oc)}"
         # An interpolation read by `key` failed: the innermost OmegaConf error says why.

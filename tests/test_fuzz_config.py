@@ -215,7 +215,7 @@ def judge(world, key: str, value: str, stats: dict[str, int]) -> str:
     stats[outcome] = stats.get(outcome, 0) + 1
     if outcome == "rejected":
         assert "\n" not in got and "Traceback" not in got, (key, value, got)
-        named = re.search(rf"(^|[ ('+]){re.escape(key)}(\[\d+\])?([=) ]|$)", got) or "cannot be parsed" in got
+        named = re.search(rf"(^|[ ('+]){re.escape(key)}(\[\d+\]|\.\w+)?([=) ]|$)", got) or "cannot be parsed" in got
         # A rule on two keys may name the other one (val_split + test_split, mean and std).
         partner = [k for k, _, _ in RELATIONS if k != key and k in got]
         assert named or partner, f"{key}={value}: the message does not name the key: {got}"
