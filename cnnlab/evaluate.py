@@ -64,7 +64,6 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
         raise ConfigError(f"out={out!r} already exists and is not an empty folder: an earlier evaluation is "
                           "never overwritten; choose a new folder")
 
-    import torch
 
     from cnnlab.device import resolve_device
     from cnnlab.evaluation.metrics import evaluate_arrays
@@ -87,9 +86,7 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
         raise ConfigError(f"the {split} split of {ds['name']} is empty: pick another split=")
 
     policy = resolve_device(device, None, None, False)
-    model = src_mod.build_model(ck, len(names), policy.device)
-    if policy.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = src_mod.build_model(ck, len(names), policy.device, policy.channels_last)
     bs = batch_size or int(ck["config"].get("trainer", {}).get("eval_batch_size", 512))
     loader = _loader(part, bs, trained["mean"], trained["std"], policy, ds)
     logits, labels = collect_logits(model, loader, policy)

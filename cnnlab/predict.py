@@ -104,9 +104,7 @@ def predict(run: str | None, images: str | None, topk: int = 3, checkpoint: str 
     if not kept:
         raise DataError(f"images={images!r}: none of its {len(files)} files is an image PIL can read")
     policy = resolve_device(device, None, None, False)
-    model = src_mod.build_model(ck, len(names), policy.device)
-    if policy.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = src_mod.build_model(ck, len(names), policy.device, policy.channels_last)
     loader = TensorLoader(x, torch.zeros(len(x), dtype=torch.long), batch_size, ds["mean"], ds["std"],
                           device=policy.device, train=False, channels_last=policy.channels_last)
     logits, _ = collect_logits(model, loader, policy)

@@ -124,8 +124,10 @@ def check_classes(trained: list[str], other: list[str], trained_on: str, other_n
                     f"{show(trained)}{order}: evaluate on a dataset with the model's classes")
 
 
-def build_model(ck: dict[str, Any], num_classes: int, device: Any = "cpu") -> Any:
-    """The checkpoint's model, rebuilt from its own config node and loaded strictly, in eval mode."""
+def build_model(ck: dict[str, Any], num_classes: int, device: Any = "cpu", channels_last: bool = False) -> Any:
+    """The checkpoint's model, rebuilt from its own config node and loaded strictly, in eval mode,
+    on ``device`` (in the channels_last memory format where the device policy prefers it)."""
+    import torch
     from omegaconf import OmegaConf
 
     from cnnlab.lifecycle.checkpoint import check_compatible, eval_state_dict
@@ -140,4 +142,4 @@ def build_model(ck: dict[str, Any], num_classes: int, device: Any = "cpu") -> An
     sd = eval_state_dict(ck)  # the EMA's weights when the run trained with ema.enabled, as its test did
     check_compatible(model, sd, "the checkpoint")
     model.load_state_dict(sd, strict=True)
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
