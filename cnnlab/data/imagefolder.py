@@ -1,9 +1,10 @@
-"""Your own images: root/<class>/* (split with split_seed) or root/train/<class>/..., root/val/...
-[root/test/...], found by torchvision's ``find_classes``/``make_dataset``.
+"""Your own images: root/<class>/* (split with split_seed) or root/train/<class>/...
+[root/val/...] [root/test/...], found in torchvision's order (hidden names left out).
 
 Within ``memory_budget_mb`` the images are decoded once into uint8 tensors (an undecodable
-file is skipped with a warning naming it); over it, with ``loader="dataloader"``, each split
-is a :class:`FileSplit` that torchvision's ImageFolder reads at batch time.
+file is skipped with a warning naming it); over it, with ``loader="dataloader"``, each file
+is read once to skip the same files with the same warning, and each split is a
+:class:`FileSplit` that torchvision's ImageFolder reads at batch time.
 """
 
 from __future__ import annotations
