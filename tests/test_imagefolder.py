@@ -105,6 +105,8 @@ def test_a_symlink_loop_does_not_repeat_images(tmp_path):
     s = _load(tmp_path, val_split=0.0, test_split=0.0)
     assert s.classes == ["cat", "dog"]
     assert torch.bincount(s.train.y).tolist() == [4, 5]  # each real image once, under its own class
+    files = _load(tmp_path, val_split=0.0, test_split=0.0, memory_budget_mb=0, loader="dataloader")
+    assert [os.path.normpath(p) for p, _ in files.train.samples if "extra" in p] == [str(sub / "extra.png")]
 
 
 def _grey(mode: str, value: float) -> Image.Image:

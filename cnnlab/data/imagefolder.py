@@ -45,8 +45,8 @@ def _scan(root: str, part: str) -> tuple[list[str], list[tuple[str, int]]]:
     for i, c in enumerate(classes):
         walked = []
         for top, dirs, files in os.walk(os.path.join(folder, c), followlinks=True):
-            real = [(d, os.path.realpath(os.path.join(top, d))) for d in dirs if not d.startswith(".")]
-            dirs[:] = [d for d, r in real if r not in seen and not seen.add(r)]
+            real = [(d, os.path.realpath(os.path.join(top, d))) for d in sorted(dirs) if not d.startswith(".")]
+            dirs[:] = [d for d, r in real if r not in seen and not seen.add(r)]  # first sight only
             walked.append((top, files))
         samples += [(os.path.join(top, f), i) for top, files in sorted(walked) for f in sorted(files)
                     if not f.startswith(".") and has_file_allowed_extension(f, IMG_EXTENSIONS)]
