@@ -95,6 +95,11 @@ CASES: dict[str, Case] = {
                                        ["1 class", "at least 2"], slow=True),
     "imagefolder with only non-image files": Case(["dataset=imagefolder", "dataset.root={tmp}/textonly"],
                                                   ["textonly", "holds no images"], slow=True),
+    "imagefolder with an empty class folder": Case(["dataset=imagefolder", "dataset.root={tmp}/emptyclass"],
+                                                   ["emptyclass/eel'", "holds no images"], slow=True),
+    "imagefolder with a class folder of unreadable images": Case(
+        ["dataset=imagefolder", "dataset.root={tmp}/unreadableclass"],
+        ["unreadableclass/eel'", "holds no readable image"], slow=True),
     "download with no network": Case(["dataset=cifar10", "dataset.download=true", "dataset.root={tmp}/data"],
                                      ["cifar10", "download failed", "cifar-10-python.tar.gz"], slow=True,
                                      env=OFFLINE),
@@ -140,6 +145,13 @@ def _make_inputs(tmp: Path) -> None:
     for c in range(2):
         (tmp / "textonly" / f"class{c}").mkdir(parents=True)
         (tmp / "textonly" / f"class{c}" / "readme.txt").write_text("not an image")
+    for name, bad in (("emptyclass", None), ("unreadableclass", b"\x89PNG\r\n\x1a\n truncated")):
+        for c in ("class0", "class1", "eel"):
+            (tmp / name / c).mkdir(parents=True)
+            if c != "eel":
+                Image.new("RGB", (12, 12)).save(tmp / name / c / "0.png")
+            elif bad:
+                (tmp / name / c / "0.png").write_bytes(bad)
     (tmp / "notes.pt").write_text("these are my notes, not a checkpoint")
     (tmp / "a_file").write_text("a file, not a folder")
     torch.save({"features.0.weight": torch.zeros(3, 3)}, tmp / "weights.pt")

@@ -1,21 +1,23 @@
-"""Your own images: root/<class>/* (split with split_seed) or root/train/<class>/..., root/val/...
-[root/test/...], found by torchvision's ``find_classes``/``make_dataset``.
+"""Your own images: root/<class>/* (split with split_seed) or root/train/<class>/...
+[root/val/...] [root/test/...], found in torchvision's order (hidden names left out).
 
 Within ``memory_budget_mb`` the images are decoded once into uint8 tensors (an undecodable
-file is skipped with a warning naming it); over it, with ``loader="dataloader"``, each split
-is a :class:`FileSplit` that torchvision's ImageFolder reads at batch time.
+file is skipped with a warning naming it); over it, with ``loader="dataloader"``, each file
+is read once to skip the same files with the same warning, and each split is a
+:class:`FileSplit` that torchvision's ImageFolder reads at batch time.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
+from PIL import Image  # (torchvision's ImageFolder imports it anyway)
 from torchvision.datasets import ImageFolder
 
 from cnnlab.data.splits import ImageSplits, Split, seeded_split
@@ -24,50 +26,97 @@ from cnnlab.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def _scan(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+def _scan(root: str, part: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes and (path, class index) as torchvision's ``find_classes``/``make_dataset`` give
+    them (same order), but hidden names (``.ipynb_checkpoints``, ``._x.png``) left out and each
+    real folder walked once, so a symlink loop cannot repeat images."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+    folder = os.path.join(root, part)
     try:
-        classes, class_to_idx = find_classes(folder)
-    except FileNotFoundError:
+        classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"dataset.root={folder!r}: {e.strerror}") from None
+    if not classes:
         raise DataError(f"dataset.root={os.path.normpath(folder)!r} has no class subfolders: "
-                        "put each class's images in root/<class>/") from None
-    try:
-        samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    except FileNotFoundError as e:
-        raise DataError(f"dataset.root={folder!r}: {e}") from None
+                        "put each class's images in root/<class>/")
+    seen = {os.path.realpath(p) for p in [root, folder, *(os.path.join(folder, c) for c in classes)]}
+    samples = []
+    for i, c in enumerate(classes):
+        walked = []
+        for top, dirs, files in os.walk(os.path.join(folder, c), followlinks=True):
+            real = [(d, os.path.realpath(os.path.join(top, d))) for d in sorted(dirs) if not d.startswith(".")]
+            dirs[:] = [d for d, r in real if r not in seen and not seen.add(r)]  # first sight only
+            walked.append((top, files))
+        samples += [(os.path.join(top, f), i) for top, files in sorted(walked) for f in sorted(files)
+                    if not f.startswith(".") and has_file_allowed_extension(f, IMG_EXTENSIONS)]
     return classes, samples
 
 
-# What PIL raises for a file it cannot decode (not an image, truncated, unknown format).
-UNREADABLE = (OSError, ValueError, SyntaxError)
+def _refuse_empty(root: str, part: str, classes: list[str], labels: Iterable[int], what: str) -> None:
+    """A class folder with no (readable) image is a DataError naming it."""
+    have = set(labels)
+    empty = [os.path.normpath(os.path.join(root, part, c)) for i, c in enumerate(classes) if i not in have]
+    if empty:
+        raise DataError(f"dataset.root={root!r}: class folder {', '.join(map(repr, empty))} {what}: "
+                        "add images to it or remove it")
+
+
+# What read_image raises for a file it cannot decode: not an image, truncated, unknown format,
+# over Image.MAX_IMAGE_PIXELS.
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def read_image(path: str | os.PathLike, in_chans: int, image_size: int) -> torch.Tensor:
     """One image file as uint8 (C, S, S): decoded by PIL, converted to grey "L" (in_chans=1)
-    or "RGB", bilinear-resized to image_size x image_size. Raises one of ``UNREADABLE``.
+    or "RGB", bilinear-resized to image_size x image_size. Raises one of ``UNREADABLE``;
+    an image over ``PIL.Image.MAX_IMAGE_PIXELS`` is refused (PIL's own check, its warning
+    from 1x to 2x the limit made an error too).
+
+    16-bit modes (I;16*, I) are scaled from 0..65535 and F from 0..1 to 0..255; a palette
+    image with transparency goes through RGBA; alpha is dropped, as PIL's convert does.
 
     The one reader of image files: the in-memory path, the per-batch path and
     ``cnnlab.predict`` all see the same pixels.
     """
-    import numpy as np
-    from PIL import Image
+    import warnings
 
-    with Image.open(path) as im:
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        size = str(e).split(" exceeds")[0]  # PIL's "Image size (N pixels)"
+        raise Image.DecompressionBombError(
+            f"{size} is over the decompression-bomb limit PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}") from None
+    with im:
+        if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+            scale = 255.0 if im.mode == "F" else 255.0 / 65535
+            im = Image.fromarray(np.rint(np.clip(np.asarray(im, dtype=np.float64) * scale, 0, 255)).astype(np.uint8))
+        elif im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")
         im = im.convert("L" if in_chans == 1 else "RGB").resize((image_size, image_size), Image.BILINEAR)
         arr = np.array(im, dtype=np.uint8)  # (S, S) or (S, S, 3), a writable copy
     return torch.from_numpy(arr).reshape(image_size, image_size, -1).permute(2, 0, 1)
 
 
+def _readable(samples: list[tuple[str, int]], in_chans: int,
+              image_size: int) -> Iterator[tuple[torch.Tensor, tuple[str, int]]]:
+    """(image, sample) for every file that reads; a warning naming each one that does not."""
+    for sample in samples:
+        try:
+            yield read_image(sample[0], in_chans, image_size), sample
+        except UNREADABLE as e:
+            log.warning("skipping unreadable image %s (%s: %s)", sample[0], type(e).__name__, e)
+
+
 def _decode(samples: list[tuple[str, int]], in_chans: int, image_size: int) -> Split:
     """Read every image; skip (and name) the ones that fail."""
     xs, ys = [], []
-    for path, label in samples:
-        try:
-            xs.append(read_image(path, in_chans, image_size))
-        except UNREADABLE as e:
-            log.warning("skipping unreadable image %s (%s)", path, type(e).__name__)
-            continue
+    for x, (_, label) in _readable(samples, in_chans, image_size):
+        xs.append(x)
         ys.append(label)
     if not xs:
         return Split(torch.empty(0, in_chans, image_size, image_size, dtype=torch.uint8),
@@ -150,23 +199,30 @@ def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
                      val_split: float = 0.15, test_split: float = 0.15, split_seed: int = 0,
                      memory_budget_mb: int = 2048, loader: str = "tensor",
                      **_: object) -> ImageSplits:
-    """Load an image folder (either layout) into memory, within ``memory_budget_mb``; over it,
-    :class:`FileSplit` s with ``loader="dataloader"``, a one-line DataError with ``tensor``."""
+    """Load an image folder into memory, within ``memory_budget_mb``; over it, :class:`FileSplit` s
+    with ``loader="dataloader"`` (every file read once first, the unreadable ones skipped), a
+    one-line DataError with ``tensor``.
+
+    Layouts: root/<class>/ (cut into train/val/test with ``split_seed``), or root/train/<class>/
+    with val/ and test/ beside it: a missing val/ is cut from train with ``val_split`` (and test/
+    too when both are missing); a missing test/ with val/ present is val.
+    """
     if not root or not os.path.isdir(root):
         raise DataError(f"dataset.root={root!r} is not a folder: give a folder with one subfolder per class")
-    pre_split = os.path.isdir(os.path.join(root, "train")) and os.path.isdir(os.path.join(root, "val"))
-    parts = ["train", "val", "test"] if pre_split else ["."]
-    found = {p: _scan(os.path.join(root, p)) for p in parts if os.path.isdir(os.path.join(root, p))}
+    subdirs = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
+    pre_split = "train" in subdirs and ("val" in subdirs or subdirs <= {"train", "test"})
+    parts = [p for p in ("train", "val", "test") if p in subdirs] if pre_split else ["."]
+    found = {p: _scan(root, p) for p in parts}
     classes = found[parts[0]][0]
     n_files = sum(len(s) for _, s in found.values())
     if n_files == 0:
         raise DataError(f"dataset.root={root!r} holds no images (looked for .png, .jpg, ... in its class subfolders)")
     if len(classes) < 2:
         raise DataError(f"dataset.root={root!r} has {len(classes)} class ({', '.join(classes)}); a classifier needs at least 2 class subfolders")
-    if pre_split:
-        for p, (cls, _) in found.items():
-            if cls != classes:
-                raise DataError(f"dataset.root={root!r}: {p}/ has classes {cls}, train/ has {classes}")
+    for p, (cls, samples) in found.items():
+        if cls != classes:
+            raise DataError(f"dataset.root={root!r}: {p}/ has classes {cls}, train/ has {classes}")
+        _refuse_empty(root, p, classes, (label for _, label in samples), "holds no images (.png, .jpg, ...)")
     need_mb = n_files * in_chans * image_size * image_size / 2**20  # uint8 bytes
     on_disk = need_mb > memory_budget_mb
     if on_disk:
@@ -176,24 +232,30 @@ def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
                 f"dataset.memory_budget_mb={memory_budget_mb}: use dataset.loader=dataloader to read "
                 "them from disk per batch, or raise the budget, or lower dataset.image_size"
             )
-        log.info("%s: %d images need %.0f MB, over the %d MB budget: reading them from disk per batch",
-                 root, n_files, need_mb, memory_budget_mb)
+        log.info("%s: %d images need %.0f MB, over the %d MB budget: checking that each one reads, "
+                 "then reading them from disk per batch", root, n_files, need_mb, memory_budget_mb)
 
     def read(part: str) -> Any:
-        """One folder's images: decoded into memory, or as its file list when over the budget."""
+        """One folder's readable images: decoded into memory, or as its file list when over the budget."""
         samples = found[part][1]
-        if on_disk:
-            return FileSplit(os.path.join(root, part), samples, classes, in_chans, image_size)
-        return _decode(samples, in_chans, image_size)
+        if on_disk:  # read once now, so that an unreadable file is skipped here, not met mid-run
+            out: Any = FileSplit(os.path.join(root, part), [s for _, s in _readable(samples, in_chans, image_size)],
+                                 classes, in_chans, image_size)
+        else:
+            out = _decode(samples, in_chans, image_size)
+        _refuse_empty(root, part, classes, out.y.tolist(), "holds no readable image (see the warnings above)")
+        return out
 
-    if pre_split:
-        train, val = read("train"), read("val")
-        test = read("test") if "test" in found else val
+    def cut(split: Any, fractions: list[float]) -> list[Any]:
+        """``split`` shuffled with split_seed and cut (the first part takes the rest)."""
+        idx = torch.arange(len(split))
+        return [split.subset(p.y) if on_disk else Split(split.x[p.y], split.y[p.y])
+                for p in seeded_split(idx, idx, fractions, split_seed)]
+
+    if parts in (["."], ["train"]):
+        train, val, test = cut(read(parts[0]), [val_split, test_split])
     else:
-        every = read(".")
-        idx = torch.arange(len(every))
-        parts = seeded_split(idx, idx, [val_split, test_split], split_seed)  # each split's image numbers
-        train, val, test = (every.subset(p.y) if on_disk else Split(every.x[p.y], every.y[p.y]) for p in parts)
-    if len(train) == 0:
-        raise DataError(f"dataset.root={root!r}: no readable training images (see the warnings above)")
+        train = read("train")
+        train, val = (train, read("val")) if "val" in found else cut(train, [val_split])
+        test = read("test") if "test" in found else val
     return ImageSplits(train, val, test, classes)
