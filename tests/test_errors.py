@@ -60,7 +60,8 @@ CASES: dict[str, Case] = {
     "negative batch size": Case(["trainer.batch_size=-1"], ["trainer.batch_size=-1", ">= 1"]),
     "zero lr": Case(["optimizer.lr=0"], ["optimizer.lr=0", "> 0"]),
     "negative lr": Case(["optimizer.lr=-0.1"], ["optimizer.lr=-0.1", "> 0"]),
-    "val split of 1": Case(["dataset.val_split=1.0"], ["dataset.val_split=1.0", "[0, 1)"]),
+    "val split of 1": Case(["dataset.val_split=1.0"], ["dataset.val_split=1.0", "(0, 1)"]),
+    "val split of 0": Case(["dataset.val_split=0"], ["dataset.val_split=0.0", "(0, 1)", "best epoch"]),
     "unknown amp": Case(["device.amp=fp8"], ["device.amp='fp8'", "bf16"]),
     # (the rule table, cnnlab.config.RULES: issue 16's cases and their kin)
     "negative seed": Case(["seed=-1"], ["seed=-1 is not allowed", "[0, 4294967295]"]),
