@@ -37,6 +37,19 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
         raise
 
 
+def os_error(e: BaseException) -> OSError | None:
+    """The OSError behind ``e`` (itself, or its cause or context), or None: torch.save reports a
+    failed write as its own RuntimeError ("enforce fail at inline_container.cc"), the OSError in its
+    context."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
     """``data`` as indented JSON (tensors and numpy scalars as numbers), replaced atomically."""
     def dump(f: IO[str]) -> None:

@@ -1,0 +1,118 @@
+"""Issue #21 (late refusals): a full or read-only disk named in one line, reports that cannot be
+written after training keep the trained run, predict's default top-k, val_split=0 refused.
+
+Faults are injected at the OS call (``open`` / the file's ``write`` raising OSError with the
+errno), since the tests run as root, where a read-only folder does not stop a write."""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import json
+import os
+
+import pytest
+import torch
+from conftest import TINY, compose
+
+from cnnlab.errors import CheckpointError, ConfigError
+
+FAULTS = [errno.ENOSPC, errno.EROFS]
+
+
+class _FailingFile(io.RawIOBase):
+    """A file whose writes fail with ``code`` after the first few, as a disk that fills up."""
+
+    def __init__(self, f, code):
+        self.f, self.code, self.n = f, code, 0
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.n += 1
+        if self.n > 2:
+            raise OSError(self.code, os.strerror(self.code))
+        return self.f.write(b)
+
+    def fileno(self):
+        return self.f.fileno()
+
+    def close(self):
+        self.f.close()
+        super().close()
+
+
+@pytest.mark.parametrize("code", FAULTS)
+def test_checkpoint_write_failure_names_the_path_and_the_errno_not_torch(tmp_path, monkeypatch, code):
+    from cnnlab.lifecycle.checkpoint import save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.ones(3)}, path)
+    before = path.read_bytes()
+    real = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FailingFile(real(fd, *a, **k), code))
+    with pytest.raises(CheckpointError) as e:
+        save_checkpoint({"w": torch.zeros(100_000)}, path)
+    msg = str(e.value)
+    assert str(path) in msg and os.strerror(code) in msg and "\n" not in msg
+    assert "inline_container" not in msg and "enforce" not in msg
+    assert path.read_bytes() == before  # the previous checkpoint is whole
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+@pytest.mark.slow  # trains a tiny run: about 6 s
+@pytest.mark.parametrize("code", FAULTS)
+def test_a_report_that_cannot_be_written_keeps_the_trained_run(tmp_path, monkeypatch, code):
+    from cnnlab.evaluate import evaluate_run
+    from cnnlab.train import ReportNotWritten, train
+
+    run = tmp_path / "run"
+    real_open = builtins.open
+
+    def failing_open(file, mode="r", *a, **k):
+        if "test_report" in str(file) and any(c in mode for c in "wax"):
+            raise OSError(code, os.strerror(code), str(file))
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    monkeypatch.setattr(io, "open", failing_open)
+    with pytest.raises(ReportNotWritten) as e:
+        train(compose([*TINY, "dataset.image_size=16", "trainer.log_feature_maps=false"], output_dir=run))
+    monkeypatch.undo()
+    msg = str(e.value)
+    assert "\n" not in msg and os.strerror(code) in msg and "test_report" in msg
+    assert f"python -m cnnlab.evaluate run={run}" in msg and "best.pt" in msg
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "trained" and summary["error"] == msg
+    assert (run / "checkpoints" / "best.pt").is_file()
+    out, m = evaluate_run(str(run), tensorboard=False)  # the report is redone once the disk is fine
+    assert (out / "metrics.json").is_file() and 0 <= m["accuracy"] <= 1
+
+
+def test_val_split_of_zero_is_refused_at_composition():
+    from cnnlab.config import validate
+
+    with pytest.raises(ConfigError, match=r"dataset.val_split=0.0 is not allowed: use a fraction in \(0, 1\)"):
+        validate(compose([*TINY, "dataset.val_split=0"]))
+
+
+def test_predict_default_topk_fits_a_two_class_model(tmp_path):
+    from PIL import Image
+
+    from cnnlab.predict import predict
+    from cnnlab.train import train
+
+    root = tmp_path / "data"
+    for c, v in (("cat", 0), ("dog", 255)):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (16, 16), (v, i * 10, 0)).save(root / c / f"{i}.png")
+    run = tmp_path / "run"
+    summary = train(compose([*TINY, "dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=16",
+                             "dataset.val_split=0.25", "dataset.test_split=0.25", "trainer.batch_size=4",
+                             "trainer.log_feature_maps=false"], output_dir=run))
+    assert summary["status"] == "completed"
+    path, rows, columns = predict(str(run), str(root / "cat"))  # no topk: min(3, 2 classes)
+    assert columns == ["file", "class_1", "prob_1", "class_2", "prob_2"] and len(rows) == 12
