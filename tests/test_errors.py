@@ -82,6 +82,8 @@ CASES: dict[str, Case] = {
     "missing mandatory value": Case(["model=timm"], ["model.arch", "???"]),
     "batch larger than the data": Case(["trainer.batch_size=1000"], ["trainer.batch_size=1000", "64 images"],
                                        slow=True),
+    "BatchNorm on a batch of one": Case(["trainer.batch_size=1", "model=resnet18", "model.small_input=false"],
+                                        ["trainer.batch_size=1 is too small", "trainer.batch_size=2"], slow=True),
     "optimizer the schema does not know": Case(
         ["optimizer._target_=torch.optim.RMSprop"],
         ["optimizer (torch.optim.RMSprop): ", "nesterov"], slow=True),

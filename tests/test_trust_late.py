@@ -116,3 +116,15 @@ def test_predict_default_topk_fits_a_two_class_model(tmp_path):
     assert summary["status"] == "completed"
     path, rows, columns = predict(str(run), str(root / "cat"))  # no topk: min(3, 2 classes)
     assert columns == ["file", "class_1", "prob_1", "class_2", "prob_2"] and len(rows) == 12
+
+
+def test_batchnorm_on_a_batch_of_one_names_trainer_batch_size():
+    from cnnlab.errors import DeviceError
+    from cnnlab.lifecycle.guards import oom_hint
+
+    bn = torch.nn.BatchNorm2d(3).train()
+    with pytest.raises(DeviceError) as e, oom_hint("training", "trainer.batch_size", 1, lambda: "cpu"):
+        bn(torch.zeros(1, 3, 1, 1))  # one value per channel: torch's ValueError
+    assert str(e.value).startswith("trainer.batch_size=1 is too small") and "trainer.batch_size=2" in str(e.value)
+    with pytest.raises(ValueError), oom_hint("training", "trainer.batch_size", 4, lambda: "cpu"):
+        raise ValueError("another batch size's error is not re-worded")
