@@ -128,3 +128,15 @@ def test_batchnorm_on_a_batch_of_one_names_trainer_batch_size():
     assert str(e.value).startswith("trainer.batch_size=1 is too small") and "trainer.batch_size=2" in str(e.value)
     with pytest.raises(ValueError), oom_hint("training", "trainer.batch_size", 4, lambda: "cpu"):
         raise ValueError("another batch size's error is not re-worded")
+
+
+def test_an_in_memory_dataset_too_large_for_memory_is_refused_before_decoding(monkeypatch):
+    from cnnlab.data import registry
+    from cnnlab.errors import DataError
+
+    monkeypatch.setattr(registry, "available_mb", lambda: 100.0)  # the machine's MemAvailable, made small
+    with pytest.raises(DataError) as e:
+        registry.load_dataset("digits", None, False, 512, 1, 0.15, 0.15, 0, memory_budget_mb=2048)
+    msg = str(e.value)
+    assert msg.startswith("dataset.image_size=512: digits: its 1797 images") and "449 MB" in msg and "100 MB" in msg
+    assert registry.load_dataset("digits", None, False, 16, 1, 0.15, 0.15, 0, memory_budget_mb=2048).train.x.shape[-1] == 16
