@@ -140,3 +140,41 @@ def test_an_in_memory_dataset_too_large_for_memory_is_refused_before_decoding(mo
     msg = str(e.value)
     assert msg.startswith("dataset.image_size=512: digits: its 1797 images") and "449 MB" in msg and "100 MB" in msg
     assert registry.load_dataset("digits", None, False, 16, 1, 0.15, 0.15, 0, memory_budget_mb=2048).train.x.shape[-1] == 16
+
+
+def _one_run(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(json.dumps({"model": {"name": "alexnet"}, "dataset": {"name": "digits"}}))
+    (run / "summary.json").write_text(json.dumps({"model": "alexnet", "dataset": "digits", "status": "completed",
+                                                  "test_acc": 0.9, "best_val_acc": 0.9, "best_epoch": 1}))
+    return run
+
+
+def test_compare_out_an_existing_file_is_refused(tmp_path):
+    from cnnlab.reporting.compare import main
+
+    run, f = _one_run(tmp_path), tmp_path / "report.txt"
+    f.write_text("mine")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        main([str(run), "--out", str(f), "--quiet"])
+    assert f.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["report.txt", "run"]
+
+
+@pytest.mark.parametrize("code", FAULTS)
+def test_compare_on_a_full_or_read_only_folder_is_one_line(tmp_path, monkeypatch, code):
+    from cnnlab.reporting.compare import main
+
+    run, out = _one_run(tmp_path), tmp_path / "out"
+    real_open = builtins.open
+
+    def failing_open(file, mode="r", *a, **k):
+        if str(out) in str(file) and any(c in mode for c in "wax"):
+            raise OSError(code, os.strerror(code))  # as a write() fails: no filename
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    monkeypatch.setattr(io, "open", failing_open)
+    with pytest.raises(ConfigError) as e:
+        main([str(run), "--out", str(out), "--quiet", "--no-plot"])
+    assert str(e.value) == f"cannot write the report in {str(out)!r} ({os.strerror(code)}): give a writable folder with --out"
