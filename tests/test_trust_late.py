@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import threading
 
 import pytest
 import torch
@@ -64,7 +65,7 @@ def test_checkpoint_write_failure_names_the_path_and_the_errno_not_torch(tmp_pat
 
 @pytest.mark.slow  # trains a tiny run: about 6 s
 @pytest.mark.parametrize("code", FAULTS)
-def test_a_report_that_cannot_be_written_keeps_the_trained_run(tmp_path, monkeypatch, code):
+def test_a_report_that_cannot_be_written_keeps_the_trained_run(tmp_path, monkeypatch, capsys, code):
     from cnnlab.evaluate import evaluate_run
     from cnnlab.train import ReportNotWritten, train
 
@@ -89,6 +90,24 @@ def test_a_report_that_cannot_be_written_keeps_the_trained_run(tmp_path, monkeyp
     assert (run / "checkpoints" / "best.pt").is_file()
     out, m = evaluate_run(str(run), tensorboard=False)  # the report is redone once the disk is fine
     assert (out / "metrics.json").is_file() and 0 <= m["accuracy"] <= 1
+
+    # TensorBoard's writer thread meets the fault: no thread traceback, one line from evaluate.
+    real_io_open = io.open
+
+    def failing_events(file, mode="r", *a, **k):
+        if "tfevents" in str(file) and "a" in mode:  # the file is made; the writer thread's appends fail
+            raise OSError(code, os.strerror(code))
+        return real_io_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(io, "open", failing_events)
+    printed = []  # what would print a thread's traceback
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(type(args.thread).__name__))
+    capsys.readouterr()
+    with pytest.raises(ConfigError) as e:
+        evaluate_run(str(run), out=str(tmp_path / "ev"))
+    monkeypatch.undo()
+    assert str(e.value).startswith("cannot write the evaluation to ") and os.strerror(code) in str(e.value)
+    assert "Traceback" not in capsys.readouterr().err and printed == []
 
 
 def test_val_split_of_zero_is_refused_at_composition():
