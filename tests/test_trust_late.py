@@ -197,3 +197,24 @@ def test_compare_on_a_full_or_read_only_folder_is_one_line(tmp_path, monkeypatch
     with pytest.raises(ConfigError) as e:
         main([str(run), "--out", str(out), "--quiet", "--no-plot"])
     assert str(e.value) == f"cannot write the report in {str(out)!r} ({os.strerror(code)}): give a writable folder with --out"
+
+
+@pytest.mark.parametrize("code", FAULTS)
+def test_a_failed_atomic_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch, code):
+    from cnnlab.errors import describe
+    from cnnlab.lifecycle.atomic import write_json_atomic
+
+    path = tmp_path / "summary.json"
+    write_json_atomic(path, {"status": "running"})
+    before = path.read_bytes()
+    real = os.fdopen
+
+    class Full(io.TextIOWrapper):
+        def write(self, s):
+            raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: Full(real(fd, "wb")) if "w" in mode else real(fd, mode))
+    with pytest.raises(OSError) as e:
+        write_json_atomic(path, {"status": "completed"})
+    assert describe(e.value) == f"cannot write or read {str(path)!r}: {os.strerror(code)}"
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["summary.json"]

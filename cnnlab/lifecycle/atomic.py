@@ -31,9 +31,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:  # a failed write() names no file: name the target
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
