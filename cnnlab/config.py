@@ -196,7 +196,7 @@ RULES: dict[str, Rule] = {
     "dataset.in_chans": Rule(choices=(1, 3)),
     "dataset.image_size": Rule(int, f"[8, {IMAGE_SIZE_MAX}]"),
     "dataset.small_input": Rule(bool),
-    "dataset.val_split": Rule(float, "[0, 1)"),
+    "dataset.val_split": Rule(float, "(0, 1)", note="the validation images pick the best epoch and stop early"),
     "dataset.test_split": Rule(float, "[0, 1)"),
     "dataset.split_seed": Rule(int, f"[0, {SEED_MAX}]"),
     "dataset.limit": Rule(int, ">= 1", null=True),

@@ -68,6 +68,8 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
     from cnnlab.device import resolve_device
     from cnnlab.evaluation.metrics import evaluate_arrays
     from cnnlab.evaluation.report import collect_logits, most_confident_mistakes, write_evaluation
+    from cnnlab.lifecycle.atomic import os_error
+    from cnnlab.reporting.track import summary_writer
 
     ck = src_mod.load(src)
     trained = src_mod.dataset_config(ck)
@@ -100,14 +102,20 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
              "model": ck.get("model_name") or ck["config"]["model"].get("name"), "dataset": ds["name"],
              "trained_on": trained["name"], "split": split, "device": policy.name}
     writer = None
-    if tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb_dir = src.run_dir / "tb" if src.run_dir is not None else out_dir / "tb"
-        writer = SummaryWriter(log_dir=str(tb_dir), filename_suffix=f".{out_dir.name}")
-    with contextlib.closing(writer) if writer is not None else contextlib.nullcontext():
-        write_evaluation(ev, names, out_dir, extra=extra, title=f"{extra['model']} on {name}", writer=writer,
-                         tag=f"eval/{out_dir.name}", step=extra["checkpoint_epoch"], mistakes=(images, idx))
+    tb_dir = src.run_dir / "tb" if src.run_dir is not None else out_dir / "tb"
+    try:
+        if tensorboard:
+            writer = summary_writer(str(tb_dir), filename_suffix=f".{out_dir.name}")
+        with contextlib.closing(writer) if writer is not None else contextlib.nullcontext():
+            write_evaluation(ev, names, out_dir, extra=extra, title=f"{extra['model']} on {name}", writer=writer,
+                             tag=f"eval/{out_dir.name}", step=extra["checkpoint_epoch"], mistakes=(images, idx))
+    except Exception as e:  # a full or read-only disk: one line naming where and the errno's words
+        err = os_error(e)
+        if err is None:
+            raise
+        where = repr(err.filename) if err.filename else f"{str(out_dir)!r}" + (f" or {str(tb_dir)!r}" if writer else "")
+        raise ConfigError(f"cannot write the evaluation to {where} ({err.strerror or err}): give a writable "
+                          "folder with out=" + (", or tensorboard=false" if writer else "")) from None
     metrics = json.loads((out_dir / "metrics.json").read_text())
     metrics["seconds"] = time.perf_counter() - t0
     return out_dir, metrics

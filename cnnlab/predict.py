@@ -1,4 +1,4 @@
-"""``python -m cnnlab.predict run=<run> images=<file or folder> [topk=3]``: classify your own images.
+"""``python -m cnnlab.predict run=<run> images=<file or folder> [topk=K]``: classify your own images.
 
 Each image (any format PIL reads; a folder is searched recursively) is read as the
 image-folder loader reads it (the model's channels and training size, bilinear), and
@@ -28,7 +28,7 @@ Prints the top-k classes of each image and writes them to <run>/predict/predicti
 
   run=PATH          a run folder (outputs/<date>/<run>) or a checkpoint file (required)
   images=PATH       an image file, or a folder (searched recursively) (required)
-  topk=3            classes per image, 1 .. the model's class count
+  topk=null         classes per image, 1 .. the model's class count (null: 3, or fewer if the model has fewer)
   checkpoint=best   best | last
   out=null          another .csv path (must not exist)
   batch_size=256
@@ -72,14 +72,14 @@ def read_images(files: list[Path], in_chans: int, image_size: int) -> tuple[list
     return kept, x
 
 
-def predict(run: str | None, images: str | None, topk: int = 3, checkpoint: str = "best",
+def predict(run: str | None, images: str | None, topk: int | None = None, checkpoint: str = "best",
             out: str | None = None, batch_size: int = 256, device: str = "auto",
             ) -> tuple[Path, list[dict[str, Any]], list[str]]:
     """Top-k predictions for ``images``; return (the csv written, its rows, the column names)."""
     from cnnlab.errors import ConfigError, DataError
     from cnnlab.evaluation import source as src_mod
 
-    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+    if topk is not None and (not isinstance(topk, int) or isinstance(topk, bool) or topk < 1):
         raise ConfigError(f"topk={topk!r} is not allowed: use an integer >= 1 (and at most the model's classes)")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is not allowed: use an integer >= 1")
@@ -98,6 +98,7 @@ def predict(run: str | None, images: str | None, topk: int = 3, checkpoint: str 
     ck = src_mod.load(src)
     ds = src_mod.dataset_config(ck)
     names = src_mod.saved_class_names(ck) or src_mod.load_data(ds).classes
+    topk = min(3, len(names)) if topk is None else topk  # the default fits a 2-class model
     if topk > len(names):
         raise ConfigError(f"topk={topk} is not allowed: the model has {len(names)} classes; use 1 to {len(names)}")
     kept, x = read_images(files, int(ds["in_chans"]), int(ds["image_size"]))
@@ -154,10 +155,10 @@ def main(cfg: DictConfig) -> None:
     topk = raw["topk"]
     if isinstance(topk, str) and topk.lstrip("-").isdigit():
         topk = int(topk)
-    path, rows, _ = predict(raw["run"], raw["images"], topk, raw["checkpoint"], raw["out"],
-                           int(raw["batch_size"]), raw["device"])
+    path, rows, columns = predict(raw["run"], raw["images"], topk, raw["checkpoint"], raw["out"],
+                                  int(raw["batch_size"]), raw["device"])
     images = Path(raw["images"]).expanduser()
-    print(format_table(rows, topk, images if images.is_dir() else images.parent))
+    print(format_table(rows, (len(columns) - 1) // 2, images if images.is_dir() else images.parent))
     print(f"wrote {path} ({len(rows)} images)")
 
 

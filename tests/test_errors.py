@@ -60,7 +60,8 @@ CASES: dict[str, Case] = {
     "negative batch size": Case(["trainer.batch_size=-1"], ["trainer.batch_size=-1", ">= 1"]),
     "zero lr": Case(["optimizer.lr=0"], ["optimizer.lr=0", "> 0"]),
     "negative lr": Case(["optimizer.lr=-0.1"], ["optimizer.lr=-0.1", "> 0"]),
-    "val split of 1": Case(["dataset.val_split=1.0"], ["dataset.val_split=1.0", "[0, 1)"]),
+    "val split of 1": Case(["dataset.val_split=1.0"], ["dataset.val_split=1.0", "(0, 1)"]),
+    "val split of 0": Case(["dataset.val_split=0"], ["dataset.val_split=0.0", "(0, 1)", "best epoch"]),
     "unknown amp": Case(["device.amp=fp8"], ["device.amp='fp8'", "bf16"]),
     # (the rule table, cnnlab.config.RULES: issue 16's cases and their kin)
     "negative seed": Case(["seed=-1"], ["seed=-1 is not allowed", "[0, 4294967295]"]),
@@ -81,6 +82,8 @@ CASES: dict[str, Case] = {
     "missing mandatory value": Case(["model=timm"], ["model.arch", "???"]),
     "batch larger than the data": Case(["trainer.batch_size=1000"], ["trainer.batch_size=1000", "64 images"],
                                        slow=True),
+    "BatchNorm on a batch of one": Case(["trainer.batch_size=1", "model=resnet18", "model.small_input=false"],
+                                        ["trainer.batch_size=1 is too small", "trainer.batch_size=2"], slow=True),
     "optimizer the schema does not know": Case(
         ["optimizer._target_=torch.optim.RMSprop"],
         ["optimizer (torch.optim.RMSprop): ", "nesterov"], slow=True),

@@ -274,7 +274,7 @@ def test_help_is_instant_and_the_configs_compose_offline():
     cfg = compose_conf(["run=x", "dataset=imagefolder", "dataset.root=/r"], config_name="evaluate")
     assert cfg.dataset.root == "/r" and cfg.split == "test" and cfg.checkpoint == "best"
     assert compose_conf(["+dataset.limit=5"], config_name="evaluate").dataset.limit == 5
-    assert compose_conf(["run=x", "images=y"], config_name="predict").topk == 3
+    assert compose_conf(["run=x", "images=y"], config_name="predict").topk is None
 
 
 @pytest.mark.slow

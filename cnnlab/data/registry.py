@@ -25,10 +25,30 @@ DATASETS: dict[str, Callable[..., ImageSplits]] = {
 }
 
 
+# The images each in-memory dataset decodes (train and test), for the memory check before decoding.
+IMAGES = {"digits": 1797, "cifar10": 60000, "cifar100": 60000, "mnist": 70000, "fashion_mnist": 70000,
+          "svhn": 99289}
+
+
+def available_mb() -> float | None:
+    """The memory the OS can give without swapping (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("MemAvailable:")), None)
+    except OSError:
+        return None
+
+
 def load_dataset(name: str, root: str | None, download: bool, image_size: int, in_chans: int,
                  val_split: float, test_split: float, split_seed: int,
                  memory_budget_mb: int, limit: int | None = None, loader: str = "tensor") -> ImageSplits:
     """Decode dataset ``name`` into uint8 splits; ``limit`` keeps the first N of each split."""
+    need_mb = IMAGES.get(name, 0) * in_chans * image_size**2 / 2**20  # uint8 bytes of every image
+    free_mb = available_mb() if need_mb > 256 else None
+    if free_mb is not None and need_mb > free_mb:
+        raise DataError(f"dataset.image_size={image_size}: {name}: its {IMAGES[name]} images decoded at {image_size}px "
+                        f"need {need_mb:,.0f} MB of memory, over the {free_mb:,.0f} MB available: lower "
+                        "dataset.image_size (this dataset is held in memory with either dataset.loader)")
     splits = DATASETS[name](root=root, download=download, image_size=image_size, in_chans=in_chans,
                             val_split=val_split, test_split=test_split, split_seed=split_seed,
                             memory_budget_mb=memory_budget_mb, loader=loader)

@@ -31,10 +31,25 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
             os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not e.filename:  # a failed write() names no file: name the target
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+def os_error(e: BaseException) -> OSError | None:
+    """The OSError behind ``e`` (itself, or its cause or context), or None: torch.save reports a
+    failed write as its own RuntimeError ("enforce fail at inline_container.cc"), the OSError in its
+    context."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CheckpointError, first_line
-from cnnlab.lifecycle.atomic import write_atomic
+from cnnlab.lifecycle.atomic import os_error, write_atomic
 
 # Prefixes that wrappers add to state-dict keys: DDP's and torch.compile's.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -31,8 +31,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     try:
         write_atomic(path, lambda f: torch.save(state, f), suffix=".tmp")
     except (OSError, RuntimeError) as e:
-        # A full disk surfaces as OSError or as torch's "PytorchStreamWriter failed".
-        why = getattr(e, "strerror", None) or first_line(e)
+        # A full disk surfaces as OSError, or as torch's RuntimeError with the OSError as its context.
+        err = os_error(e)
+        why = (err.strerror or first_line(err)) if err is not None else first_line(e)
         raise CheckpointError(f"cannot write checkpoint {str(path)!r} ({why}); the previous "
                               "checkpoint there is intact: free space, then resume") from None
 

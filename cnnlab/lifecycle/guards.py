@@ -1,5 +1,6 @@
 """Guards around the training passes: out of memory (one line naming the key to change,
-the device tensors' frames dropped first), and NaN/inf weights."""
+the device tensors' frames dropped first), a batch of 1 that BatchNorm cannot train on, and
+NaN/inf weights."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from cnnlab.errors import DeviceError
+from cnnlab.errors import DeviceError, first_line
 
 
 class OutOfMemory(DeviceError):
@@ -29,6 +30,11 @@ def oom_hint(phase: str, key: str, batch: int, device: Callable[[], str]) -> Ite
     try:
         yield
     except Exception as e:
+        if isinstance(e, ValueError) and batch == 1 and phase == "training":
+            # BatchNorm needs 2+ values per channel in training: a batch of 1 on a 1x1 map has one
+            # (torch's ValueError: "Expected more than 1 value per channel when training").
+            raise DeviceError(f"{key}={batch} is too small for this model in training "
+                              f"({first_line(e)}): use {key}=2 or more") from None
         if isinstance(e, OutOfMemory) or not is_oom(e):
             raise
         e.__traceback__ = None  # drop the frames that hold the device tensors

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from cnnlab.errors import ConfigError, run_main
+from cnnlab.lifecycle.atomic import os_error
 from cnnlab.lifecycle.record import read_summary
 
 
@@ -585,11 +586,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="do not print the table")
     args = ap.parse_args(argv)
 
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out!r} is a file, not a folder: give a folder (made if it does not exist)")
     report = build_report(args.paths)
     if not report.runs:
         raise ConfigError(f"no run folders (with summary.json or .hydra/) under {', '.join(args.paths)}")
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 else Path("."))
-    files = write_report(report, out.parent if out.is_file() else out, plot=not args.no_plot)
+    out = out.parent if out.is_file() else out
+    try:
+        files = write_report(report, out, plot=not args.no_plot)
+    except Exception as e:  # a full or read-only disk: one line naming the folder and the errno's words
+        err = os_error(e)
+        if err is None:
+            raise
+        raise ConfigError(f"cannot write the report in {str(out)!r} ({err.strerror or err}): "
+                          "give a writable folder with --out") from None
     if not args.quiet:
         print(console_text(report))
         print("\nwrote " + ", ".join(str(f) for f in files))

@@ -19,6 +19,25 @@ from cnnlab.lifecycle.atomic import finite_or_none, write_json_atomic
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds"]
 
 
+def summary_writer(log_dir: str, **kw: Any) -> Any:
+    """torch's SummaryWriter, its writer thread quiet: TensorBoard keeps a failed write (a full or
+    read-only disk) for the next write, flush or close, where it is said in one line; the thread's
+    own traceback (``threading.excepthook``) is left out."""
+    import threading
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    previous = threading.excepthook
+    if not getattr(previous, "cnnlab", False):
+        def hook(args: Any) -> None:
+            if type(args.thread).__name__ != "_AsyncWriterThread":  # tensorboard's event writer
+                previous(args)
+
+        hook.cnnlab = True  # type: ignore[attr-defined]
+        threading.excepthook = hook
+    return SummaryWriter(log_dir=log_dir, **kw)
+
+
 class RunTracker:
     """Writes one run folder. ``enabled=False`` (DDP ranks > 0) makes every call a no-op."""
 
@@ -36,9 +55,7 @@ class RunTracker:
         self.metrics_path = self.dir / "metrics.csv"
         self.summary_path = self.dir / "summary.json"
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(self.dir / "tb"), purge_step=purge_step)
+            self.tb = summary_writer(str(self.dir / "tb"), purge_step=purge_step)
 
     def read_metrics(self) -> list[dict[str, str]]:
         if not self.enabled or not self.metrics_path.exists():
