@@ -207,7 +207,7 @@ class RunClaim:
         if _held.get(str(self.run_dir)) is not self:
             return
         del _held[str(self.run_dir)]
-        if undo:
+        if undo and not _in_sweep():  # a sweep's job folder keeps its .hydra/ for the report
             for sub, names in self.before.items():
                 folder = self.run_dir / sub
                 for name in set(os.listdir(folder) if folder.is_dir() else ()) - names - {LOCK, ".hydra"}:
@@ -224,6 +224,13 @@ class RunClaim:
                 folder.rmdir()
             except OSError:
                 break
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _me() -> str:
