@@ -194,11 +194,13 @@ class RunClaim:
                        for sub in ("", ".hydra")}
         log_file = run_dir / "run.log"
         self.log_size = log_file.stat().st_size if log_file.is_file() else None
+        self.in_sweep = _in_sweep()  # claimed in a sweep's job: Hydra has written this job's run.log
 
     @property
     def traces(self) -> list[str]:
         """What of an earlier run the folder held when claimed."""
-        return [name for name in TRACES if name in self.before[""]]
+        names = TRACES[:-1] if self.in_sweep else TRACES
+        return [name for name in names if name in self.before[""]]
 
     def release(self, undo: bool = False) -> None:
         """Give the folder up (idempotent); ``undo``: first remove what this launch wrote into it."""
@@ -207,7 +209,7 @@ class RunClaim:
         if _held.get(str(self.run_dir)) is not self:
             return
         del _held[str(self.run_dir)]
-        if undo and not _in_sweep():  # a sweep's job folder keeps its .hydra/ for the report
+        if undo and not self.in_sweep:  # a sweep's job folder keeps its .hydra/ for the report
             for sub, names in self.before.items():
                 folder = self.run_dir / sub
                 for name in set(os.listdir(folder) if folder.is_dir() else ()) - names - {LOCK, ".hydra"}:
