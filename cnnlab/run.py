@@ -9,17 +9,47 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import hydra
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cnnlab.config import register_schema
-from cnnlab.errors import ConfigError, describe, first_line, hydra_task, run_main
+from cnnlab.errors import ConfigError, describe, exit_status, first_line, hydra_task, run_main
 from cnnlab.lifecycle.resume import register_resolvers
 
 log = logging.getLogger("cnnlab")
 register_schema()
 register_resolvers()  # cnnlab_run_dir / cnnlab_hydra_subdir, used by conf/hydra/default.yaml
+
+
+class ClaimRunFolder(Callback):
+    """Claim ``hydra.run.dir`` before Hydra writes its .hydra/ and run.log there; refuse a folder
+    that holds a run unless this launch resumes it (train() checks the rest with the claim held)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import atexit
+        from pathlib import Path
+
+        from cnnlab.lifecycle.record import claim_run_dir, used_folder_error
+
+        try:  # Hydra turns a callback's exception into a warning and goes on: end here
+            try:
+                claim = claim_run_dir(Path(str(config.hydra.run.dir)))
+            except OSError as e:
+                raise _folder_error(e) from e
+            if claim.traces and not (config.resume or config.trainer.auto_resume):
+                claim.release(undo=True)
+                raise used_folder_error(claim.run_dir, claim.traces)
+        except Exception as e:
+            sys.exit(exit_status(e))
+        atexit.register(claim.release)  # also when the job ends before train() (released there)
+
+
+def _folder_error(e: OSError) -> ConfigError:
+    return ConfigError(f"cannot create the run folder or its run.log ({e.strerror or first_line(e)}: "
+                       f"{e.filename!r}): choose a writable hydra.run.dir (hydra.sweep.dir with -m)")
 
 
 def _is_multirun() -> bool:
@@ -99,8 +129,7 @@ def _cli() -> int:
     except OSError as e:  # in-job errors end in the job: this is Hydra making the run folder or its log
         if e.filename is None:
             raise
-        raise ConfigError(f"cannot create the run folder or its run.log ({e.strerror or first_line(e)}: "
-                          f"{e.filename!r}): choose a writable hydra.run.dir (hydra.sweep.dir with -m)") from e
+        raise _folder_error(e) from e
     return sweep_exit_code()
 
 

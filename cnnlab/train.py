@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.config import TrainerConfig, validate
 from cnnlab.dist import Dist
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.lifecycle.record import Outcome, RunRecord
+from cnnlab.lifecycle.record import TRACES, Outcome, RunRecord, claim_run_dir, release_claim
 
 log = logging.getLogger("cnnlab")
 
@@ -325,7 +325,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured model; write the run folder; return the summary dict (status
     ``diverged`` after a NaN/inf loss). Raises :class:`cnnlab.lifecycle.signals.Interrupted`
     after a SIGINT/SIGTERM, a CnnlabError for a user error (``failed``)."""
-    _check(cfg)
+    try:
+        _check(cfg)
+    except CnnlabError:
+        release_claim(OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False))
+        raise
     from cnnlab.dist import setup as setup_distributed
     from cnnlab.lifecycle.guards import oom_hint
     from cnnlab.lifecycle.resume import plan_resume, resumed_config
@@ -337,17 +341,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ddp = setup_distributed(cfg.device.name)
     run_dir = ddp.share_path(Path(cfg.paths.output_dir))
     t_start = time.perf_counter()
-    plan = plan_resume(cfg.resume, cfg.trainer.auto_resume, run_dir)  # fails before the folder is touched
-    if plan.checkpoint is not None:
-        cfg = resumed_config(cfg, *plan.checkpoint)  # the checkpoint's config + this command's overrides
-        _check(cfg)
+    # One launch per folder: claimed before anything is read or written (under Hydra already by
+    # cnnlab.run.ClaimRunFolder, before Hydra's own files); a refused launch removes what it wrote.
+    claim = claim_run_dir(run_dir) if ddp.is_main else None
+    try:
+        traces = claim.traces if claim else [t for t in TRACES[:-1] if (run_dir / t).exists()]
+        plan = plan_resume(cfg.resume, cfg.trainer.auto_resume, run_dir, traces)  # before the folder is touched
+        if plan.checkpoint is not None:
+            cfg = resumed_config(cfg, *plan.checkpoint)  # the checkpoint's config + this command's overrides
+            _check(cfg)
+    except BaseException as e:
+        if claim:
+            claim.release(undo=isinstance(e, CnnlabError))
+        raise
     tc = cfg.trainer
     ddp.barrier()  # every rank has read the folder's state before rank 0 writes to it
     tracker = RunTracker(run_dir, purge_step=plan.purge_step, enabled=ddp.is_main)  # rank 0 writes
     record = RunRecord(tracker, run_dir, plan.previous, plan.epoch, tc.save_checkpoints)
     record.start(cfg.model.name, cfg.dataset.name, cfg.device.name)
-    stop = ddp.agreed_stop(GracefulStop().install())
-    unwritten: list[str] = []  # reports that a full or read-only disk kept from being written  # SIGINT/SIGTERM: finish the step, stop cleanly
+    stop = ddp.agreed_stop(GracefulStop().install())  # SIGINT/SIGTERM: finish the step, stop cleanly
+    unwritten: list[str] = []  # reports that a full or read-only disk kept from being written
     try:
         with record, oom_hint("setup", "trainer.batch_size", tc.batch_size, record.device):
             seed_everything(cfg.seed, tc.deterministic)
@@ -383,6 +396,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         stop.restore()
         tracker.close()
         ddp.close()
+        if claim:
+            claim.release()
 
 
 # --------------------------------------------------------------------------- set-up

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -132,6 +133,9 @@ CASES: dict[str, Case] = {
     "output folder that cannot be created": Case(["hydra.run.dir=/proc/forbidden/run"],
                                                  ["hydra.run.dir", "/proc/forbidden"]),
     "output folder under a file": Case(["hydra.run.dir={tmp}/a_file/run"], ["hydra.run.dir", "a_file"]),
+    "run folder that holds a run": Case(["hydra.run.dir={tmp}/used"], ["{tmp}/used", "already holds a run",
+                                                                      "checkpoints, metrics.csv", "resume="]),
+    "run folder in use by another launch": Case(["hydra.run.dir={tmp}/busy"], ["{tmp}/busy", "in use by another"]),
 }
 
 
@@ -157,6 +161,10 @@ def _make_inputs(tmp: Path) -> None:
                 (tmp / name / c / "0.png").write_bytes(bad)
     (tmp / "notes.pt").write_text("these are my notes, not a checkpoint")
     (tmp / "a_file").write_text("a file, not a folder")
+    (tmp / "used" / "checkpoints").mkdir(parents=True)  # a run without its summary.json
+    (tmp / "used" / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")
+    (tmp / "busy").mkdir()  # held by a live process: this test's
+    (tmp / "busy" / ".cnnlab.lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")
     torch.save({"features.0.weight": torch.zeros(3, 3)}, tmp / "weights.pt")
     whole = (tmp / "weights.pt").read_bytes()
     (tmp / "truncated.pt").write_bytes(whole[: len(whole) // 2])

@@ -251,7 +251,8 @@ def test_hydra_config_has_the_callbacks() -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         hc = hydra_compose(config_name="config", return_hydra_config=True)
     targets = {c._target_ for c in hc.hydra.callbacks.values()}
-    assert targets == {"cnnlab.reporting.callbacks.ComparisonReport", "cnnlab.reporting.callbacks.JobResources"}
+    assert targets == {"cnnlab.run.ClaimRunFolder", "cnnlab.reporting.callbacks.ComparisonReport",
+                       "cnnlab.reporting.callbacks.JobResources"}
 
 
 def test_optuna_preset_composes() -> None:

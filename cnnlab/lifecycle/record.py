@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
 
 log = logging.getLogger("cnnlab")
 
@@ -173,3 +173,150 @@ class RunRecord:
         elif isinstance(e, Exception):
             self.update(status="failed", error=f"{type(e).__name__}: {e}")
         return False  # the exception goes on to the caller
+
+
+# ---- the claim on the run folder ----------------------------------------------------------
+LOCK = ".cnnlab.lock"  # "<pid> <host>" of the launch that holds the folder
+TRACES = ("summary.json", "checkpoints", "metrics.csv", "tb", "run.log")  # a folder holding one holds a run
+_held: dict[str, RunClaim] = {}
+
+
+class RunClaim:
+    """This process's hold on a run folder, from :func:`claim_run_dir` until :meth:`release`.
+
+    ``before``: the folder's (and its .hydra/'s) entries when claimed, and run.log's size, so that a
+    refused launch can remove exactly what it wrote (Hydra's .hydra/ files and run.log lines).
+    """
+
+    def __init__(self, run_dir: Path, made: list[Path]) -> None:
+        self.run_dir, self.made = run_dir, made
+        self.before = {sub: set(os.listdir(run_dir / sub)) if (run_dir / sub).is_dir() else set()
+                       for sub in ("", ".hydra")}
+        log_file = run_dir / "run.log"
+        self.log_size = log_file.stat().st_size if log_file.is_file() else None
+        self.in_sweep = _in_sweep()  # claimed in a sweep's job: Hydra has written this job's run.log
+
+    @property
+    def traces(self) -> list[str]:
+        """What of an earlier run the folder held when claimed."""
+        names = TRACES[:-1] if self.in_sweep else TRACES
+        return [name for name in names if name in self.before[""]]
+
+    def release(self, undo: bool = False) -> None:
+        """Give the folder up (idempotent); ``undo``: first remove what this launch wrote into it."""
+        import shutil
+
+        if _held.get(str(self.run_dir)) is not self:
+            return
+        del _held[str(self.run_dir)]
+        if undo and not self.in_sweep:  # a sweep's job folder keeps its .hydra/ for the report
+            for sub, names in self.before.items():
+                folder = self.run_dir / sub
+                for name in set(os.listdir(folder) if folder.is_dir() else ()) - names - {LOCK, ".hydra"}:
+                    path = folder / name
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            if self.log_size is not None:
+                os.truncate(self.run_dir / "run.log", self.log_size)
+            if ".hydra" not in self.before[""]:
+                shutil.rmtree(self.run_dir / ".hydra", ignore_errors=True)
+        if _read_lock(self.run_dir / LOCK) == _me():
+            (self.run_dir / LOCK).unlink(missing_ok=True)
+        for folder in self.made:  # the folders this launch made, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _me() -> str:
+    import socket
+
+    return f"{os.getpid()} {socket.gethostname()}"
+
+
+def _read_lock(lock: Path) -> str | None:
+    try:
+        return lock.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _is_stale(holder: str) -> bool:
+    """The lock's launch is gone: a pid of this host that no longer runs (a kill -9), or this process's own."""
+    pid, _, host = holder.partition(" ")
+    if not pid.isdigit() or host != _me().partition(" ")[2]:
+        return False  # being written, or another host's: assume it is alive
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def claim_run_dir(run_dir: str | os.PathLike) -> RunClaim:
+    """Claim ``run_dir`` (made if missing) for this launch before anything is written to it: one
+    create-exclusive step, the lock file made with O_CREAT|O_EXCL. Of two launches, the second is
+    refused in one line; a lock left by a killed launch is taken over. Re-entrant within a process."""
+    run_dir = Path(os.path.abspath(run_dir))
+    if str(run_dir) in _held:
+        return _held[str(run_dir)]
+    made = []
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            break
+        made.append(folder)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            if holder is None:
+                continue  # released meanwhile
+            if not _is_stale(holder):
+                raise ConfigError(f"run folder {str(run_dir)!r} is in use by another launch (pid {holder}, "
+                                  f"{LOCK}): wait for it to end, or pick a new folder with hydra.run.dir=<folder>") from None
+            aside = lock.with_name(f"{LOCK}.{os.getpid()}")  # take the stale lock away, atomically
+            try:
+                os.rename(lock, aside)
+            except FileNotFoundError:
+                continue
+            if _read_lock(aside) != holder:  # a live launch's, made meanwhile: put it back
+                try:
+                    os.link(aside, lock)
+                except OSError:
+                    pass
+            else:
+                log.warning("%s: taking over the lock of launch %s, which is gone", run_dir, holder)
+            aside.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(_me() + "\n")
+        claim = _held[str(run_dir)] = RunClaim(run_dir, made)
+        return claim
+    raise ConfigError(f"run folder {str(run_dir)!r} is in use by another launch ({LOCK}): pick a new folder "
+                      "with hydra.run.dir=<folder>")
+
+
+def release_claim(run_dir: str | None) -> None:
+    """Undo and release the claim this process holds on ``run_dir`` (a launch refused before train() claims)."""
+    claim = _held.get(os.path.abspath(run_dir)) if run_dir else None
+    if claim:
+        claim.release(undo=True)
+
+
+def used_folder_error(run_dir: Path, traces: list[str]) -> ConfigError:
+    return ConfigError(f"run folder {str(run_dir)!r} already holds a run ({', '.join(traces)}); use "
+                       f"resume={str(run_dir)!r} or trainer.auto_resume=true to continue it, or pick a new folder")

@@ -206,21 +206,21 @@ class ResumePlan:
         return self.epoch + 1 if self.checkpoint else 0
 
 
-def plan_resume(resume: str | None, auto_resume: bool, run_dir: Path) -> ResumePlan:
+def plan_resume(resume: str | None, auto_resume: bool, run_dir: Path, traces: list[str] = ()) -> ResumePlan:
     """Decide, before the run folder is touched, whether this launch starts or continues a run. A
-    folder that holds a run is refused unless this resumes it, or auto-resumes a run that did not
-    complete: a mistyped command cannot mark a finished run failed."""
-    from cnnlab.lifecycle.record import read_summary
+    folder that holds a run (``traces``: what of one it held when claimed; or a summary.json) is
+    refused unless this resumes it, or auto-resumes a run that did not complete: a mistyped command
+    cannot train over a run or mark a finished one failed."""
+    from cnnlab.lifecycle.record import read_summary, used_folder_error
 
     checkpoint = load_resume(resume, auto_resume, run_dir)
     try:
         previous = read_summary(run_dir)
     except (OSError, ValueError):
         previous = {}  # present but unreadable: still a used folder
-    if checkpoint is None and previous is not None:
-        if not (auto_resume and previous.get("status") != "completed"):
-            raise ConfigError(f"run folder {str(run_dir)!r} already holds a run; use resume={str(run_dir)!r} "
-                              "or trainer.auto_resume=true to continue it, or pick a new folder")
+    if checkpoint is None and (previous is not None or traces):
+        if not (auto_resume and (previous or {}).get("status") != "completed"):
+            raise used_folder_error(run_dir, list(traces) or ["summary.json"])
         log.warning("auto_resume: %s holds no checkpoint yet (the run died before its first one): "
                     "starting it over", run_dir)
     return ResumePlan(checkpoint, previous)

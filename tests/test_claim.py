@@ -1,0 +1,110 @@
+"""One launch per run folder: the create-exclusive claim (cnnlab/lifecycle/record.py), a refused
+launch that leaves no trace, a killed launch's lock taken over, and two launches racing."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY
+
+from cnnlab.errors import ConfigError
+from cnnlab.lifecycle.record import LOCK, claim_run_dir
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"/"
+            for p in sorted(folder.rglob("*"))}
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([sys.executable, "-m", "cnnlab.run", *TINY, *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_live_launchs_folder_is_refused_and_a_killed_ones_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    host = socket.gethostname()
+    (run / LOCK).write_text(f"{os.getppid()} {host}\n")  # a live process of this host
+    with pytest.raises(ConfigError, match="is in use by another launch"):
+        claim_run_dir(run)
+    assert (run / LOCK).read_text() == f"{os.getppid()} {host}\n"
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid runs no more, as after a kill -9
+    (run / LOCK).write_text(f"{dead.pid} {host}\n")
+    claim = claim_run_dir(run)
+    assert (run / LOCK).read_text().split() == [str(os.getpid()), host]
+    assert claim_run_dir(run) is claim  # re-entrant: Hydra's callback, then train()
+    claim.release()
+    assert os.listdir(run) == []
+
+
+def test_a_refused_launch_removes_exactly_what_it_wrote(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("the first launch's config\n")
+    (run / "run.log").write_text("the first launch's log\n")
+    before = _snapshot(run)
+    claim = claim_run_dir(run)
+    assert claim.traces == ["run.log"]
+    (run / ".hydra" / "resume-1").mkdir()  # what Hydra writes for this launch
+    (run / ".hydra" / "resume-1" / "config.yaml").write_text("x")
+    with open(run / "run.log", "a") as f:
+        f.write("[ERROR] this launch's line\n")
+    claim.release(undo=True)
+    assert _snapshot(run) == before
+
+    fresh = tmp_path / "outputs" / "day" / "run"
+    claim = claim_run_dir(fresh)
+    (fresh / ".hydra").mkdir()
+    (fresh / "run.log").write_text("x")
+    claim.release(undo=True)
+    assert os.listdir(tmp_path) == ["run"]  # outputs/day/ made by this launch, removed too
+
+
+def test_a_folder_with_checkpoints_but_no_summary_is_refused_untouched(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (run / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")
+    before = _snapshot(run)
+    proc = _cli(f"hydra.run.dir={run}", cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines() == [
+        f"error: run folder {str(run)!r} already holds a run (checkpoints, metrics.csv); use resume={str(run)!r} "
+        "or trainer.auto_resume=true to continue it, or pick a new folder"]
+    assert _snapshot(run) == before and os.listdir(tmp_path) == ["run"]
+
+
+def _race(tmp_path: Path, i: int) -> None:
+    run = tmp_path / f"run{i}"
+    procs = [_cli(f"hydra.run.dir={run}", cwd=tmp_path) for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert sorted(r[0] for r in results) == [0, 2], [r[2][-2000:] for r in results]
+    (lost,) = [err for rc, _, err in results if rc == 2]
+    lines = lost.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: run folder {str(run)!r} "), lost
+    assert "is in use by another launch" in lines[0] or "already holds a run" in lines[0]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert (run / "metrics.csv").read_text().count("\n1,") == 1  # one epoch-1 row
+    assert len(list((run / "tb").glob("events.out.tfevents.*"))) == 1
+    assert (run / "run.log").read_text().count("epoch 1/1") == 1
+    assert not (run / LOCK).exists() and not (run / ".hydra" / "resume").exists()
+
+
+@pytest.mark.slow  # 10 tiny trainings: about 2-3 minutes on 2 shared cores
+def test_two_launches_into_one_folder_never_both_train(tmp_path):
+    """10 rounds of two `python -m cnnlab.run` started together into one hydra.run.dir (two rounds at a time)."""
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda i: _race(tmp_path, i), range(10)))
