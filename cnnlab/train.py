@@ -13,7 +13,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.config import TrainerConfig, validate
 from cnnlab.dist import Dist
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.lifecycle.record import TRACES, Outcome, RunRecord, claim_run_dir, release_claim
+from cnnlab.lifecycle.record import (
+    TRACES_BEFORE_HYDRA,
+    Outcome,
+    RunRecord,
+    claim_run_dir,
+    release_claim,
+    report_writes,
+)
 
 log = logging.getLogger("cnnlab")
 
@@ -345,7 +352,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # cnnlab.run.ClaimRunFolder, before Hydra's own files); a refused launch removes what it wrote.
     claim = claim_run_dir(run_dir) if ddp.is_main else None
     try:
-        traces = claim.traces if claim else [t for t in TRACES[:-1] if (run_dir / t).exists()]
+        traces = claim.traces if claim else [t for t in TRACES_BEFORE_HYDRA if (run_dir / t).exists()]
         plan = plan_resume(cfg.resume, cfg.trainer.auto_resume, run_dir, traces)  # before the folder is touched
         if plan.checkpoint is not None:
             cfg = resumed_config(cfg, *plan.checkpoint)  # the checkpoint's config + this command's overrides
@@ -384,13 +391,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 record.diverged(outcome, steps_per_epoch, cfg.optimizer.lr, tc.grad_clip)
             else:
                 with oom_hint("evaluation", "trainer.eval_batch_size", tc.eval_batch_size, record.device), \
-                        _report(unwritten, "the test report (test_report/, summary.json)"):
+                        report_writes(unwritten, "the test report (test_report/, summary.json)"):
                     maps(outcome.epoch)
                     _test_best(p, state, tc.save_checkpoints)
-            with _report(unwritten, "the fit diagnosis (summary.json, TensorBoard)"):
+            with report_writes(unwritten, "the fit diagnosis (summary.json, TensorBoard)"):
                 _finish(cfg, record, outcome, t_start)
         if unwritten:
-            raise _report_not_written(record, unwritten, tc.save_checkpoints)
+            raise record.report_not_written(unwritten, tc.save_checkpoints)
         return dict(tracker.summary)
     finally:
         stop.restore()
@@ -605,45 +612,6 @@ def _test_best(p: Parts, state: LoopState, save_checkpoints: bool) -> None:
     report = test_report(p.eval_model, p.test_loader, p.policy, p.class_names, record.run_dir / "test_report",
                          tracker=record.tracker, step=state.best_epoch, ddp=p.ddp)
     record.completed_test(state.best_epoch, **report)
-
-
-class ReportNotWritten(CnnlabError):
-    """The run trained and its weights are saved, but a report could not be written."""
-
-
-WRITE_ERRNOS = {"ENOSPC", "EROFS", "EDQUOT", "EFBIG", "EACCES", "EPERM"}  # a full or read-only destination
-
-
-@contextmanager
-def _report(unwritten: list[str], what: str) -> Any:
-    """A write of ``what`` that fails for want of space or permission after training adds a line to
-    ``unwritten`` instead of failing the trained run; any other error goes on."""
-    import errno
-
-    from cnnlab.lifecycle.atomic import os_error
-
-    try:
-        yield
-    except Exception as e:
-        err = os_error(e)
-        if err is None or errno.errorcode.get(err.errno) not in WRITE_ERRNOS:
-            raise
-        where = f" {err.filename!r}" if err.filename else ""
-        unwritten.append(f"{what} could not be written{where} ({err.strerror or e})")
-
-
-def _report_not_written(record: RunRecord, unwritten: list[str], saved: bool) -> ReportNotWritten:
-    """Status ``trained`` (not ``failed``): the message says what is kept and how to redo the report."""
-    import contextlib
-
-    run = str(record.run_dir)
-    kept = (f"the trained weights are kept in {run}/checkpoints (best.pt, last.pt): free space or make the "
-            f"folder writable, then redo the report with python -m cnnlab.evaluate run={run}" if saved else
-            "no checkpoint was saved (trainer.save_checkpoints=false), so the report cannot be redone")
-    msg = f"the run trained, but {'; '.join(unwritten)}; {kept}"
-    with contextlib.suppress(OSError):
-        record.update(status="trained", error=msg)
-    return ReportNotWritten(msg)
 
 
 def _finish(cfg: DictConfig, record: RunRecord, outcome: Outcome, t_start: float) -> None:

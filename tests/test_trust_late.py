@@ -67,7 +67,8 @@ def test_checkpoint_write_failure_names_the_path_and_the_errno_not_torch(tmp_pat
 @pytest.mark.parametrize("code", FAULTS)
 def test_a_report_that_cannot_be_written_keeps_the_trained_run(tmp_path, monkeypatch, capsys, code):
     from cnnlab.evaluate import evaluate_run
-    from cnnlab.train import ReportNotWritten, train
+    from cnnlab.lifecycle.record import ReportNotWritten
+    from cnnlab.train import train
 
     run = tmp_path / "run"
     real_open = builtins.open

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -174,10 +176,50 @@ class RunRecord:
             self.update(status="failed", error=f"{type(e).__name__}: {e}")
         return False  # the exception goes on to the caller
 
+    def report_not_written(self, unwritten: list[str], saved: bool) -> ReportNotWritten:
+        """Status ``trained`` (not ``failed``): the message says what is kept and how to redo the report."""
+        import contextlib
+
+        run = str(self.run_dir)
+        kept = (f"the trained weights are kept in {run}/checkpoints (best.pt, last.pt): free space or make the "
+                f"folder writable, then redo the report with python -m cnnlab.evaluate run={run}" if saved else
+                "no checkpoint was saved (trainer.save_checkpoints=false), so the report cannot be redone")
+        msg = f"the run trained, but {'; '.join(unwritten)}; {kept}"
+        with contextlib.suppress(OSError):
+            self.update(status="trained", error=msg)
+        return ReportNotWritten(msg)
+
+
+class ReportNotWritten(CnnlabError):
+    """The run trained and its weights are saved, but a report could not be written."""
+
+
+WRITE_ERRNOS = {"ENOSPC", "EROFS", "EDQUOT", "EFBIG", "EACCES", "EPERM"}  # a full or read-only destination
+
+
+@contextmanager
+def report_writes(unwritten: list[str], what: str) -> Iterator[None]:
+    """A write of ``what`` that fails for want of space or permission after training adds a line to
+    ``unwritten`` instead of failing the trained run; any other error goes on."""
+    import errno
+
+    from cnnlab.lifecycle.atomic import os_error
+
+    try:
+        yield
+    except Exception as e:
+        err = os_error(e)
+        if err is None or errno.errorcode.get(err.errno) not in WRITE_ERRNOS:
+            raise
+        where = f" {err.filename!r}" if err.filename else ""
+        unwritten.append(f"{what} could not be written{where} ({err.strerror or e})")
+
 
 # ---- the claim on the run folder ----------------------------------------------------------
 LOCK = ".cnnlab.lock"  # "<pid> <host>" of the launch that holds the folder
 TRACES = ("summary.json", "checkpoints", "metrics.csv", "tb", "run.log")  # a folder holding one holds a run
+# The same, less run.log: Hydra writes this launch's own run.log before the job runs.
+TRACES_BEFORE_HYDRA = TRACES[:-1]
 _held: dict[str, RunClaim] = {}
 
 
@@ -199,7 +241,7 @@ class RunClaim:
     @property
     def traces(self) -> list[str]:
         """What of an earlier run the folder held when claimed."""
-        names = TRACES[:-1] if self.in_sweep else TRACES
+        names = TRACES_BEFORE_HYDRA if self.in_sweep else TRACES
         return [name for name in names if name in self.before[""]]
 
     def release(self, undo: bool = False) -> None:
