@@ -198,7 +198,8 @@ def test_resume_continues_the_mlflow_run(tmp_path):
 @pytest.mark.slow  # ~90 s: a 2-job multirun through the CLI, then `mlflow server`
 def test_sweep_parent_and_children_and_the_rest_api(tmp_path):
     store = tmp_path / "outputs" / "mlflow.db"
-    r = run_cli(["-m", "optimizer.lr=0.01,0.02", *FAST, "tracker=mlflow", "tracker.wait=true"], cwd=tmp_path)
+    r = run_cli(["-m", "optimizer.lr=0.01,0.02", *FAST, "tracker=mlflow", "tracker.wait=true"],
+                cwd=tmp_path, timeout=600)  # each job waits for its worker; 2m12s measured under load
     assert r.returncode == 0, r.stderr[-2000:]
     runs = _runs(store)
     parents = [x for x in runs if "cnnlab.sweep" in x.data.tags]
