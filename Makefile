@@ -11,7 +11,7 @@ EPOCHS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint sweep bench soak coverage ddp-smoke tensorboard clean
+.PHONY: help install run test test-all lint sweep bench soak coverage ddp-smoke tensorboard mlflow clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	@echo "installing cnnlab and its dependencies into $(VENV) (first time: about 2 minutes)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@set -o pipefail; $(PIP) install --quiet --upgrade pip $(PIP_FILTER)
-	@set -o pipefail; $(PIP) install --quiet -e '.[dev,sweep]' $(PIP_FILTER)
+	@set -o pipefail; $(PIP) install --quiet -e '.[dev,sweep,track]' $(PIP_FILTER)
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install cnnlab with its dev tools and sweep launchers (idempotent)
@@ -75,6 +75,10 @@ ddp-smoke: $(STAMP) ## Train the default experiment with DDP on 2 CPU processes 
 
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1
+
+# The store tracker=mlflow writes by default (conf/tracker/mlflow.yaml); artifacts beside it.
+mlflow: $(STAMP) ## MLflow's UI over outputs/mlflow.db (runs of tracker=mlflow) on 127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db --host 127.0.0.1 --port $(or $(PORT),5000)
 
 clean: ## Remove run outputs, caches and the virtualenv (not data/)
 	rm -rf $(VENV) outputs/2* outputs/multirun .pytest_cache .ruff_cache

@@ -6,7 +6,7 @@ message's "allowed" text and docs/errors.md's table (``python -m cnnlab.config``
 and `RELATIONS` relates two keys (`validate` applies both); its TYPE is the schema dataclasses,
 made from `RULES` with every value ``MISSING``, so Hydra rejects an unknown key or a wrong type
 at composition (``Key 'epoch' not in 'TrainerConfig'``). The optimizer and scheduler nodes stay
-open dicts: their keys are the keywords of whatever ``_target_`` they name; any keyword without
+open dicts (and the tracker's): their keys are the keywords of whatever ``_target_`` they name; any keyword without
 a rule here is checked by the target when it is built.
 
 Standard library and omegaconf only: this runs on every ``--help``, and a rule violation fails
@@ -275,6 +275,16 @@ RULES: dict[str, Rule] = {
     "ema.enabled": Rule(bool),
     "ema.decay": Rule(float, "(0, 1)"),
     "ema.warmup": Rule(bool),
+    # -- experiment tracker (cnnlab/tracking/): keys of the chosen option only (tracker.tags: a mapping)
+    "tracker._target_": Rule("import", note="e.g. cnnlab.tracking.mlflow_tracker.MlflowTracker"),
+    "tracker.tracking_uri": Rule(str, note="an MLflow URI, e.g. sqlite:///outputs/mlflow.db"),
+    "tracker.experiment": Rule(str),
+    "tracker.log_checkpoint": Rule(bool),
+    "tracker.project": Rule(str),
+    "tracker.entity": Rule(str, null=True),
+    "tracker.mode": Rule(choices=("online", "offline", "disabled"), null=True),
+    "tracker.group": Rule(str, null=True),
+    "tracker.wait": Rule(bool),
     "seed": Rule(int, f"[0, {SEED_MAX}]"),
     "resume": Rule("exists", null=True),
 }
@@ -296,7 +306,7 @@ def _schema(name: str, prefix: str = "") -> type:
         head, _, rest = key.removeprefix(prefix).partition(".")
         if not key.startswith(prefix) or head in fields:
             continue
-        if prefix + head in ("optimizer", "scheduler"):
+        if prefix + head in ("optimizer", "scheduler", "tracker"):
             fields[head] = (head, dict[str, Any], field(default_factory=dict))
         elif rest:
             node = globals()[f"{head.capitalize()}Config"] = _schema(f"{head.capitalize()}Config", f"{prefix}{head}.")

@@ -306,7 +306,7 @@ def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int) -
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": p.optimizer.param_groups[0]["lr"],
                "epoch_seconds": time.perf_counter() - t0}
-        record.tracker.log_epoch(row)
+        record.log_epoch(row)  # metrics.csv, TensorBoard and the experiment tracker
         log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
                  epoch, s.epochs, train_loss, train_acc, val_loss, val_acc, row["epoch_seconds"])
 
@@ -373,6 +373,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             seed_everything(cfg.seed, tc.deterministic)
             p = _build(cfg, ddp, record, stop)
             state, start_epoch = _resume(cfg, plan, p)
+            record.track(OmegaConf.to_container(cfg.tracker, resolve=True), p.config, str(p.policy.device))
 
         with record:
             maps = _feature_maps(cfg, p)
@@ -401,6 +402,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return dict(tracker.summary)
     finally:
         stop.restore()
+        record.track_end()  # env's end time; the experiment tracker's last call
         tracker.close()
         ddp.close()
         if claim:

@@ -79,6 +79,7 @@ class RunRecord:
         # False until the resumed checkpoint has been loaded into the model: a failure
         # before that (it does not fit) must not mark the run it named as failed.
         self.resume_checked = resume_epoch is None
+        self.experiment: Any = None  # the experiment tracker (tracker=...), once :meth:`track` starts it
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -98,6 +99,9 @@ class RunRecord:
     # ---- the moves --------------------------------------------------------------------
     def start(self, model: str, dataset: str, device: str) -> None:
         """Write the summary of a run that has just started (status ``running``)."""
+        from cnnlab.tracking.env import now
+
+        self.started = now()  # env's start time (cnnlab/tracking/env.py)
         earlier = (self.previous or {}).get("resumed_at_epochs") or []
         self.update(
             model=model, dataset=dataset, device=device, status="running", error=None, params=None,
@@ -105,6 +109,35 @@ class RunRecord:
             train_seconds=0.0, images_per_second=None, fit=None, run_dir=str(self.run_dir),
             resumed_at_epochs=earlier + ([self.resume_epoch] if self.resume_epoch is not None else []),
         )
+
+    def track(self, node: dict[str, Any], config: dict[str, Any], device: str) -> None:
+        """summary.json's ``run_id`` (kept on resume) and ``env``; the experiment tracker
+        (``node``: the resolved tracker config, cnnlab/tracking/) starts the run."""
+        from cnnlab.tracking import new_run_id, start_tracker
+        from cnnlab.tracking.env import environment
+
+        run_id = (self.previous or {}).get("run_id") or new_run_id()
+        env = environment(device, started=self.started)
+        self.update(run_id=run_id, env=env)
+        self.experiment = start_tracker(node, self.run_dir, run_id, config, env, enabled=self.tracker.enabled)
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        """One epoch's row: metrics.csv and TensorBoard, then the experiment tracker (never per step)."""
+        self.tracker.log_epoch(row)
+        if self.experiment is not None:
+            self.experiment.log_epoch(row)
+
+    def track_end(self) -> None:
+        """The end time into ``env``; the tracker gets the final summary, whatever the status."""
+        import contextlib
+
+        from cnnlab.tracking.env import now
+
+        if self.experiment is None:
+            return
+        with contextlib.suppress(OSError):
+            self.update(env={**self.summary["env"], "ended": now()})
+        self.experiment.finish(dict(self.summary))
 
     def resumed(self, state: Any, source: Path) -> None:
         """The checkpoint is loaded: the summary continues from its epoch."""
