@@ -33,8 +33,10 @@ _TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?:\.tmp)?$")
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root``, by its path relative to ``root``."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root``, by its path relative to ``root``; not the dot-files of the moment
+    (the run's lock, the temp file being written)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
 
 
 class _HalfWrite:
