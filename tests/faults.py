@@ -108,11 +108,11 @@ class DiskFault:
         real_open, real_fdopen = io.open, os.fdopen
 
         def fault_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-            if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+"):
-                path = Path(os.path.abspath(file))
+            if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+"):
+                path = Path(os.path.abspath(os.fsdecode(file)))  # TensorBoard opens bytes paths
                 if self._fails(path):
                     if self.code == errno.EROFS:
-                        raise OSError(self.code, os.strerror(self.code), str(file))
+                        raise OSError(self.code, os.strerror(self.code), os.fsdecode(file))
                     return _HalfWrite(real_open(file, mode, *args, **kwargs))
             return real_open(file, mode, *args, **kwargs)
 
