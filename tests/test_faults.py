@@ -107,8 +107,10 @@ def test_a_write_that_fails_during_training_stops_the_run_and_resume_finishes_it
     assert fault.path is not None, "the fault never fired"
     status, line = _one_line(e.value, capsys)
     assert status == 2, line
-    _says(line, fault)
-    assert f"resume={run}" in line or f"resume={str(run)!r}" in line, line
+    _says(line, fault)  # docs/errors.md's words:
+    assert line.startswith(f"error: cannot write {str(fault.path)!r} ({os.strerror(code)}), so the run stopped; "
+                           "checkpoints/last.pt holds epoch "), line
+    assert line.endswith(f"then continue with resume={str(run)!r}"), line
     # summary.json may say `failed` now, if it could be written; nothing else written before changed.
     assert fault.changed_since(allowed=("summary.json",)) == []
     assert fault.temps_left() == []
@@ -212,3 +214,12 @@ def test_a_sweep_report_that_cannot_be_written_is_one_line_and_rebuilt(
     assert compare([str(sweep), "--quiet"]) == 0  # rebuilt once the disk is fine
     assert {p.name for p in sweep.glob("comparison.*")} == {"comparison.csv", "comparison.md", "comparison.png"}
     assert snapshot(sweep / "0") == before
+
+
+def test_every_fault_is_in_the_catalogue():
+    from conftest import REPO
+
+    doc = (REPO / "docs" / "errors.md").read_text()
+    for row in ("disk full or read-only during training", "disk full or read-only after training",
+                "disk full or read-only while a sweep's report is written"):
+        assert f"| {row}" in doc, f"add the row {row!r} to docs/errors.md"

@@ -60,7 +60,12 @@ def mark_failed(run_dir: str | os.PathLike, error: str, **fields: Any) -> None:
     for k, v in fields.items():
         summary.setdefault(k, v)
     summary.update(status="failed", error=error)
-    write_json_atomic(Path(run_dir) / "summary.json", summary)
+    try:
+        write_json_atomic(Path(run_dir) / "summary.json", summary)
+    except OSError as e:  # the disk that failed the job: say it in one line, as the job's error was
+        if written_in(e, Path(run_dir)) is None:
+            raise
+        log.warning("could not mark %s failed: cannot write %r (%s)", run_dir, e.filename, e.strerror)
 
 
 class RunRecord:
@@ -187,7 +192,8 @@ class RunRecord:
         """A write into the run folder failed during training: what failed, what is kept, how to go on."""
         run = str(self.run_dir)
         if self.saved_epoch is None:
-            kept = "no checkpoint was saved yet: free space or make the folder writable, then start the run again"
+            kept = ("no checkpoint was saved yet: free space or make the folder writable, then start the run "
+                    "again (in a new folder, or in this one with trainer.auto_resume=true)")
         else:
             kept = (f"checkpoints/last.pt holds epoch {self.saved_epoch}: free space or make the folder "
                     f"writable, then continue with resume={run!r}")

@@ -38,7 +38,12 @@ def summary_writer(log_dir: str, **kw: Any) -> Any:
 
         hook.cnnlab = True  # type: ignore[attr-defined]
         threading.excepthook = hook
-    return SummaryWriter(log_dir=log_dir, **kw)
+    try:
+        return SummaryWriter(log_dir=log_dir, **kw)
+    except OSError as e:  # its first event, written at once, met a full disk: name the folder
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror, log_dir) from e
 
 
 @contextmanager
