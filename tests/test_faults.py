@@ -223,3 +223,44 @@ def test_every_fault_is_in_the_catalogue():
     for row in ("disk full or read-only during training", "disk full or read-only after training",
                 "disk full or read-only while a sweep's report is written"):
         assert f"| {row}" in doc, f"add the row {row!r} to docs/errors.md"
+
+
+# ----------------------------------------------------------------------------- as a user runs it
+# A sitecustomize (imported at interpreter start) installs the fault in `python -m cnnlab.run`.
+_HOOK = """
+import os, sys
+sys.path.insert(0, os.environ["FAULTS_DIR"])
+from faults import DiskFault
+
+
+class _Patch:
+    setattr = staticmethod(setattr)
+
+
+DiskFault(os.environ["FAULT_ROOT"], os.environ["FAULT_TARGET"], int(os.environ["FAULT_CODE"]),
+          nth=int(os.environ["FAULT_NTH"])).install(_Patch())
+"""
+
+
+@pytest.mark.slow  # two subprocesses: ~20 s
+@pytest.mark.parametrize("code", CODES)
+def test_on_the_command_line_a_full_disk_is_one_line_and_resume_finishes(tmp_path, code):
+    from conftest import REPO, run_cli
+
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(_HOOK)
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.epochs=2", "dataset.image_size=16", "trainer.log_feature_maps=false",
+            f"hydra.run.dir={run}"]
+    env = {"PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path / 'hook'}", "FAULTS_DIR": str(Path(__file__).parent),
+           "FAULT_ROOT": str(run), "FAULT_TARGET": "checkpoints/last.pt", "FAULT_CODE": str(code),
+           "FAULT_NTH": "3", "OMP_NUM_THREADS": "1"}
+    res = run_cli(args, tmp_path, env=env)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {str(run / 'checkpoints' / 'last.pt')!r} "
+                                                   f"({os.strerror(code)}), so the run stopped"), lines
+    assert not (run / ".cnnlab.lock").exists()
+    res = run_cli([f"resume={run}", "trainer.progress=log"], tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
