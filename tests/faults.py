@@ -10,7 +10,8 @@ The fault is what the OS does, and stays, as a full or read-only disk stays:
 - ``ENOSPC``: the open succeeds; the first ``write`` stores half its bytes, then raises
   ``OSError(ENOSPC)`` with no file name, as a real ``write(2)``. Later writes of that file fail too.
 - ``EROFS``: the open raises ``OSError(EROFS, ..., path)``; from then on every write under ``root``
-  does (the folder was remounted read-only).
+  does (the folder was remounted read-only; ``spread=False``: only those matching ``target``, a
+  read-only subfolder).
 
 When the fault fires, ``before`` holds every file under ``root`` (path -> bytes): what must be
 intact after the failure. The tests run as root, where a chmod'ed folder stops no write, hence
@@ -72,11 +73,12 @@ class DiskFault:
     ``root``, e.g. ``checkpoints/last.pt``, ``tb/*tfevents*``, ``test_report/*``) fails with ``code``."""
 
     def __init__(self, root: str | os.PathLike, target: str, code: int, nth: int = 1,
-                 after: str | None = None) -> None:
+                 after: str | None = None, spread: bool | None = None) -> None:
         """``after``: a glob under ``root``; writes count only once a file matches it (e.g. the
-        first summary.json write after epoch 1's ``metrics.csv`` row)."""
+        first summary.json write after epoch 1's ``metrics.csv`` row). ``spread``: once fired, every
+        write under ``root`` fails (default: for EROFS), else only those of ``target``."""
         self.root, self.target, self.code, self.nth = Path(os.path.abspath(root)), target, code, nth
-        self.after = after
+        self.after, self.spread = after, (code == errno.EROFS) if spread is None else spread
         self.writes = 0                      # writes of the target so far
         self.path: Path | None = None        # the file whose write failed
         self.before: dict[str, bytes] = {}   # every file under root when it failed
@@ -93,7 +95,7 @@ class DiskFault:
         if rel is None:
             return False
         if self.path is not None:  # the disk stays full (that file) or read-only (everything)
-            return path == self.path or self.code == errno.EROFS
+            return path == self.path or self.spread or (self.code == errno.EROFS and fnmatch.fnmatch(rel, self.target))
         if not fnmatch.fnmatch(rel, self.target) or (self.after and not any(self.root.glob(self.after))):
             return False
         self.writes += 1
