@@ -6,7 +6,6 @@ errno), since the tests run as root, where a read-only folder does not stop a wr
 
 from __future__ import annotations
 
-import builtins
 import errno
 import io
 import json
@@ -16,6 +15,7 @@ import threading
 import pytest
 import torch
 from conftest import TINY, compose
+from faults import DiskFault  # writes fail at the real call (atomic writes open no path)
 
 from cnnlab.errors import CheckpointError, ConfigError
 
@@ -71,15 +71,7 @@ def test_a_report_that_cannot_be_written_keeps_the_trained_run(tmp_path, monkeyp
     from cnnlab.train import train
 
     run = tmp_path / "run"
-    real_open = builtins.open
-
-    def failing_open(file, mode="r", *a, **k):
-        if "test_report" in str(file) and any(c in mode for c in "wax"):
-            raise OSError(code, os.strerror(code), str(file))
-        return real_open(file, mode, *a, **k)
-
-    monkeypatch.setattr(builtins, "open", failing_open)
-    monkeypatch.setattr(io, "open", failing_open)
+    DiskFault(run, "test_report/*", code, spread=False).install(monkeypatch)  # only test_report/ fails
     with pytest.raises(ReportNotWritten) as e:
         train(compose([*TINY, "dataset.image_size=16", "trainer.log_feature_maps=false"], output_dir=run))
     monkeypatch.undo()
@@ -186,15 +178,7 @@ def test_compare_on_a_full_or_read_only_folder_is_one_line(tmp_path, monkeypatch
     from cnnlab.reporting.compare import main
 
     run, out = _one_run(tmp_path), tmp_path / "out"
-    real_open = builtins.open
-
-    def failing_open(file, mode="r", *a, **k):
-        if str(out) in str(file) and any(c in mode for c in "wax"):
-            raise OSError(code, os.strerror(code))  # as a write() fails: no filename
-        return real_open(file, mode, *a, **k)
-
-    monkeypatch.setattr(builtins, "open", failing_open)
-    monkeypatch.setattr(io, "open", failing_open)
+    DiskFault(out, "comparison.csv", code).install(monkeypatch)
     with pytest.raises(ConfigError) as e:
         main([str(run), "--out", str(out), "--quiet", "--no-plot"])
     assert str(e.value) == f"cannot write the report in {str(out)!r} ({os.strerror(code)}): give a writable folder with --out"

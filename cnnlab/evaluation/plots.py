@@ -6,7 +6,6 @@ again (a second or more on 2 cores).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,6 +116,6 @@ def save_rgb(rgb: np.ndarray, path: Path) -> None:
     """Write an (H, W, 3) uint8 image as PNG through a temp file: a reader never sees half of it."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(rgb).save(tmp, compress_level=3)
-    os.replace(tmp, path)
+    from cnnlab.lifecycle.atomic import write_atomic
+
+    write_atomic(path, lambda f: Image.fromarray(rgb).save(f, format="PNG", compress_level=3))

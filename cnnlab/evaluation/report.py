@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cnnlab.evaluation.metrics import ECE_BINS, Evaluation, evaluate_arrays
-from cnnlab.lifecycle.atomic import finite_or_none
+from cnnlab.lifecycle.atomic import finite_or_none, write_atomic
 
 PER_CLASS_COLUMNS = ["class", "support", "precision", "recall", "f1", "accuracy"]
 
@@ -63,10 +63,13 @@ def collect_logits(model: Any, loader: Any, policy: Any, ddp: Any = None) -> tup
 
 
 def write_csv(path: Path, header: list[str], rows: Any) -> None:
-    with open(path, "w", newline="") as f:
+    """A CSV replaced atomically (a full disk leaves no half file)."""
+    def write(f: Any) -> None:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)  # None: an empty cell
+
+    write_atomic(path, write, binary=False)
 
 
 def most_confident_mistakes(ev: Evaluation, n: int = 16) -> np.ndarray:
@@ -97,10 +100,11 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
     ``tag``: the TensorBoard prefix, e.g. ``eval/test_digits``; ``step``: the checkpoint's epoch.
     """
     from cnnlab.evaluation import plots
+    from cnnlab.reporting.track import tb_errors
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {k: finite_or_none(v) for k, v in {**ev.metrics, **(extra or {})}.items()}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_atomic(out_dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2) + "\n"), binary=False)
     write_csv(out_dir / "per_class.csv", PER_CLASS_COLUMNS, ([r[k] for k in PER_CLASS_COLUMNS] for r in ev.per_class))
     # The matrices: rows = true class (first column), columns = predicted (the header row).
     normed = ev.confusion / np.maximum(ev.confusion.sum(axis=1, keepdims=True), 1)
@@ -117,17 +121,18 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
             images, [class_names[int(t)] for t in ev.labels[idx]],
             [class_names[int(p)] for p in ev.preds[idx]], [float(ev.probs[i, ev.preds[i]]) for i in idx],
             (title + ": " if title else "") + "most confident mistakes")
-    for name, fig in figures.items():
-        rgb = plots.render(fig)
-        plots.save_rgb(rgb, out_dir / f"{name}.png")
+    with tb_errors(writer):
+        for name, fig in figures.items():
+            rgb = plots.render(fig)
+            plots.save_rgb(rgb, out_dir / f"{name}.png")
+            if writer is not None:
+                writer.add_image(f"{tag}/{name}", rgb, step, dataformats="HWC")
         if writer is not None:
-            writer.add_image(f"{tag}/{name}", rgb, step, dataformats="HWC")
-    if writer is not None:
-        for key in ("accuracy", "macro_f1", "weighted_f1", "ece", "loss", "top5_accuracy"):
-            if isinstance(ev.metrics.get(key), float):
-                writer.add_scalar(f"{tag}/{key}", ev.metrics[key], step)
-        writer.add_text(f"{tag}/per_class", per_class_markdown(ev.per_class), step)
-        writer.flush()
+            for key in ("accuracy", "macro_f1", "weighted_f1", "ece", "loss", "top5_accuracy"):
+                if isinstance(ev.metrics.get(key), float):
+                    writer.add_scalar(f"{tag}/{key}", ev.metrics[key], step)
+            writer.add_text(f"{tag}/per_class", per_class_markdown(ev.per_class), step)
+            writer.flush()
 
 
 def test_report(model: Any, loader: Any, device_policy: Any, class_names: list[str], out_dir: str | Path,

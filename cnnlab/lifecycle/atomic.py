@@ -34,8 +34,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and not e.filename:  # a failed write() names no file: name the target
-            raise OSError(e.errno, e.strerror, str(path)) from e
+        err = os_error(e) if isinstance(e, Exception) else None
+        if err is not None and err.errno is not None and err.filename != str(path):
+            # A failed write() names no file, a failed open the temp file, torch.save its own
+            # RuntimeError: the user is told the file they know, with the errno's words.
+            raise OSError(err.errno, err.strerror, str(path)) from e
         raise
 
 

@@ -60,7 +60,12 @@ def mark_failed(run_dir: str | os.PathLike, error: str, **fields: Any) -> None:
     for k, v in fields.items():
         summary.setdefault(k, v)
     summary.update(status="failed", error=error)
-    write_json_atomic(Path(run_dir) / "summary.json", summary)
+    try:
+        write_json_atomic(Path(run_dir) / "summary.json", summary)
+    except OSError as e:  # the disk that failed the job: say it in one line, as the job's error was
+        if written_in(e, Path(run_dir)) is None:
+            raise
+        log.warning("could not mark %s failed: cannot write %r (%s)", run_dir, e.filename, e.strerror)
 
 
 class RunRecord:
@@ -196,6 +201,13 @@ class RunRecord:
                         else "no checkpoint")
                 self.update(status="interrupted", error=f"{str(e) or 'interrupted by the user'}: {kept}; "
                                                         f"continue with resume={str(self.run_dir)!r}")
+        elif (err := written_in(e, self.run_dir)) is not None:  # a full or read-only disk, mid-run
+            import contextlib
+
+            msg = self.not_written(err)
+            with contextlib.suppress(OSError):  # the same disk: summary.json may not take it either
+                self.update(status="failed", error=msg)
+            raise RunNotWritten(msg) from None
         elif isinstance(e, CnnlabError):
             from cnnlab.lifecycle.guards import OutOfMemory
 
@@ -208,6 +220,17 @@ class RunRecord:
         elif isinstance(e, Exception):
             self.update(status="failed", error=f"{type(e).__name__}: {e}")
         return False  # the exception goes on to the caller
+
+    def not_written(self, err: OSError) -> str:
+        """A write into the run folder failed during training: what failed, what is kept, how to go on."""
+        run = str(self.run_dir)
+        if self.saved_epoch is None:
+            kept = ("no checkpoint was saved yet: free space or make the folder writable, then start the run "
+                    "again (in a new folder, or in this one with trainer.auto_resume=true)")
+        else:
+            kept = (f"checkpoints/last.pt holds epoch {self.saved_epoch}: free space or make the folder "
+                    f"writable, then continue with resume={run!r}")
+        return f"cannot write {err.filename!r} ({err.strerror or err}), so the run stopped; {kept}"
 
     def report_not_written(self, unwritten: list[str], saved: bool) -> ReportNotWritten:
         """Status ``trained`` (not ``failed``): the message says what is kept and how to redo the report."""
@@ -227,7 +250,24 @@ class ReportNotWritten(CnnlabError):
     """The run trained and its weights are saved, but a report could not be written."""
 
 
+class RunNotWritten(CnnlabError):
+    """A write into the run folder failed during training (a full or read-only disk): the run stopped."""
+
+
 WRITE_ERRNOS = {"ENOSPC", "EROFS", "EDQUOT", "EFBIG", "EACCES", "EPERM"}  # a full or read-only destination
+
+
+def written_in(e: BaseException, run_dir: Path) -> OSError | None:
+    """The OSError behind ``e`` if it is a write into ``run_dir`` that a full or read-only disk
+    refused (:data:`WRITE_ERRNOS`, the file named), else None."""
+    import errno
+
+    from cnnlab.lifecycle.atomic import os_error
+
+    err = os_error(e)
+    if err is None or errno.errorcode.get(err.errno) not in WRITE_ERRNOS or not err.filename:
+        return None
+    return err if Path(os.path.abspath(err.filename)).is_relative_to(os.path.abspath(run_dir)) else None
 
 
 @contextmanager

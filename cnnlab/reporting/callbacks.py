@@ -42,6 +42,10 @@ class ComparisonReport(Callback):
         _last_sweep["failed"] = False
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import errno
+
+        from cnnlab.lifecycle.atomic import os_error
+        from cnnlab.lifecycle.record import WRITE_ERRNOS
         from cnnlab.reporting.compare import build_report, console_text, write_report
 
         # hydra.sweep.dir holds ${now:...}; Hydra caches that resolver on the config,
@@ -52,9 +56,15 @@ class ComparisonReport(Callback):
         try:
             report = build_report([sweep_dir])
             files = write_report(report, sweep_dir, title=f"Sweep {sweep_dir.name}", plot=self.plot)
-        except Exception:  # noqa: BLE001 - the jobs' results are on disk; say so, don't crash
-            log.exception("the comparison report failed; rebuild it with "
-                          "`python -m cnnlab.compare %s`", sweep_dir)
+        except Exception as e:  # noqa: BLE001 - the jobs' results are on disk; say so, don't crash
+            err = os_error(e)
+            if err is not None and errno.errorcode.get(err.errno) in WRITE_ERRNOS:  # a full or read-only disk
+                log.error("the comparison report could not be written: cannot write %r (%s); the jobs' results "
+                          "are kept: free space or make the folder writable, then rebuild it with "
+                          "`python -m cnnlab.compare %s`", err.filename or str(sweep_dir), err.strerror, sweep_dir)
+            else:
+                log.exception("the comparison report failed; rebuild it with "
+                              "`python -m cnnlab.compare %s`", sweep_dir)
             return
         _last_sweep["failed"] = bool(report.failed)
         if self.print_table:

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from cnnlab.errors import ConfigError, run_main
-from cnnlab.lifecycle.atomic import os_error
+from cnnlab.lifecycle.atomic import os_error, write_atomic
 from cnnlab.lifecycle.record import read_summary
 
 
@@ -434,10 +434,12 @@ def render_markdown(report: Report, title: str = "Comparison") -> str:
 
 
 def write_csv(report: Report, path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    def write(f: Any) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(r.row(path.parent) for r in report.runs)  # None: an empty cell
+
+    write_atomic(path, write, binary=False)  # a full disk leaves the previous file, never half of one
 
 
 def _short_override(o: str) -> str:
@@ -566,7 +568,7 @@ def write_report(report: Report, out_dir: str | os.PathLike, title: str = "Compa
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / n for n in REPORT_FILES[:3 if plot else 2]]
     write_csv(report, paths[0])
-    paths[1].write_text(render_markdown(report, title))
+    write_atomic(paths[1], lambda f: f.write(render_markdown(report, title)), binary=False)
     if plot:
         write_plot(report, paths[2])
     return paths
