@@ -2,7 +2,7 @@
 
 From the initial weights, the lr grows exponentially over a bounded number of optimizer
 steps on the training split while the loss is recorded; the chosen lr is the one at the
-smoothed loss's minimum, divided by 10 (below). Then the model, the optimizer, the
+point where the smoothed loss blows up, divided by 10 (below). Then the model, the optimizer, the
 GradScaler, every RNG and the training loader are put back exactly as they were, so the
 run starts as if fresh, with the chosen lr (L. N. Smith, "Cyclical Learning Rates for
 Training Neural Networks", 2017, section 3.3).
@@ -14,11 +14,16 @@ not be the same run as without it; and it has its own training step, while this 
 the loop's: AMP through autocast and the GradScaler, ``trainer.accumulate``'s micro-batches
 with DDP's ``no_sync``, gradient clipping, and every rank agreeing on the loss (DDP).
 
-**The rule: the min-loss lr / 10.** The lr at the smoothed loss's minimum is where the
-steps start to do more harm than good; one tenth of it is still on the steep, descending
-part of the curve (fastai v1's suggestion, Smith's "one order of magnitude below"). It is
-robust on short tests: the steepest-descent point needs a smooth derivative, which 10-30
-noisy steps do not give.
+**The rule: the blow-up lr / 10.** The blow-up lr is the last lr tried before the smoothed
+loss first rises above twice its lowest value: the edge of stability, Smith's "max lr"
+(where the loss turns ragged and climbs). The run trains one decade below it. Measured first
+with the other common rule, fastai v1's min-loss lr / 10: on a 10-step test (the default and
+`make sweep` runs can afford no more, see :func:`budget_steps`) AlexNet's loss barely moves
+before it climbs (2.33 -> 2.31 -> 2.35 over lr 5e-4 .. 0.08), so its minimum is noise, and
+the choice (0.001) left AlexNet at chance after 2 epochs where lr 0.05 reaches 92%. A loss
+that doubles is a strong signal even in 10 noisy steps; the steepest-descent point needs a
+smooth derivative, which they do not give either. With no blow-up in the range, the
+largest lr tried / 10.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ SPAN = 100.0          # the test sweeps [lr / SPAN, lr * SPAN]: the configured l
 MAX_STEPS = 100       # Smith's test length
 MIN_STEPS = 10        # fewer points than this do not make a curve
 SHARE = 10            # at most 1/SHARE of the run's optimizer steps (its cost: <= ~10% of the run)
-DIVERGED = 4.0        # stop once the smoothed loss is above this x its minimum (or not finite)
-RULE = "min_loss/10"  # the documented rule, recorded in summary.json
+BLOW_UP = 2.0         # the blow-up: the smoothed loss above this x its lowest so far (or not finite)
+DIVERGED = 4.0        # stop once the smoothed loss is above this x its lowest (or not finite)
+RULE = "blow_up/10"   # the documented rule, recorded in summary.json
 
 
 def budget_steps(total_steps: int) -> int:
@@ -64,18 +70,24 @@ class LrFind:
     smoothed: list[float] = field(default_factory=list)
     chosen_lr: float = math.nan
     min_loss_lr: float = math.nan
+    blow_up_lr: float = math.nan  # the last lr before the smoothed loss first passed BLOW_UP x its lowest
     stopped_early: bool = False  # the loss diverged before the last step
     seconds: float = 0.0
 
     def choose(self, beta: float) -> float:
-        """The rule (module docstring): the smoothed loss's argmin lr / 10, kept inside the range."""
+        """The rule (module docstring): the blow-up lr / 10, kept inside the range."""
         self.smoothed = smooth(self.losses, beta)
         finite = [(s, lr) for s, lr in zip(self.smoothed, self.lrs, strict=True) if math.isfinite(s)]
         if not finite:  # the very first step diverged: the smallest lr tried
-            self.min_loss_lr = self.chosen_lr = self.start_lr
+            self.min_loss_lr = self.blow_up_lr = self.chosen_lr = self.start_lr
             return self.chosen_lr
         self.min_loss_lr = min(finite)[1]
-        self.chosen_lr = max(self.start_lr, self.min_loss_lr / 10)
+        lowest, self.blow_up_lr = math.inf, self.lrs[0]
+        for s, lr in zip(self.smoothed, self.lrs, strict=True):
+            if not math.isfinite(s) or s > BLOW_UP * lowest:
+                break
+            lowest, self.blow_up_lr = min(lowest, s), lr
+        self.chosen_lr = max(self.start_lr, self.blow_up_lr / 10)
         return self.chosen_lr
 
     def summary(self, configured_lr: float) -> dict[str, Any]:
@@ -85,7 +97,7 @@ class LrFind:
 
         best = min((s for s in self.smoothed if math.isfinite(s)), default=math.nan)
         return {"lr": self.chosen_lr, "configured_lr": configured_lr, "rule": RULE,
-                "min_loss_lr": self.min_loss_lr, "min_loss": fin(best), "start_lr": self.start_lr,
+                "blow_up_lr": self.blow_up_lr, "min_loss_lr": self.min_loss_lr, "min_loss": fin(best), "start_lr": self.start_lr,
                 "end_lr": self.end_lr, "steps": len(self.lrs), "stopped_early": self.stopped_early,
                 "seconds": round(self.seconds, 3),
                 "curve": {"lr": self.lrs, "loss": [fin(v) for v in self.losses],
@@ -218,7 +230,7 @@ def plot(res: LrFind, path: Any) -> None:
     ax = fig.subplots()
     ax.plot(res.lrs, res.losses, color="0.7", lw=1, label="loss per step")
     ax.plot(res.lrs, res.smoothed, color="C0", lw=2, label="smoothed")
-    ax.axvline(res.min_loss_lr, color="C3", ls=":", label=f"min loss at lr {res.min_loss_lr:.3g}")
+    ax.axvline(res.blow_up_lr, color="C3", ls=":", label=f"blow-up at lr {res.blow_up_lr:.3g}")
     ax.axvline(res.chosen_lr, color="C2", ls="--", label=f"chosen lr {res.chosen_lr:.3g} ({RULE})")
     ax.set_xscale("log")
     finite = [v for v in res.smoothed if math.isfinite(v)]
@@ -249,7 +261,7 @@ def find_lr(model: Any, step_model: Any, optimizer: Any, loader: Any, policy: An
     if ddp.is_main:
         plot(res, Path(out_dir) / "lr_find.png")
     logging.getLogger("cnnlab").info(
-        "lr_find: %d steps over lr [%.3g, %.3g] in %.1fs; min loss at %.3g, chosen lr %.3g (%s; configured %g)",
-        found["steps"], found["start_lr"], found["end_lr"], found["seconds"], found["min_loss_lr"],
+        "lr_find: %d steps over lr [%.3g, %.3g] in %.1fs; blow-up at %.3g, chosen lr %.3g (%s; configured %g)",
+        found["steps"], found["start_lr"], found["end_lr"], found["seconds"], found["blow_up_lr"],
         found["lr"], RULE, lr)
     return found
