@@ -237,3 +237,19 @@ def test_a_three_run_report_marks_the_ties(tmp_path):
     assert "vs resnet18" in md and "alexnet and mobilenet_v3 are better than resnet18 (p < 0.001" in md
     assert "ahead of every" not in md
     assert "right in only #3 / only #1" in md and "disagree most on class" in md
+
+
+@pytest.mark.slow  # torchrun, 2 processes: ~1 min on the loaded 2-core machine
+def test_lr_find_under_ddp_every_rank_takes_rank_0s_choice(tmp_path):
+    """Two gloo ranks with fp-free CPU steps: the test runs in lockstep (no hang), every rank
+    trains at the same lr, and rank 0's summary records it."""
+    from test_ddp import PARITY, torchrun
+
+    res = torchrun([*PARITY, "trainer.lr_find=true", "trainer.accumulate=2", "hydra.run.dir=run"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["lr_find"]["steps"] == 10
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        first = next(csv.DictReader(f))
+    # the schedule starts from the chosen lr (cosine: one optimizer step into its decay)
+    assert 0.5 * summary["lr_find"]["lr"] < float(first["lr"]) <= summary["lr_find"]["lr"]

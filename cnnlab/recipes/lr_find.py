@@ -157,7 +157,8 @@ def range_test(model: Any, step_model: Any, optimizer: Any, loader: Any, policy:
     import torch
 
     res = LrFind(start_lr=lr / SPAN, end_lr=lr * SPAN)
-    ratio = [g["lr"] / lr for g in optimizer.param_groups]  # groups keep their proportions
+    # Groups keep their proportions (initial_lr: a schedule built on this optimizer may have moved lr).
+    ratio = [g.get("initial_lr", g["lr"]) / lr for g in optimizer.param_groups]
     if scaler is None:
         scaler = torch.amp.GradScaler(policy.device.type, enabled=False)
     autocast = (torch.autocast(policy.device.type, dtype=policy.amp_dtype) if policy.amp_dtype
