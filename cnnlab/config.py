@@ -254,6 +254,7 @@ RULES: dict[str, Rule] = {
     "trainer.progress": Rule(choices=("auto", "bar", "log")),
     "trainer.accumulate": Rule(int, ">= 1"),
     "trainer.bn_recalibrate": Rule(int, ">= 0"),
+    "trainer.lr_find": Rule(bool),
     # -- paths
     "paths.root_dir": Rule("folder"),
     "paths.data_dir": Rule("folder"),

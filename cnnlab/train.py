@@ -371,7 +371,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         with record, oom_hint("setup", "trainer.batch_size", tc.batch_size, record.device):
             seed_everything(cfg.seed, tc.deterministic)
-            p = _build(cfg, ddp, record, stop)
+            p = _build(cfg, ddp, record, stop, fresh=plan.checkpoint is None)
             state, start_epoch = _resume(cfg, plan, p)
             record.track(OmegaConf.to_container(cfg.tracker, resolve=True), p.config, str(p.policy.device))
 
@@ -435,8 +435,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def _build(cfg: DictConfig, ddp: Dist, record: RunRecord, stop: Any) -> Parts:
-    """Device policy, data, model, optimizer and schedule, in the order that fixes the RNG draws."""
+def _build(cfg: DictConfig, ddp: Dist, record: RunRecord, stop: Any, fresh: bool = True) -> Parts:
+    """Device policy, data, model, optimizer and schedule, in the order that fixes the RNG draws
+    (``fresh``: not a resume, whose optimizer and schedule come from the checkpoint)."""
     import torch
 
     from cnnlab.data import load_dataset
@@ -484,6 +485,16 @@ def _build(cfg: DictConfig, ddp: Dist, record: RunRecord, stop: Any) -> Parts:
     # DDP: training steps go through the wrapper (gradient all-reduce); evaluation uses
     # step_model (or the EMA's copy), with no collective per batch.
     train_model = ddp.wrap(model, compile=policy.compile) if ddp.enabled else step_model
+    if tc.lr_find and fresh:  # Smith's range test, every state restored after it; the schedule on its lr
+        from cnnlab.recipes.lr_find import find_lr
+
+        found = find_lr(model, train_model, optimizer, train_loader, policy, lr=float(cfg.optimizer.lr),
+                        total_steps=tc.epochs * (len(train_loader) // tc.accumulate), scaler=scaler,
+                        accumulate=tc.accumulate, grad_clip=tc.grad_clip, ddp=ddp, out_dir=record.run_dir)
+        record.update(lr_find=found)
+        optimizer, scheduler = _optimization(cfg, model, policy, len(train_loader), lr=found["lr"])
+    elif tc.lr_find and (record.previous or {}).get("lr_find"):  # a resume keeps the first launch's choice
+        record.update(lr_find=record.previous["lr_find"])
     ema = WeightEma(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
     eval_model = step_model if ema is None else torch.compile(ema.module) if policy.compile else ema.module
     if ema is not None:
@@ -523,9 +534,11 @@ def _resume(cfg: DictConfig, plan: Any, p: Parts) -> tuple[LoopState, int]:
     return state, ck["epoch"] + 1
 
 
-def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int) -> tuple[Any, Any]:
+def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int,
+                  lr: float | None = None) -> tuple[Any, Any]:
     """The optimizer and its per-optimizer-step schedule (warm-up: cnnlab/schedulers.py); a bad
-    ``_target_`` is one line naming the section and target (cnnlab.errors.construction_errors)."""
+    ``_target_`` is one line naming the section and target (cnnlab.errors.construction_errors).
+    ``lr``: instead of ``optimizer.lr`` (the range test's choice)."""
     from hydra.utils import instantiate
 
     from cnnlab.errors import construction_errors
@@ -533,7 +546,8 @@ def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int) -> tup
 
     tc = cfg.trainer
     with construction_errors("optimizer", cfg.optimizer):
-        optimizer = _make_optimizer(cfg.optimizer, model, policy)
+        optimizer = _make_optimizer(cfg.optimizer if lr is None else OmegaConf.merge(cfg.optimizer, {"lr": lr}),
+                                    model, policy)
     steps = batches // tc.accumulate  # optimizer steps an epoch
     if steps == 0:
         raise ConfigError(f"trainer.accumulate={tc.accumulate} is more than the {batches} batches "
@@ -631,7 +645,7 @@ def _finish(cfg: DictConfig, record: RunRecord, outcome: Outcome, t_start: float
     tc = cfg.trainer
     tracker.log_hparams({
         "model": cfg.model.name, "dataset": cfg.dataset.name, "optimizer": _optimizer_name(cfg).lower(),
-        "lr": float(cfg.optimizer.lr), "weight_decay": float(cfg.optimizer.get("weight_decay") or 0.0),
+        "lr": float((record.summary.get("lr_find") or {}).get("lr", cfg.optimizer.lr)),  # lr_find's choice "weight_decay": float(cfg.optimizer.get("weight_decay") or 0.0),
         "batch_size": int(tc.batch_size), "epochs": int(tc.epochs), "seed": int(cfg.seed),
         "status": record.summary["status"],
     })

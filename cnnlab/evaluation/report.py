@@ -11,6 +11,8 @@ Files (``out_dir``):
     confusion.png               both matrices, class names on the axes
     reliability.png             the calibration diagram
     misclassified.png           the most confident mistakes (when images are given)
+    predictions.csv.gz          one row per image: index, label, prediction, p_true, top5
+                                (the sweep report's paired tests read it: cnnlab/reporting/significance.py)
 """
 
 from __future__ import annotations
@@ -72,6 +74,36 @@ def write_csv(path: Path, header: list[str], rows: Any) -> None:
     write_atomic(path, write, binary=False)
 
 
+PREDICTION_COLUMNS = ["index", "label", "prediction", "p_true", "top5"]
+
+
+def write_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None) -> None:
+    """predictions.csv.gz: per image (sorted by ``index``, its position in the split; default
+    0..N-1) the label, the argmax, the true class's probability and the top-5 classes (most
+    likely first, space-separated). gzip with mtime 0: the same predictions, the same bytes."""
+    import gzip
+
+    n = len(labels)
+    index = (np.arange(n) if index is None else np.asarray(index)).tolist()
+    order = np.argsort(index, kind="stable")
+    k = min(5, probs.shape[1]) if probs.ndim == 2 else 0
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k] if n else np.zeros((0, k), np.int64)
+    p_true = probs[np.arange(n), labels] if n else np.zeros(0)
+    # Python lists and one string, then one compress call: indexing numpy per cell is the slow part.
+    top_l, lab, pt = top.tolist(), labels.tolist(), p_true.tolist()
+    lines = [",".join(PREDICTION_COLUMNS)] + [
+        f"{index[i]},{lab[i]},{top_l[i][0] if k else ''},{pt[i]:.6g},{' '.join(map(str, top_l[i]))}"
+        for i in order.tolist()]
+    data = gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=6, mtime=0)
+    write_atomic(path, lambda f: f.write(data))
+
+
+def split_order(n: int, world_size: int) -> np.ndarray:
+    """The split positions of ``collect_logits``' rows under DDP: rank r's shard r, r+W, ...,
+    the ranks one after another (as cnnlab's eval loaders shard)."""
+    return np.concatenate([np.arange(r, n, world_size) for r in range(world_size)]) if n else np.zeros(0, np.int64)
+
+
 def most_confident_mistakes(ev: Evaluation, n: int = 16) -> np.ndarray:
     """Indices of up to ``n`` misclassified samples, the most confident first."""
     wrong = np.flatnonzero(ev.preds != ev.labels)
@@ -93,11 +125,12 @@ def per_class_markdown(rows: list[dict[str, Any]]) -> str:
 def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
                      extra: dict[str, Any] | None = None, title: str = "", writer: Any = None,
                      tag: str = "eval", step: int = 0, mistakes: tuple[np.ndarray, np.ndarray] | None = None,
-                     ) -> None:
+                     index: np.ndarray | None = None) -> None:
     """Write the evaluation's files into ``out_dir`` (created) and, given a SummaryWriter, TensorBoard.
 
     ``mistakes``: (images (n, C, H, W) uint8, their sample indices) for misclassified.png;
-    ``tag``: the TensorBoard prefix, e.g. ``eval/test_digits``; ``step``: the checkpoint's epoch.
+    ``tag``: the TensorBoard prefix, e.g. ``eval/test_digits``; ``step``: the checkpoint's epoch;
+    ``index``: each row's position in the split (:func:`split_order`; default 0..N-1).
     """
     from cnnlab.evaluation import plots
     from cnnlab.reporting.track import tb_errors
@@ -105,6 +138,7 @@ def write_evaluation(ev: Evaluation, class_names: list[str], out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = {k: finite_or_none(v) for k, v in {**ev.metrics, **(extra or {})}.items()}
     write_atomic(out_dir / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2) + "\n"), binary=False)
+    write_predictions(out_dir / "predictions.csv.gz", ev.probs, ev.labels, index)
     write_csv(out_dir / "per_class.csv", PER_CLASS_COLUMNS, ([r[k] for k in PER_CLASS_COLUMNS] for r in ev.per_class))
     # The matrices: rows = true class (first column), columns = predicted (the header row).
     normed = ev.confusion / np.maximum(ev.confusion.sum(axis=1, keepdims=True), 1)
@@ -160,5 +194,6 @@ def test_report(model: Any, loader: Any, device_policy: Any, class_names: list[s
     if ddp is None or ddp.is_main:
         writer = getattr(tracker, "tb", None) if tracker is not None and getattr(tracker, "enabled", True) else None
         write_evaluation(ev, list(class_names), Path(out_dir), extra={"epoch": step, "ece_bins": ECE_BINS},
-                         title="test split", writer=writer, tag="test", step=step)
+                         title="test split", writer=writer, tag="test", step=step,
+                         index=split_order(n, ddp.world_size) if ddp is not None and ddp.enabled else None)
     return fields

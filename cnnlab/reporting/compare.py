@@ -47,6 +47,7 @@ FIELDS = (
     Field("macs", "MACs", "macs", int, "si"),
     Field("best_val_acc", "best val acc", "best_val_acc", float, "%"),
     Field("test_acc", "test acc", "test_acc", float, "%"),
+    Field("lr_found", "lr (found)", "lr_find.lr", float, ".3g"),  # trainer.lr_find's choice
     Field("best_epoch", "best epoch", "best_epoch", int),
     Field("epochs", "epochs", "epochs_completed", int),
     Field("train_seconds", "train s", "train_seconds", float, ".1f"),
@@ -77,16 +78,27 @@ _SEED_KEYS = ("seed", "+seed", "++seed")
 
 class Run(SimpleNamespace):
     """One run folder: an attribute per ``FIELDS`` name (None when absent from disk), ``seed``,
-    ``curve`` ((epoch, val_acc) pairs of metrics.csv) and ``per_class`` ({class: test accuracy})."""
+    ``curve`` ((epoch, val_acc) pairs of metrics.csv), ``per_class`` ({class: test accuracy}),
+    ``class_names``, ``still_improving`` (the fit diagnosis's) and ``predictions_path``
+    (test_report/predictions.csv.gz, read by :meth:`predictions` on demand)."""
 
     def __init__(self, run_dir: Path) -> None:
-        super().__init__(**dict.fromkeys(COLUMNS), seed=None, per_class=None)
+        super().__init__(**dict.fromkeys(COLUMNS), seed=None, per_class=None, class_names=None,
+                         still_improving=None, predictions_path=None)
         self.run_dir, self.overrides, self.status = run_dir, [], INCOMPLETE
         self.curve: list[tuple[int, float]] = []
 
     @property
     def ok(self) -> bool:
         return self.status == OK_STATUS
+
+    def predictions(self) -> Any:
+        """The test split's per-image predictions (significance.Predictions), or None; read once."""
+        if "_pred" not in self.__dict__:
+            from cnnlab.reporting.significance import read_predictions
+
+            self._pred = read_predictions(self.predictions_path) if self.predictions_path else None
+        return self._pred
 
     @property
     def group_key(self) -> tuple[str, str, str]:
@@ -125,6 +137,7 @@ class Report:
 
     runs: list[Run]
     groups: list[Group]
+    against: Run | None = None  # ``--against``: the reference of the paired tests (else the best run)
 
     @property
     def failed(self) -> list[Run]:
@@ -251,6 +264,13 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     if run.best_val_acc is None and run.curve:
         run.best_epoch, run.best_val_acc = max(run.curve, key=lambda ea: ea[1])
     run.per_class = read_per_class(d, summary, run.dataset)
+    names = summary.get("class_names")
+    run.class_names = [str(c) for c in names] if isinstance(names, list) else None
+    fit = summary.get("fit")
+    run.still_improving = fit.get("val_still_improving") if isinstance(fit, dict) else None
+    report_dirs = [d / summary["test_report"]] if isinstance(summary.get("test_report"), str) else []
+    run.predictions_path = next((p / "predictions.csv.gz" for p in [*report_dirs, d / "test_report"]
+                                 if (p / "predictions.csv.gz").exists()), None)
     if notes:
         run.error = "; ".join(([run.error] if run.error else []) + notes)
     return run
@@ -282,8 +302,17 @@ def _sort_key(r: Run) -> tuple:
     return (not r.ok, r.test_acc is None, -(r.test_acc or 0.0), -(r.best_val_acc or 0.0), str(r.run_dir))
 
 
-def build_report(paths: Iterable[str | os.PathLike]) -> Report:
-    """Find and read every run under ``paths``; sort them; group repeated seeds."""
+def build_report(paths: Iterable[str | os.PathLike], against: str | os.PathLike | None = None) -> Report:
+    """Find and read every run under ``paths`` (and ``against``, the baseline run folder, when
+    given); sort them; group repeated seeds."""
+    paths = list(paths)
+    base = None
+    if against is not None:
+        found = find_run_dirs([against])
+        if not found:
+            raise ConfigError(f"--against {str(against)!r}: no run folder (with summary.json or .hydra/) there")
+        base = found[0].resolve()
+        paths.append(found[0])
     runs = sorted((read_run(d) for d in find_run_dirs(paths)), key=_sort_key)
     by_key: dict[tuple[str, str, str], list[Run]] = {}
     for r in runs:
@@ -291,7 +320,8 @@ def build_report(paths: Iterable[str | os.PathLike]) -> Report:
     groups = [Group(*k, rs) for k, rs in by_key.items() if len(rs) > 1]
     # Best mean test accuracy first; groups without one last.
     groups.sort(key=lambda g: (g.stat("test_acc")[0] is None, -(g.stat("test_acc")[0] or 0.0)))
-    return Report(runs=runs, groups=groups)
+    ref = next((r for r in runs if r.run_dir.resolve() == base), None) if base is not None else None
+    return Report(runs=runs, groups=groups, against=ref)
 
 
 # --------------------------------------------------------------------------- writing
@@ -351,9 +381,19 @@ def groups_table(report: Report) -> str:
         cells = [(mean, std, f.how) for f in stats for mean, std, _ in [g.stat(f.name)]]
         rows.append([g.model, g.dataset, rest, f"{sum(r.ok for r in g.runs)}/{len(g.runs)} completed", seeds,
                      *(f"{100 * m:.2f} ± {fmt(sd, '%')}" if how == "%" and sd is not None else fmt(m, how)
-                       for m, sd, how in cells)])
+                       for m, sd, how in cells), _t_cell([r.test_acc for r in g.runs if r.test_acc is not None])])
     return _md_table(["model", "dataset", "overrides (without seed)", "runs", "seeds",
-                      *(f.header for f in stats)], rows)
+                      *(f.header for f in stats), "test acc 95% t-interval"], rows)
+
+
+def _t_cell(accs: list[float]) -> str:
+    """The Student-t 95% interval of a seed group's mean test accuracy ("" below 2 runs)."""
+    from cnnlab.reporting.significance import t_interval
+
+    if len(accs) < 2:
+        return ""
+    _, _, lo, hi = t_interval(accs)
+    return f"[{fmt(lo, '%')}, {fmt(hi, '%')}]"
 
 
 def per_class_table(report: Report) -> str:
@@ -370,7 +410,74 @@ def per_class_table(report: Report) -> str:
         cells = [f"**{fmt(a, '%')}**" if a == best and len(runs) > 1 else fmt(a, "%") for a in accs]
         rows.append([c, *cells, ", ".join(winners)])
     header = ["class", *[f"#{report.runs.index(r) + 1} {labels[id(r)]}" for r in runs], "best"]
-    return _md_table(header, rows)
+    pair = _pair_disagreement(report)
+    if pair is None:
+        return _md_table(header, rows)
+    (a, b), by_class = pair
+    header.append(f"right in only #{report.runs.index(a) + 1} / only #{report.runs.index(b) + 1}")
+    for row in rows:
+        d = by_class.get(row[0])
+        row.append(f"{d[1]} / {d[2]}" if d else "")
+    top = sorted(((d[0], c) for c, d in by_class.items() if d[0]), key=lambda dc: (-dc[0], str(dc[1])))[:3]
+    note = (f"#{report.runs.index(a) + 1} and #{report.runs.index(b) + 1} disagree most on class "
+            + ", ".join(f"{c} ({n} images)" for n, c in top) + "." if top else
+            f"#{report.runs.index(a) + 1} and #{report.runs.index(b) + 1} are right on the same images.")
+    return _md_table(header, rows) + "\n\n" + note
+
+
+def _pair_disagreement(report: Report) -> tuple[tuple[Run, Run], dict[str, tuple[int, int, int]]] | None:
+    """The reference (``--against``, else the best run) and the best other run on its split, and
+    per class name: (images only one of them got right, only the first, only the second)."""
+    from cnnlab.reporting.significance import disagreement_by_class
+
+    ref = report.against or next((r for r in report.runs if r.ok), None)
+    if ref is None or ref.predictions() is None:
+        return None
+    other = next((r for r in report.runs if r is not ref and r.ok and r.predictions() is not None
+                  and r.predictions().same_split(ref.predictions())), None)
+    if other is None:
+        return None
+    names = ref.class_names or []
+    by_label = disagreement_by_class(ref.predictions(), other.predictions())
+    return (ref, other), {(names[k] if k < len(names) else str(k)): d for k, d in by_label.items()}
+
+
+def _families(report: Report) -> list[list[Run]]:
+    """Completed runs with per-image predictions, grouped by test split (same images and labels),
+    best test accuracy first; only groups of two or more can be compared."""
+    families: list[list[Run]] = []
+    for r in report.runs:
+        if not (r.ok and r.predictions() is not None):
+            continue
+        fam = next((f for f in families if f[0].predictions().same_split(r.predictions())), None)
+        if fam is None:
+            families.append([r])
+        else:
+            fam.append(r)
+    return [f for f in families if len(f) > 1]
+
+
+def significance(report: Report) -> list[tuple[str, str]]:
+    """Per shared test split: (the one-sentence verdict, the table of intervals and paired tests)."""
+    from cnnlab.reporting import significance as sig
+
+    labels = _labels(report.runs)
+    out = []
+    for fam in _families(report):
+        names = [labels[id(r)] for r in fam]
+        names = [n + (f" seed={r.seed}" if names.count(n) > 1 else "") for n, r in zip(names, fam, strict=True)]
+        ref = fam.index(report.against) if report.against in fam else 0
+        paired = sig.compare_split([(n, r.predictions()) for n, r in zip(names, fam, strict=True)], ref)
+        improving = sum(r.still_improving is True for r in fam)
+        rows = [[f"#{report.runs.index(r) + 1}", p.name, fmt(p.acc, "%"),
+                 f"[{fmt(p.ci[0], '%')}, {fmt(p.ci[1], '%')}]", "" if p.p is None else f"{p.b} / {p.c}",
+                 "" if p.p is None else f"{p.p:.3g}", "" if p.p_holm is None else f"{p.p_holm:.3g}",
+                 "**tied for first**" if p.verdict == "tied" and ref == 0 else p.verdict]
+                for r, p in zip(fam, paired, strict=True)]
+        table = _md_table(["#", "run", "test acc", "95% Wilson interval", "b / c", "McNemar p", "Holm p",
+                           "vs " + paired[ref].name], rows)
+        out.append((sig.headline(paired, improving, len(fam)), table))
+    return out
 
 
 def pareto_front(points: Sequence[tuple[float, float]], larger_x_better: bool = False) -> list[int]:
@@ -404,7 +511,8 @@ def console_text(report: Report) -> str:
     """What the CLI and the multirun callback print, and comparison.md's first tables:
     the overrides every run shares, the runs table, the seed groups."""
     common = common_overrides(report.runs)
-    parts = [f"Overrides shared by every run: `{' '.join(common)}`.", ""] if common else []
+    parts = [sentence for sentence, _ in significance(report)] + [""] if _families(report) else []
+    parts += [f"Overrides shared by every run: `{' '.join(common)}`.", ""] if common else []
     parts.append(runs_table(report))
     if report.groups:
         parts += ["", "## Repeated seeds (mean ± std)", "", groups_table(report)]
@@ -420,7 +528,13 @@ def render_markdown(report: Report, title: str = "Comparison") -> str:
              "not complete come last.", "", console_text(report), ""]
     failed = "\n".join(f"- `{r.run_dir}`: **{r.status}**" + (f": {_cell(r.error)}" if r.error else "")
                        for r in report.failed)
+    tests = "\n\n".join(f"{sentence}\n\n{table}" for sentence, table in significance(report))
     sections = (
+        ("Significance", "Runs tested on the same images, each against the reference (the best, or "
+         "`--against`): a 95% Wilson interval per accuracy; McNemar's exact test on the images "
+         "exactly one of the pair got right (b: only the reference, c: only the run), Holm-corrected "
+         "across the comparisons; Holm p >= 0.05: tied. From each run's "
+         "test_report/predictions.csv.gz (cnnlab/reporting/significance.py).", tests),
         ("Test accuracy per class", "Each class's share of test images predicted right, per run (the best "
          f"test accuracies first, at most {MAX_PER_CLASS_RUNS} runs); **bold**: the best run for that "
          "class.", per_class_table(report)),
@@ -582,6 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", metavar="PATH", help="run folders or folders holding them")
     ap.add_argument("--out", help="where to write the report (default: PATH when there is one, "
                                   "else the current folder)")
+    ap.add_argument("--against", metavar="RUN", help="a baseline run folder: every run is tested against it "
+                    "(default: against the best run); the per-class table shows the classes they disagree on")
     ap.add_argument("--no-plot", action="store_true", help="skip comparison.png")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 when any run did not complete (failed, diverged, ...)")
@@ -590,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out!r} is a file, not a folder: give a folder (made if it does not exist)")
-    report = build_report(args.paths)
+    report = build_report(args.paths, against=args.against)
     if not report.runs:
         raise ConfigError(f"no run folders (with summary.json or .hydra/) under {', '.join(args.paths)}")
     out = Path(args.out) if args.out else (Path(args.paths[0]) if len(args.paths) == 1 else Path("."))
