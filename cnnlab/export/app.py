@@ -173,23 +173,24 @@ def export_run(run: str | None, checkpoint: str = "best", fmt: str = "onnx", exp
     return dest, record
 
 
-def _export_into(tmp: Path, model: Any, x: Any, fmt: str, exporter: str, opset: int | None, threads: int,
-                 speed_seconds: float) -> dict[str, Any]:
-    """Export, load back, check parity and time: export.json's format/parity/speed part."""
+def export_checked(model: Any, x: Any, fmt: str, path: Path, opset: int | None = None, exporter: str = "auto",
+                   threads: int | None = None) -> tuple[dict[str, Any], Any, Any, Any]:
+    """Export ``model`` to ``path`` and check it on ``x`` (normalised float32 (N, C, H, W)):
+    return (the exporter's record, the Parity, the eager and the exported functions). A model
+    the exporter cannot take, or an export whose logits differ, is a one-line ModelError."""
     import numpy as np
     import torch
 
-    from cnnlab.export import formats, parity, speed
+    from cnnlab.export import formats, parity
 
     example = torch.from_numpy(np.resize(x, (2, *x.shape[1:])))  # batch 2: not specialised to 1
-    path = tmp / formats.FORMATS[fmt]
     name = type(model).__name__
     try:
         meta = formats.export_model(fmt, model, example, path, opset, exporter)
     except CnnlabError:
         raise
     except Exception as e:  # the exporter's own words: the operator it has no translation for, ...
-        fell = "" if exporter != "auto" else " (and the TorchScript-based exporter after dynamo)"
+        fell = " (and the TorchScript-based exporter after dynamo)" if fmt == "onnx" and exporter == "auto" else ""
         raise ModelError(f"{name} cannot be exported to {fmt}{fell}: {type(e).__name__}: {first_line(e)}"[:600]) from None
     eager = formats.eager_runner(model)
     exported = formats.load_runner(fmt, path, threads)
@@ -197,6 +198,16 @@ def _export_into(tmp: Path, model: Any, x: Any, fmt: str, exporter: str, opset: 
     if not p.ok:
         raise ModelError(f"the {fmt} export of {name} does not match eager PyTorch: {p.describe()}; nothing was "
                          f"kept (exporter={meta['exporter']}; try exporter=legacy or another opset)")
+    return meta, p, eager, exported
+
+
+def _export_into(tmp: Path, model: Any, x: Any, fmt: str, exporter: str, opset: int | None, threads: int,
+                 speed_seconds: float) -> dict[str, Any]:
+    """Export, load back, check parity and time: export.json's format/parity/speed part."""
+    from cnnlab.export import formats, speed
+
+    path = tmp / formats.FORMATS[fmt]
+    meta, p, eager, exported = export_checked(model, x, fmt, path, opset, exporter, threads)
     figures = speed.compare_speed(eager, exported, x, seconds=speed_seconds)
     return {"format": fmt, "file": path.name, **meta, "parity": p.as_dict(),
             "speed": {"device": "cpu", "cpu": _cpu(), "threads": threads, **figures}}

@@ -137,7 +137,9 @@ def load_runner(fmt: str, path: Path, threads: int | None = None) -> Runner:
         return lambda x: sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
     import torch
 
-    module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's FutureWarning
+        module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
 
     def run(x: Any) -> Any:
         with torch.inference_mode():
