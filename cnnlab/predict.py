@@ -136,9 +136,10 @@ def predict_onnx(model: str, images: str | None, topk: int | None = None, out: s
 
     from cnnlab.errors import CheckpointError, DataError
     from cnnlab.evaluation.metrics import softmax
-    from cnnlab.export.formats import ort_session
+    from cnnlab.export.formats import ort_session, require
     from cnnlab.export.preprocess import to_input
 
+    require("onnxruntime")
     _check_args(topk, batch_size, out)
     p = Path(model).expanduser()
     if not p.is_file():

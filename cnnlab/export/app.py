@@ -138,6 +138,9 @@ def export_run(run: str | None, checkpoint: str = "best", fmt: str = "onnx", exp
     if dest.exists():
         raise ConfigError(f"{str(dest)!r} already exists (an earlier export): an export is never overwritten; "
                           "move it away, or give another folder with out=")
+    from cnnlab.export.formats import require
+
+    require(*(("onnx", "onnxruntime") + (("onnxscript",) if exporter != "legacy" else ())) if fmt == "onnx" else ())
     check_opset(opset, exporter)
 
     import torch
@@ -165,7 +168,9 @@ def export_run(run: str | None, checkpoint: str = "best", fmt: str = "onnx", exp
             record["int8"] = _int8(tmp, calib, to_input(tx, mean, std), ty, max_drop, speed_seconds)
         record |= _describe(ck, src, names, ds, x.shape, fmt)
         record["seconds"] = round(time.perf_counter() - t0, 2)
-        (tmp / "export.json").write_text(json.dumps(record, indent=2) + "\n")
+        text = json.dumps(record, indent=2) + "\n"
+        record = json.loads(text)  # what a reader of the file gets (its dict keys are strings)
+        (tmp / "export.json").write_text(text)
         os.rename(tmp, dest)  # all or nothing; fails if dest appeared meanwhile (a non-empty folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

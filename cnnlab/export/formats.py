@@ -22,6 +22,18 @@ DYNAMIC_AXES = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}
 Runner = Callable[[Any], Any]
 
 
+def require(*packages: str) -> None:
+    """One line naming the ``export`` extra when one of ``packages`` is not installed."""
+    import importlib.util
+
+    from cnnlab.errors import ConfigError
+
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} is not installed: pip install -e '.[export]' (onnx, onnxruntime, "
+                          "onnxscript; make install installs them)")
+
+
 def opset_range(exporter: str) -> tuple[int, int]:
     """The ONNX opsets this torch can emit with ``exporter`` (its own constants)."""
     from torch.onnx import _constants as c
