@@ -140,7 +140,8 @@ def export_run(run: str | None, checkpoint: str = "best", fmt: str = "onnx", exp
                           "move it away, or give another folder with out=")
     from cnnlab.export.formats import require
 
-    require(*(("onnx", "onnxruntime") + (("onnxscript",) if exporter != "legacy" else ())) if fmt == "onnx" else ())
+    if fmt == "onnx":  # onnxscript: only torch's dynamo exporter needs it
+        require("onnx", "onnxruntime", *(("onnxscript",) if exporter != "legacy" else ()))
     check_opset(opset, exporter)
 
     import torch
