@@ -45,6 +45,7 @@ class Result:
     top1: float | None
     reason: str  # why not, in one line; or the dynamo failure the legacy exporter covered
     seconds: float
+    speed: dict | None = None  # with --speed: cnnlab.export.speed.compare_speed's figures
 
 
 def build(overrides: list[str]):
@@ -77,8 +78,10 @@ def digits_inputs(n: int = 64):
     return to_input(data.test.x[:n].numpy(), [0.5], [0.5])
 
 
-def check(name: str, overrides: list[str], fmt: str, exporter: str = "auto", x=None) -> Result:
-    """Export one entry to one format and check its parity; never raises."""
+def check(name: str, overrides: list[str], fmt: str, exporter: str = "auto", x=None,
+          speed_seconds: float = 0.0) -> Result:
+    """Export one entry to one format and check its parity (and, with ``speed_seconds``, time it
+    against eager PyTorch at batch 1 and 64, as the app does); never raises."""
     from cnnlab.errors import CnnlabError, first_line
     from cnnlab.export.app import export_checked
     from cnnlab.export.formats import FORMATS
@@ -87,12 +90,20 @@ def check(name: str, overrides: list[str], fmt: str, exporter: str = "auto", x=N
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            meta, p, _, _ = export_checked(build(overrides), x, fmt, Path(tmp) / FORMATS[fmt], None, exporter, None)
+            import torch
+
+            meta, p, eager, exported = export_checked(build(overrides), x, fmt, Path(tmp) / FORMATS[fmt], None,
+                                                      exporter, torch.get_num_threads())
         except CnnlabError as e:
             return Result(name, fmt, False, "", None, None, first_line(e), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if speed_seconds:
+            from cnnlab.export.speed import compare_speed
+
+            figures = compare_speed(eager, exported, x, seconds=speed_seconds)
     return Result(name, fmt, True, meta["exporter"] + (f" (opset {meta['opset']})" if meta["opset"] else ""),
                   p.max_abs_diff, p.top1_agreement, f"dynamo failed: {meta['fallback']}" if meta["fallback"] else "",
-                  time.perf_counter() - t0)
+                  seconds, figures if speed_seconds else None)
 
 
 def table(results: list[Result]) -> list[str]:
@@ -125,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--formats", default="onnx,torchscript")
     ap.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "legacy"))
     ap.add_argument("--out", default=None, help="a Markdown file with the markers (docs/export.md)")
+    ap.add_argument("--speed", type=float, default=0.0, metavar="SECONDS",
+                    help="also time exported vs eager at batch 1 and 64, SECONDS per figure (no table written)")
     a = ap.parse_args(argv)
     names = [m for m in a.models.split(",") if m]
     unknown = [m for m in names if m not in ENTRIES]
@@ -134,13 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for m in names:
         for fmt in a.formats.split(","):
-            r = check(m, ENTRIES[m], fmt, a.exporter, x)
+            r = check(m, ENTRIES[m], fmt, a.exporter, x, a.speed)
             print(table([r])[-1], flush=True)
+            if r.speed:
+                print(f"  speed (images/s, {torch.get_num_threads()} threads): " + "; ".join(
+                    f"{b}: eager {v['eager']}, {fmt} {v['exported']} ({v['speedup']:.2f}x)" for b, v in r.speed.items()),
+                    flush=True)
             results.append(r)
     header = (f"Measured by `make export-coverage` on {platform.machine()} ({torch.get_num_threads()} torch threads), "
               f"torch {torch.__version__}, exporter={a.exporter}, {time.strftime('%Y-%m-%d')}; 64 digits test images, "
               "1x32x32, random-init weights.")
-    if a.out:
+    if a.out and not a.speed:
         write(Path(a.out), table(results), header)
     ok = sum(r.ok for r in results)
     print(f"{ok}/{len(results)} exports passed parity")
