@@ -135,9 +135,8 @@ def predict_onnx(model: str, images: str | None, topk: int | None = None, out: s
     import numpy as np
 
     from cnnlab.errors import CheckpointError, DataError
-    from cnnlab.evaluation.metrics import softmax
     from cnnlab.export.formats import ort_session, require
-    from cnnlab.export.preprocess import to_input
+    from cnnlab.export.preprocess import softmax, to_input
 
     require("onnxruntime")
     _check_args(topk, batch_size, out)
