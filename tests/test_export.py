@@ -124,7 +124,7 @@ def test_torchscript_and_pt2(run, tmp_path):
         assert np.abs(program(torch.from_numpy(x)).numpy() - ref).max() <= 1e-4
 
 
-def test_int8_reports_both_accuracies_and_refuses_past_max_drop(run, tmp_path):
+def test_int8_reports_both_accuracies(run, tmp_path):
     import onnxruntime as ort
 
     from cnnlab.export.app import export_run
@@ -141,6 +141,12 @@ def test_int8_reports_both_accuracies_and_refuses_past_max_drop(run, tmp_path):
     _, x, y = _eager_and_test_images(run, 64)
     sess = ort.InferenceSession(str(dest / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     assert accuracy(sess, x, y) == pytest.approx(q["int8_test_acc"])
+
+
+@pytest.mark.slow
+def test_int8_past_max_drop_is_refused_and_nothing_is_kept(run, tmp_path):
+    from cnnlab.export.app import export_run
+
     # A bound no model can meet (max_drop below any possible drop): refused, nothing kept.
     with pytest.raises(ConfigError, match=r"quantize.max_drop=-101: int8 loses .*\(fp32 .* -> int8 .*nothing was kept"):
         export_run(str(run), exporter="legacy", quantize="int8", calibration=8, max_drop=-101,
