@@ -44,6 +44,7 @@ eager PyTorch on 64 test images and times both at batch 1 and 64.
                        on the train split), with its test accuracy next to fp32's
   quantize.max_drop=null   refuse an int8 model that loses more test accuracy (points)
   quantize.calibration=256 train images to calibrate on
+  quantize.keep_first_last=true   the first and last Conv/Gemm stay fp32
   out=null             another output folder (must not exist); null: <run>/export
   speed.seconds=1.0    seconds per speed measurement (4 of them; 6 with quantize)
 Then: python -m cnnlab.predict model=<run>/export/model.onnx images=<folder> (no torch).
@@ -127,7 +128,7 @@ def _spread(part: Any, n: int) -> Any:
 def export_run(run: str | None, checkpoint: str = "best", fmt: str = "onnx", exporter: str = "auto",
                opset: int | None = None, quantize: str | None = None, max_drop: float | None = None,
                calibration: int = 256, out: str | None = None, speed_seconds: float = 1.0,
-               parity_images: int = 64) -> tuple[Path, dict[str, Any]]:
+               parity_images: int = 64, keep_first_last: bool = True) -> tuple[Path, dict[str, Any]]:
     """Export a run's checkpoint; return (the export folder, export.json's content)."""
     from cnnlab.evaluation import source as src_mod
 
@@ -166,7 +167,8 @@ def export_run(run: str | None, checkpoint: str = "best", fmt: str = "onnx", exp
         if quantize == "int8":
             calib = to_input(_spread(data.train, calibration), mean, std)
             tx, ty = _images(data.test, len(data.test))
-            record["int8"] = _int8(tmp, calib, to_input(tx, mean, std), ty, max_drop, speed_seconds)
+            record["int8"] = _int8(tmp, calib, to_input(tx, mean, std), ty, max_drop, speed_seconds,
+                                   keep_first_last)
         record |= _describe(ck, src, names, ds, x.shape, fmt)
         record["seconds"] = round(time.perf_counter() - t0, 2)
         text = json.dumps(record, indent=2) + "\n"
@@ -220,17 +222,18 @@ def _export_into(tmp: Path, model: Any, x: Any, fmt: str, exporter: str, opset: 
 
 
 def _int8(tmp: Path, calib: Any, test_x: Any, test_y: Any, max_drop: float | None,
-          speed_seconds: float) -> dict[str, Any]:
+          speed_seconds: float, keep_first_last: bool = True) -> dict[str, Any]:
     """model.int8.onnx beside model.onnx, and its report; refused past ``max_drop`` points."""
     import torch
 
     from cnnlab.export.quantize import int8_report, quantize_int8
 
-    quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", calib)
+    quantize_int8(tmp / "model.onnx", tmp / "model.int8.onnx", calib, keep_first_last=keep_first_last)
     rep = int8_report(tmp / "model.onnx", tmp / "model.int8.onnx", test_x, test_y, torch.get_num_threads(),
                       speed_seconds)
     rep["calibration_images"] = int(len(calib))
     rep["max_drop"] = max_drop
+    rep["fp32_layers"] = "first and last" if keep_first_last else "none"
     if max_drop is not None and rep["drop_points"] > max_drop:
         raise ConfigError(
             f"quantize.max_drop={max_drop}: int8 loses {rep['drop_points']:.2f} points of test accuracy "
@@ -331,9 +334,10 @@ def main(cfg: DictConfig) -> None:
     q, sp = raw["quantize"], raw["speed"]
     check_keys({f"quantize.{k}": v for k, v in q.items()} | {f"speed.{k}": v for k, v in sp.items()},
                {"quantize.max_drop": Rule(float, ">= 0", null=True), "quantize.calibration": Rule(int, ">= 1"),
-                "speed.seconds": Rule(float, "> 0")})
+                "speed.seconds": Rule(float, "> 0"), "quantize.keep_first_last": Rule(bool)})
     dest, record = export_run(raw["run"], str(raw["checkpoint"]), raw["format"], raw["exporter"], raw["opset"],
-                              q["mode"], q["max_drop"], int(q["calibration"]), raw["out"], float(sp["seconds"]))
+                              q["mode"], q["max_drop"], int(q["calibration"]), raw["out"], float(sp["seconds"]),
+                              keep_first_last=bool(q["keep_first_last"]))
     print("\n".join(report_lines(dest, record)))
 
 
