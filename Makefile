@@ -11,7 +11,7 @@ EPOCHS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint sweep bench soak coverage ddp-smoke tensorboard mlflow clean
+.PHONY: help install run test test-all lint sweep bench soak coverage export-coverage ddp-smoke tensorboard mlflow clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	@echo "installing cnnlab and its dependencies into $(VENV) (first time: about 2 minutes)"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@set -o pipefail; $(PIP) install --quiet --upgrade pip $(PIP_FILTER)
-	@set -o pipefail; $(PIP) install --quiet -e '.[dev,sweep,track]' $(PIP_FILTER)
+	@set -o pipefail; $(PIP) install --quiet -e '.[dev,sweep,track,export]' $(PIP_FILTER)
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install cnnlab with its dev tools and sweep launchers (idempotent)
@@ -68,6 +68,10 @@ soak: $(STAMP) ## 20 x (kill -9 a tiny run at a random moment, auto-resume): mus
 # train step each at 32x32 (small_input) and at the native size (scripts/model_coverage.py).
 coverage: $(STAMP) ## Which timm/torchvision models train -> docs/model_coverage.md (25-40 min CPU; COVERAGE_ARGS="--families resnet,vgg --torchvision none")
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python scripts/model_coverage.py $(COVERAGE_ARGS)
+
+# Every conf/model entry exported to ONNX and TorchScript, each with the parity check (docs/export.md).
+export-coverage: $(STAMP) ## Which conf/model entries export (ONNX, TorchScript) with parity -> docs/export.md's table
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python scripts/export_coverage.py --out docs/export.md $(EXPORT_COVERAGE_ARGS)
 
 # torchrun, 2 processes x 1 thread, gloo: one DDP run, one run folder (docs/distributed.md).
 ddp-smoke: $(STAMP) ## Train the default experiment with DDP on 2 CPU processes (torchrun, gloo); NPROC=4 for more

@@ -17,9 +17,9 @@ from functools import partial
 from typing import Any
 
 import torch
-from PIL import Image  # (torchvision's ImageFolder imports it anyway)
 from torchvision.datasets import ImageFolder
 
+from cnnlab.data.decode import UNREADABLE, decode_image
 from cnnlab.data.splits import ImageSplits, Split, seeded_split
 from cnnlab.errors import DataError
 
@@ -62,44 +62,13 @@ def _refuse_empty(root: str, part: str, classes: list[str], labels: Iterable[int
                         "add images to it or remove it")
 
 
-# What read_image raises for a file it cannot decode: not an image, truncated, unknown format,
-# over Image.MAX_IMAGE_PIXELS.
-UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
 def read_image(path: str | os.PathLike, in_chans: int, image_size: int) -> torch.Tensor:
-    """One image file as uint8 (C, S, S): decoded by PIL, converted to grey "L" (in_chans=1)
-    or "RGB", bilinear-resized to image_size x image_size. Raises one of ``UNREADABLE``;
-    an image over ``PIL.Image.MAX_IMAGE_PIXELS`` is refused (PIL's own check, its warning
-    from 1x to 2x the limit made an error too).
-
-    16-bit modes (I;16*, I) are scaled from 0..65535 and F from 0..1 to 0..255; a palette
-    image with transparency goes through RGBA; alpha is dropped, as PIL's convert does.
+    """One image file as uint8 (C, S, S) (:func:`cnnlab.data.decode.decode_image`, as a tensor).
 
     The one reader of image files: the in-memory path, the per-batch path and
-    ``cnnlab.predict`` all see the same pixels.
+    ``cnnlab.predict`` all see the same pixels. Raises one of ``UNREADABLE``.
     """
-    import warnings
-
-    import numpy as np
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        size = str(e).split(" exceeds")[0]  # PIL's "Image size (N pixels)"
-        raise Image.DecompressionBombError(
-            f"{size} is over the decompression-bomb limit PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}") from None
-    with im:
-        if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-            scale = 255.0 if im.mode == "F" else 255.0 / 65535
-            im = Image.fromarray(np.rint(np.clip(np.asarray(im, dtype=np.float64) * scale, 0, 255)).astype(np.uint8))
-        elif im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        im = im.convert("L" if in_chans == 1 else "RGB").resize((image_size, image_size), Image.BILINEAR)
-        arr = np.array(im, dtype=np.uint8)  # (S, S) or (S, S, 3), a writable copy
-    return torch.from_numpy(arr).reshape(image_size, image_size, -1).permute(2, 0, 1)
+    return torch.from_numpy(decode_image(path, in_chans, image_size))
 
 
 def _readable(samples: list[tuple[str, int]], in_chans: int,
