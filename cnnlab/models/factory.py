@@ -228,6 +228,8 @@ def build_model(
     aux_logits: bool = False,
     aux_weight: float = 0.3,
     sync_bn: bool = False,
+    freeze: str = "none",
+    unfreeze_epoch: int | None = None,
 ) -> nn.Module:
     """Build ``arch`` from ``source`` with the dataset's classes and channels.
 
@@ -235,7 +237,8 @@ def build_model(
     weights file on top (a state dict or a checkpoint that holds one). ``name`` is
     the config's label, kept for reports; ``sync_bn`` is applied by the DDP wrapper.
     """
-    del name, sync_bn  # labels/flags used elsewhere; accepted so every config is a valid call
+    del name, sync_bn, freeze, unfreeze_epoch  # used elsewhere (DDP, cnnlab/recipes/freeze.py); accepted
+    # so every config is a valid call
     if source == "cnnlab":
         # Kept as an alias: cnnlab's models are timm models now (alexnet -> cnnlab_alexnet).
         if not is_cnnlab_model(LEGACY_ARCHS.get(arch, arch)):
