@@ -354,6 +354,9 @@ RELATIONS: tuple[tuple[str, str, Callable[[Get], bool]], ...] = (
      lambda get: re.fullmatch(r"none|backbone|stages=[1-9]\d*", get("model.freeze")) is not None),
     ("model.unfreeze_epoch", "unfreezing needs model.freeze=backbone or stages=N",
      lambda get: get("model.unfreeze_epoch") is None or get("model.freeze") != "none"),
+    ("loss.class_weights", "give one weight per class (dataset.num_classes), in label order, or use balanced",
+     lambda get: _as_list(get("loss.class_weights")) is None or get("dataset.num_classes") is None
+     or len(_as_list(get("loss.class_weights"))) == get("dataset.num_classes")),
     ("device.amp", "fp16 is for GPUs: with device=cpu use device.amp=bf16 or none",
      lambda get: not (get("device.name") == "cpu" and get("device.amp") == "fp16")),
 )

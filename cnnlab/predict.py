@@ -95,6 +95,7 @@ def predict(run: str | None, images: str | None, topk: int | None = None, checkp
     from cnnlab.device import resolve_device
     from cnnlab.evaluation.metrics import softmax
     from cnnlab.evaluation.report import collect_logits
+    from cnnlab.evaluation.tta import with_tta
 
     ck = src_mod.load(src)
     ds = src_mod.dataset_config(ck)
@@ -106,8 +107,7 @@ def predict(run: str | None, images: str | None, topk: int | None = None, checkp
     if not kept:
         raise DataError(f"images={images!r}: none of its {len(files)} files is an image PIL can read")
     policy = resolve_device(device, None, None, False)
-    from cnnlab.evaluation.tta import with_tta  # tta=flip|crops: averaged probabilities (evaluation/tta.py)
-
+    # tta=flip|crops: averaged probabilities (cnnlab/evaluation/tta.py)
     model = with_tta(src_mod.build_model(ck, len(names), policy.device, policy.channels_last), tta, ds["name"],
                      int(ds["image_size"]), tta_padding)
     loader = TensorLoader(x, torch.zeros(len(x), dtype=torch.long), batch_size, ds["mean"], ds["std"],

@@ -665,6 +665,12 @@ def _test_best(p: Parts, state: LoopState, save_checkpoints: bool) -> None:
     report = test_report(p.eval_model, p.test_loader, p.policy, p.class_names, record.run_dir / "test_report",
                          tracker=record.tracker, step=state.best_epoch, ddp=p.ddp)
     record.completed_test(state.best_epoch, **report)
+    if "train_class_counts" in record.summary:  # an imbalanced train split: accuracy hides the small classes
+        from cnnlab.recipes.imbalance import worst_class
+
+        record.update(test_worst_class=worst_class(report["test_per_class"]))
+        log.info("test macro-F1 %.4f, worst class %s", report["test_macro_f1"] or 0.0,
+                 record.summary["test_worst_class"])
 
 
 def _finish(cfg: DictConfig, record: RunRecord, outcome: Outcome, t_start: float) -> None:
@@ -673,6 +679,9 @@ def _finish(cfg: DictConfig, record: RunRecord, outcome: Outcome, t_start: float
 
     tracker = record.tracker
     fit = diagnose(tracker.read_metrics(), status=record.summary["status"], **OmegaConf.to_container(cfg.fit))
+    if fit is not None and "test_worst_class" in record.summary:  # imbalanced: beside accuracy
+        fit["imbalanced"] = {"test_macro_f1": record.summary.get("test_macro_f1"),
+                             "worst_class": record.summary["test_worst_class"]}
     record.update(fit=fit, wall_seconds=time.perf_counter() - t_start)
     if fit is not None:
         log.info("fit: %s", fit_text(fit))

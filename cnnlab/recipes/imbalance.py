@@ -91,3 +91,9 @@ def sample_weights(y: Any, num_classes: int) -> Any:
 
     counts = torch.bincount(y, minlength=num_classes).double()
     return (1.0 / counts.clamp(min=1))[y]
+
+
+def worst_class(per_class: list[dict[str, Any]]) -> dict[str, Any]:
+    """The test report's row with the lowest F1 (a class never predicted has F1 0): its name, F1, support."""
+    row = min(per_class, key=lambda r: r["f1"] if r["f1"] is not None else 0.0)
+    return {"class": row["class"], "f1": row["f1"] or 0.0, "support": row["support"]}
