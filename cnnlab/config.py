@@ -193,6 +193,7 @@ RULES: dict[str, Rule] = {
     "model.sync_bn": Rule(bool),
     # fine-tuning (cnnlab/recipes/freeze.py): stages=N's N is checked against the model when it is built
     "model.freeze": Rule(str, note="none, backbone (all but the classifier) or stages=N"),
+    "model.reset_head": Rule(bool, note="with model.checkpoint: the classifier starts fresh"),
     "model.unfreeze_epoch": Rule(int, "[2, trainer.epochs]", null=True, note="the first epoch trained unfrozen"),
     # -- dataset
     "dataset.name": Rule(choices=DATASET_NAMES),

@@ -291,3 +291,44 @@ def test_imbalanced_run_reports_macro_f1_and_the_worst_class(tiny_cfg, tmp_path)
     assert s["test_worst_class"]["f1"] <= s["test_macro_f1"]
     fit = json.loads((tmp_path / "run" / "summary.json").read_text())["fit"]
     assert fit["imbalanced"]["worst_class"] == s["test_worst_class"]
+
+
+# --------------------------------------------------------------------------- the transfer experiment
+def _mnist_stand_in(root, n_train=256, n_test=64):
+    """MNIST's idx files (as torchvision leaves them extracted), generated: MNIST is not on this
+    machine. Each class a bright bar at its own row, so there is something to learn."""
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = root / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, (n, 28, 28), dtype=np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2 + 2 * k : 4 + 2 * k, 4:24] = 255
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) +
+                                                             labels.astype(np.uint8).tobytes())
+
+
+@pytest.mark.slow
+def test_transfer_digits_pretrains_on_mnist_then_fine_tunes_a_frozen_backbone_with_a_new_head(tiny_cfg, tmp_path):
+    from cnnlab.train import train
+
+    _mnist_stand_in(tmp_path / "data")
+    pre = tmp_path / "pre"
+    train(tiny_cfg("dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
+                   "trainer.log_feature_maps=false", run_dir=pre))
+    best = pre / "checkpoints" / "best.pt"
+    ft = tmp_path / "ft"
+    s = train(tiny_cfg("experiment=transfer_digits", f"model.checkpoint={best}", "model.freeze=backbone",
+                       "trainer.epochs=1", "trainer.log_feature_maps=false", run_dir=ft))
+    assert s["status"] == "completed"
+    source = torch.load(best, weights_only=False)["model"]
+    tuned = torch.load(ft / "checkpoints" / "last.pt", weights_only=False)["model"]
+    backbone = [k for k in source if not k.startswith("classifier.6.")]
+    assert all(torch.equal(source[k], tuned[k]) for k in backbone)  # loaded, then frozen (BN stats too)
+    assert not torch.equal(source["classifier.6.weight"], tuned["classifier.6.weight"])  # a new head, trained

@@ -40,14 +40,15 @@ def classifier_prefix(model: Any) -> str:
     return name
 
 
-def _under(name: str, prefix: str) -> bool:
+def under(name: str, prefix: str) -> bool:
+    """``name`` is ``prefix`` or inside it (dotted names)."""
     return name == prefix or name.startswith(prefix + ".")
 
 
 def head_names(model: Any) -> set[str]:
     """Names of the classifier's parameters."""
     prefix = classifier_prefix(model)
-    return {n for n, _ in model.named_parameters() if _under(n, prefix)}
+    return {n for n, _ in model.named_parameters() if under(n, prefix)}
 
 
 def frozen_names(model: Any, spec: str) -> list[str]:
@@ -71,7 +72,7 @@ def frozen_names(model: Any, spec: str) -> list[str]:
     # order is the forward order for timm's sequential backbones): the stem and stages 1..N.
     last_stage = stages[n_stages - 1]
     modules = [n for n, _ in model.named_modules()]
-    end = max(i for i, n in enumerate(modules) if _under(n, last_stage))
+    end = max(i for i, n in enumerate(modules) if under(n, last_stage))
     frozen: list[str] = []
     for mod_name in modules[: end + 1]:
         mod = model.get_submodule(mod_name)
