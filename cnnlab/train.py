@@ -520,8 +520,7 @@ def _imbalance(cfg: DictConfig, data: Any, record: RunRecord, device: Any) -> An
     if is_imbalanced(counts):
         record.update(train_class_counts=counts)
         log.info("data: imbalanced train split, %d to %d images per class", min(counts), max(counts))
-    weights = class_weights(OmegaConf.to_object(cfg.loss.class_weights) if OmegaConf.is_list(cfg.loss.class_weights)
-                            else cfg.loss.class_weights, counts)
+    weights = class_weights(OmegaConf.to_container(cfg.loss, resolve=True)["class_weights"], counts)
     if weights is None:
         return None
     log.info("loss: class weights %s", " ".join(f"{w:.3g}" for w in weights))

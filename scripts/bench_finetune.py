@@ -34,14 +34,17 @@ def run(overrides: list[str], out: Path) -> dict:
     return train(cfg)
 
 
-def imbalance(tmp: Path) -> list[dict]:
+IMBALANCE = {"plain": [], "class_weights=balanced": ["loss.class_weights=balanced"],
+             "sampler=balanced": ["dataset.sampler=balanced"]}
+
+
+def imbalance(tmp: Path, configs: list[str] | None = None) -> list[dict]:
     """dataset.imbalance=100 digits, AlexNet, default epochs: test accuracy and macro-F1 per config and seed."""
-    configs = {"plain": [], "class_weights=balanced": ["loss.class_weights=balanced"],
-               "sampler=balanced": ["dataset.sampler=balanced"]}
     rows = []
-    for name, extra in configs.items():
+    for name in configs or IMBALANCE:
         for seed in SEEDS:
-            s = run(["dataset.imbalance=100", f"seed={seed}", *extra], tmp / f"imb_{name}_{seed}")
+            folder = tmp / f"imb_{name.replace('=', '_')}_{seed}"  # no "=" in an override's value
+            s = run(["dataset.imbalance=100", f"seed={seed}", *IMBALANCE[name]], folder)
             worst = min(s["test_per_class"], key=lambda r: r["f1"] or 0.0)
             rows.append({"config": name, "seed": seed, "test_acc": s["test_acc"], "test_macro_f1": s["test_macro_f1"],
                          "worst_class": worst["class"], "worst_f1": worst["f1"]})
@@ -62,12 +65,14 @@ def summarise(rows: list[dict], key: str, metrics: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def tta(tmp: Path) -> list[dict]:
-    """The default run (digits, AlexNet, 5 epochs), then its best.pt evaluated with tta=none/flip/crops."""
+def tta(tmp: Path, run_dir: Path | None = None) -> list[dict]:
+    """The default run (digits, AlexNet, 5 epochs; or ``run_dir``, one already trained), then its
+    best.pt evaluated on its test split with tta=none/flip/crops (flip measured despite the digit-set refusal)."""
     from cnnlab.evaluation.tta import evaluate_with_tta
 
-    run_dir = tmp / "default"
-    run([], run_dir)
+    if run_dir is None:
+        run_dir = tmp / "default"
+        run([], run_dir)
     rows = []
     for mode in ("none", "flip", "crops"):
         r = evaluate_with_tta(str(run_dir), mode, allow_flip=True)
@@ -116,7 +121,7 @@ def freeze(tmp: Path, steps: int = 30) -> list[dict]:
     return rows
 
 
-def transfer(tmp: Path, epochs: int | None = None) -> list[dict]:
+def transfer(tmp: Path, epochs: int | None = None) -> list[dict]:  # MNIST: dataset.download fetches it
     """experiment=transfer_digits: pretrain once per seed on the source set, then fine-tune on digits
     from scratch / frozen backbone / gradual unfreezing / layer decay, at equal epochs."""
     modes = {"scratch": ["model.checkpoint=null"], "frozen backbone": ["model.freeze=backbone"],
@@ -124,12 +129,12 @@ def transfer(tmp: Path, epochs: int | None = None) -> list[dict]:
              "layer decay 0.7": ["optimizer.layer_decay=0.7"], "fine-tune all": []}
     rows = []
     for seed in SEEDS:
-        pre = run(["experiment=transfer_digits", "+transfer=pretrain", f"seed={seed}"], tmp / f"pre_{seed}")
-        ck = Path(pre["run_dir"] if "run_dir" in pre else tmp / f"pre_{seed}") / "checkpoints" / "best.pt"
+        run(["dataset=mnist", "trainer.epochs=3", f"seed={seed}"], tmp / f"pre_{seed}")  # step 1 (needs MNIST)
+        ck = tmp / f"pre_{seed}" / "checkpoints" / "best.pt"
         for name, extra in modes.items():
             ep = [f"trainer.epochs={epochs}"] if epochs else []
             s = run(["experiment=transfer_digits", f"model.checkpoint={ck}", f"seed={seed}", *ep, *extra],
-                    tmp / f"ft_{name.replace(' ', '_')}_{seed}")
+                    tmp / f"ft_{name.replace(' ', '_').replace('.', '_')}_{seed}")
             rows.append({"mode": name, "seed": seed, "test_acc": s["test_acc"], "test_macro_f1": s["test_macro_f1"]})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -139,11 +144,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=("imbalance", "tta", "freeze", "transfer"))
     ap.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--run", type=Path, help="tta: an already trained default run's folder")
+    ap.add_argument("--configs", nargs="+", choices=list(IMBALANCE), help="imbalance: only these configs")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        rows = globals()[args.part](Path(d))
+        extra = {"imbalance": {"configs": args.configs}, "tta": {"run_dir": args.run}}.get(args.part, {})
+        rows = globals()[args.part](Path(d), **extra)
         print(f"# {args.part}: {time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     if args.part == "imbalance":
         print(summarise(rows, "config", ("test_acc", "test_macro_f1", "worst_f1")))

@@ -99,7 +99,8 @@ class Freezer:
         return bool(self.params)
 
     def freeze(self, model: Any, names: list[str]) -> None:
-        """requires_grad=False on ``names``; BatchNorm layers whose parameters are all frozen run in eval mode."""
+        """requires_grad=False on ``names``; BatchNorm layers whose (affine) parameters are all frozen
+        run in eval mode."""
         from torch.nn.modules.batchnorm import _BatchNorm
 
         by_name = dict(model.named_parameters())
@@ -109,8 +110,7 @@ class Freezer:
         frozen = set(names)
         for mod_name, mod in model.named_modules():
             own = [f"{mod_name}.{p}" if mod_name else p for p, _ in mod.named_parameters(recurse=False)]
-            if isinstance(mod, _BatchNorm) and (own and all(n in frozen for n in own)
-                                                or not own and _under_any(mod_name, frozen)):
+            if isinstance(mod, _BatchNorm) and own and all(n in frozen for n in own):
                 self.hooks.append(mod.register_forward_pre_hook(_bn_eval))
 
     def unfreeze(self, optimizer: Any) -> int:
@@ -125,10 +125,6 @@ class Freezer:
         n = len(self.params)
         self.params, self.pending, self.hooks = [], {}, []
         return n
-
-
-def _under_any(mod_name: str, frozen: set[str]) -> bool:
-    return any(n.startswith(mod_name + ".") for n in frozen)
 
 
 def lr_groups(model: Any, lr: float, weight_decay: float, no_weight_decay_norm_bias: bool,
