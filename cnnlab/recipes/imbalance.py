@@ -26,25 +26,25 @@ def long_tail_counts(available: Sequence[int], ratio: float) -> list[int]:
 
 
 def long_tail(split: Any, num_classes: int, ratio: float, seed: int = LONG_TAIL_SEED) -> Any:
-    """``split`` (a Split: x (N, C, H, W) uint8, y (N,) int64) cut to :func:`long_tail_counts`:
-    each class keeps a seeded random subset of its images; the kept images stay in their order."""
+    """``split`` (a Split: x (N, C, H, W) uint8, y (N,) int64; or an image folder's FileSplit) cut to
+    :func:`long_tail_counts`: each class keeps a seeded random subset of its images, in their order."""
     import torch
 
     from cnnlab.data.splits import Split
 
-    if not isinstance(split, Split) or split.x.is_meta:
-        raise DataError("dataset.imbalance needs the training images in memory: raise "
-                        "dataset.memory_budget_mb (the split is read from its files)")
-    counts = torch.bincount(split.y, minlength=num_classes).tolist()
+    y = split.y  # (N,) int64 (a FileSplit builds it on each access: once)
+    counts = torch.bincount(y, minlength=num_classes).tolist()
     if min(counts) == 0:
         raise DataError(f"dataset.imbalance: class {counts.index(0)} has no training images")
     g = torch.Generator().manual_seed(seed)
     keep = []
     for k, n_k in enumerate(long_tail_counts(counts, ratio)):
-        idx = torch.nonzero(split.y == k).flatten()
+        idx = torch.nonzero(y == k).flatten()
         keep.append(idx[torch.randperm(len(idx), generator=g)[:n_k]])
     kept = torch.cat(keep).sort().values  # the split is already shuffled: keep its order
-    return Split(split.x[kept], split.y[kept])
+    if isinstance(split, Split):
+        return Split(split.x[kept], y[kept])
+    return split.subset(kept)  # a FileSplit: the same files, fewer
 
 
 def class_counts(y: Any, num_classes: int) -> list[int]:
