@@ -202,16 +202,18 @@ def test_balanced_sampler_draws_every_class_about_equally_on_both_loaders():
     y = torch.cat([torch.zeros(900, dtype=torch.long), torch.ones(90, dtype=torch.long),
                    torch.full((10,), 2, dtype=torch.long)])
     x = torch.zeros(1000, 1, 4, 4, dtype=torch.uint8)
-    w = sample_weights(y, 3)
+    w, draws = sample_weights(y, 3)
+    assert draws == 3 * 900  # oversampling: every class drawn as often as the largest is
     drawn = {}
     for rank in (0, 1):  # sharded: each rank its share of the same draw
-        loader = TensorLoader(x, y, 50, [0.5], [0.5], train=True, seed=0, rank=rank, world_size=2, sample_weights=w)
+        loader = TensorLoader(x, y, 50, [0.5], [0.5], train=True, seed=0, rank=rank, world_size=2,
+                              sample_weights=w, num_draws=draws)
         drawn[rank] = torch.cat([b[1] for b in loader])
         classic = build_dataloader(Split(x, y), 50, [0.5], [0.5], "cpu", train=True, seed=0, num_workers=0,
-                                   rank=rank, world_size=2, sample_weights=w)
-        assert len(torch.cat([b[1] for b in classic])) == 500
+                                   rank=rank, world_size=2, sample_weights=w, num_draws=draws)
+        assert len(classic) == len(loader) == 27 and len(torch.cat([b[1] for b in classic])) == 1350
     counts = torch.bincount(torch.cat(list(drawn.values())), minlength=3)
-    assert counts.sum() == 1000 and counts.min() > 280  # ~333 each; without the sampler class 2 gets 10
+    assert counts.sum() == 2700 and counts.min() > 800  # ~900 each; without the sampler class 2 gets 10
 
 
 # --------------------------------------------------------------------------- TTA

@@ -84,13 +84,20 @@ def class_weights(choice: Any, counts: Sequence[int]) -> list[float] | None:
     return weights
 
 
-def sample_weights(y: Any, num_classes: int) -> Any:
-    """One weight per sample, 1 / count of its class: a draw with these weights picks each
-    class equally often (``dataset.sampler=balanced``). y: (N,) int64 -> (N,) float64."""
+def sample_weights(y: Any, num_classes: int) -> tuple[Any, int]:
+    """``dataset.sampler=balanced``: (one weight per sample, 1 / count of its class, (N,) float64;
+    the draws per epoch). A draw with these weights picks each class equally often.
+
+    An epoch draws K x (the largest class's count): random oversampling, as imbalanced-learn's
+    RandomOverSampler balances a set (mmpretrain's ClassBalancedDataset also repeats the rare
+    classes' images), so an epoch still shows the largest class about as often as plain
+    training does, and every other class as often; on a long tail the epoch is longer.
+    """
     import torch
 
-    counts = torch.bincount(y, minlength=num_classes).double()
-    return (1.0 / counts.clamp(min=1))[y]
+    counts = torch.bincount(y, minlength=num_classes)
+    present = int((counts > 0).sum())
+    return (1.0 / counts.clamp(min=1).double())[y], present * int(counts.max())
 
 
 def worst_class(per_class: list[dict[str, Any]]) -> dict[str, Any]:
