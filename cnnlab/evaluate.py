@@ -40,14 +40,15 @@ per_class.csv, confusion.csv, confusion.png, reliability.png, misclassified.png
   mistakes=16          images in misclassified.png
   tensorboard=true     also write to the run's tb/
   tta=none             none | flip (image + mirror; off for digit sets) | crops (padded 5-crop):
-                       softmax probabilities averaged over the views (tta_padding=4 pixels)
+                       softmax probabilities averaged over the views (tta_padding=null: the
+                       run's dataset.augment.crop_padding, 4 if it had none)
 Keys and defaults: conf/evaluate.yaml."""
 
 
 def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
                  dataset: dict[str, Any] | None = None, dataset_is_new: bool = False, out: str | None = None,
                  batch_size: int | None = None, device: str = "auto", mistakes: int = 16,
-                 tensorboard: bool = True, tta: str = "none", tta_padding: int = 4) -> tuple[Path, dict[str, Any]]:
+                 tensorboard: bool = True, tta: str = "none", tta_padding: int | None = None) -> tuple[Path, dict[str, Any]]:
     """Evaluate a run's checkpoint on a split; return (the output folder, metrics.json's content).
 
     ``dataset``: None for the run's own dataset; with ``dataset_is_new`` a whole dataset
@@ -55,7 +56,7 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
     """
     from cnnlab.errors import ConfigError
     from cnnlab.evaluation import source as src_mod
-    from cnnlab.evaluation.tta import with_tta
+    from cnnlab.evaluation.tta import train_padding, with_tta
 
     t0 = time.perf_counter()
     src = src_mod.resolve(run, checkpoint)  # path checks: no torch yet
@@ -91,6 +92,7 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
         raise ConfigError(f"the {split} split of {ds['name']} is empty: pick another split=")
 
     policy = resolve_device(device, None, None, False)
+    tta_padding = train_padding(trained, tta_padding)  # null: the run's own crop padding
     model = with_tta(src_mod.build_model(ck, len(names), policy.device, policy.channels_last), tta,
                      trained["name"], int(trained["image_size"]), tta_padding)
     bs = batch_size or int(ck["config"].get("trainer", {}).get("eval_batch_size", 512))
@@ -177,7 +179,7 @@ def main(cfg: DictConfig) -> None:
     from cnnlab.evaluation.app import app_keys, check_dataset_overrides
 
     raw = app_keys(cfg, batch_size=Rule(int, ">= 1", null=True), mistakes=Rule(int, "[0, 256]"),
-                   tensorboard=Rule(bool), tta_padding=Rule(int, ">= 1"))
+                   tensorboard=Rule(bool), tta_padding=Rule(int, ">= 1", null=True))
     ds = raw.get("dataset")
     # A new dataset: dataset=<name> on the command line, not only dataset.KEY=VALUE.
     is_new = isinstance(ds, dict) and "name" in ds and (
@@ -191,7 +193,7 @@ def main(cfg: DictConfig) -> None:
         ds = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(DatasetConfig), ds), resolve=True)
     out_dir, metrics = evaluate_run(raw["run"], raw["checkpoint"], raw["split"], ds, is_new, raw["out"],
                                     raw["batch_size"], raw["device"], int(raw["mistakes"]),
-                                    bool(raw["tensorboard"]), str(raw["tta"]), int(raw["tta_padding"]))
+                                    bool(raw["tensorboard"]), str(raw["tta"]), raw["tta_padding"])
     _print(out_dir, metrics)
 
 

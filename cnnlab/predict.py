@@ -33,7 +33,7 @@ Prints the top-k classes of each image and writes them to <run>/predict/predicti
   out=null          another .csv path (must not exist)
   batch_size=256
   device=auto       auto | cpu | cuda | mps
-  tta=none          none | flip (+ mirror; off for digit sets) | crops (padded 5-crop, tta_padding=4)
+  tta=none          none | flip (+ mirror; off for digit sets) | crops (padded 5-crop; tta_padding=N)
 Keys and defaults: conf/predict.yaml."""
 
 
@@ -75,7 +75,7 @@ def read_images(files: list[Path], in_chans: int, image_size: int) -> tuple[list
 
 def predict(run: str | None, images: str | None, topk: int | None = None, checkpoint: str = "best",
             out: str | None = None, batch_size: int = 256, device: str = "auto", tta: str = "none",
-            tta_padding: int = 4) -> tuple[Path, list[dict[str, Any]], list[str]]:
+            tta_padding: int | None = None) -> tuple[Path, list[dict[str, Any]], list[str]]:
     """Top-k predictions for ``images``; return (the csv written, its rows, the column names)."""
     from cnnlab.errors import ConfigError, DataError
     from cnnlab.evaluation import source as src_mod
@@ -95,7 +95,7 @@ def predict(run: str | None, images: str | None, topk: int | None = None, checkp
     from cnnlab.device import resolve_device
     from cnnlab.evaluation.metrics import softmax
     from cnnlab.evaluation.report import collect_logits
-    from cnnlab.evaluation.tta import with_tta
+    from cnnlab.evaluation.tta import train_padding, with_tta
 
     ck = src_mod.load(src)
     ds = src_mod.dataset_config(ck)
@@ -109,7 +109,7 @@ def predict(run: str | None, images: str | None, topk: int | None = None, checkp
     policy = resolve_device(device, None, None, False)
     # tta=flip|crops: averaged probabilities (cnnlab/evaluation/tta.py)
     model = with_tta(src_mod.build_model(ck, len(names), policy.device, policy.channels_last), tta, ds["name"],
-                     int(ds["image_size"]), tta_padding)
+                     int(ds["image_size"]), train_padding(ds, tta_padding))
     loader = TensorLoader(x, torch.zeros(len(x), dtype=torch.long), batch_size, ds["mean"], ds["std"],
                           device=policy.device, train=False, channels_last=policy.channels_last)
     logits, _ = collect_logits(model, loader, policy)
@@ -155,12 +155,12 @@ def main(cfg: DictConfig) -> None:
     from cnnlab.config import Rule
     from cnnlab.evaluation.app import app_keys
 
-    raw = app_keys(cfg, batch_size=Rule(int, ">= 1"), tta_padding=Rule(int, ">= 1"))
+    raw = app_keys(cfg, batch_size=Rule(int, ">= 1"), tta_padding=Rule(int, ">= 1", null=True))
     topk = raw["topk"]
     if isinstance(topk, str) and topk.lstrip("-").isdigit():
         topk = int(topk)
     path, rows, columns = predict(raw["run"], raw["images"], topk, raw["checkpoint"], raw["out"],
-                                  int(raw["batch_size"]), raw["device"], str(raw["tta"]), int(raw["tta_padding"]))
+                                  int(raw["batch_size"]), raw["device"], str(raw["tta"]), raw["tta_padding"])
     images = Path(raw["images"]).expanduser()
     print(format_table(rows, (len(columns) - 1) // 2, images if images.is_dir() else images.parent))
     print(f"wrote {path} ({len(rows)} images)")

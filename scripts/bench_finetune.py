@@ -74,9 +74,9 @@ def tta(tmp: Path, run_dir: Path | None = None) -> list[dict]:
         run_dir = tmp / "default"
         run([], run_dir)
     rows = []
-    for mode in ("none", "flip", "crops"):
-        r = evaluate_with_tta(str(run_dir), mode, allow_flip=True)
-        rows.append({"tta": mode, **r})
+    for mode, padding in (("none", None), ("flip", None), ("crops", None), ("crops", 4)):
+        r = evaluate_with_tta(str(run_dir), mode, padding, allow_flip=True)  # None: the run's crop padding
+        rows.append({"tta": mode, "tta_padding": padding, **r})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

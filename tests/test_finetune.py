@@ -231,6 +231,10 @@ def test_tta_flip_on_a_symmetric_input_equals_the_plain_model_and_averages_other
     crops = views(x, "crops", 4)
     assert len(crops) == 5 and all(c.shape == x.shape for c in crops) and torch.equal(crops[0], x)
     assert with_tta(model, "none", "digits", 32) is model
+    from cnnlab.evaluation.tta import train_padding  # tta_padding=null: the run's own crop shift
+
+    assert (train_padding({"augment": {"crop_padding": 2}}, None), train_padding({"augment": {"crop_padding": 0}}, None),
+            train_padding({"augment": {"crop_padding": 2}}, 3)) == (2, 4, 3)
 
 
 @pytest.mark.parametrize(("mode", "dataset", "padding", "needle"), [

@@ -3,7 +3,9 @@
 Each image is classified several times, as views of itself, and the softmax probabilities
 are averaged: ``flip`` = the image and its mirror (2 forward passes), ``crops`` = the padded
 5-crop (the image padded by ``tta_padding`` pixels of zeros, then the centre and the four
-corner crops at the original size: the shifts random-crop training saw; 5 passes).
+corner crops at the original size; 5 passes). ``tta_padding=null`` takes the run's own
+``dataset.augment.crop_padding`` (4 where it trained without crops): the corner crops are then
+the largest shifts random-crop training showed the model.
 
 :class:`TtaModel` returns the log of the averaged probabilities, so everything downstream
 that takes a softmax of "logits" (metrics, ECE, predictions) gets the averaged probabilities
@@ -72,6 +74,13 @@ def _make_module() -> type:
     return TtaModel
 
 
+def train_padding(dataset_config: dict[str, Any], padding: int | None) -> int:
+    """``tta_padding``, or where it is null the run's ``dataset.augment.crop_padding`` (4 if 0)."""
+    if padding is not None:
+        return padding
+    return int((dataset_config.get("augment") or {}).get("crop_padding") or 4)
+
+
 def with_tta(model: Any, mode: str, dataset: str, image_size: int, padding: int = 4) -> Any:
     """``model`` itself (tta=none), or wrapped to average the softmax of its TTA views (checked
     first: :func:`check_tta`)."""
@@ -81,7 +90,7 @@ def with_tta(model: Any, mode: str, dataset: str, image_size: int, padding: int 
     return _make_module()(model, mode, padding).eval()
 
 
-def evaluate_with_tta(run: str, mode: str, padding: int = 4, allow_flip: bool = False,
+def evaluate_with_tta(run: str, mode: str, padding: int | None = None, allow_flip: bool = False,
                       repeats: int = 3) -> dict[str, Any]:
     """A run's best checkpoint on its test split under ``mode``: accuracy, macro-F1 and seconds
     (scripts/bench_finetune.py; ``allow_flip`` measures flip even on a digit set)."""
@@ -102,7 +111,7 @@ def evaluate_with_tta(run: str, mode: str, padding: int = 4, allow_flip: bool = 
     policy = resolve_device("cpu", None, None, False)
     model = src_mod.build_model(ck, data.num_classes, policy.device, False)
     name = "cifar10" if allow_flip else ds["name"]  # allow_flip: skip the digit-set refusal
-    model = with_tta(model, mode, name, int(ds["image_size"]), padding)
+    model = with_tta(model, mode, name, int(ds["image_size"]), train_padding(ds, padding))
     loader = _loader(data.test, 512, ds["mean"], ds["std"], policy, ds)
     seconds = []
     for _ in range(repeats):  # the fastest of a few passes: on a shared machine the others waited
