@@ -82,7 +82,7 @@ class Rule:
         """True if ``value`` (as the composed config holds it) is allowed."""
         if value is None:
             return self.null
-        if self.choices:
+        if self.choices and (self.type is not list or _as_list(value) is None):
             return any(value == c and type(value) is type(c) for c in self.choices)
         if self.type is list:
             items = _as_list(value)
@@ -106,7 +106,10 @@ class Rule:
         """What is allowed, as the user reads it; with ``get``, a bound naming a key shows its value."""
         null = "null or " if self.null else ""
         if self.choices:
-            return "choose one of " + ", ".join(_show(c) for c in (None, *self.choices)[not self.null:])
+            either = "choose one of " + ", ".join(_show(c) for c in (None, *self.choices)[not self.null:])
+            if self.type is not list:
+                return either
+            return f"{either}, or {replace(self, choices=()).text(get)}"  # loss.class_weights
         if self.type is bool:
             return "use null, true or false" if self.null else "use true or false"
         rng = self.range
@@ -188,6 +191,10 @@ RULES: dict[str, Rule] = {
     "model.aux_logits": Rule(bool),
     "model.aux_weight": Rule(float, ">= 0"),
     "model.sync_bn": Rule(bool),
+    # fine-tuning (cnnlab/recipes/freeze.py): stages=N's N is checked against the model when it is built
+    "model.freeze": Rule(str, note="none, backbone (all but the classifier) or stages=N"),
+    "model.reset_head": Rule(bool, note="with model.checkpoint: the classifier starts fresh"),
+    "model.unfreeze_epoch": Rule(int, "[2, trainer.epochs]", null=True, note="the first epoch trained unfrozen"),
     # -- dataset
     "dataset.name": Rule(choices=DATASET_NAMES),
     "dataset.root": Rule("folder", null=True),
@@ -203,6 +210,8 @@ RULES: dict[str, Rule] = {
     "dataset.loader": Rule(choices=("tensor", "dataloader")),
     "dataset.num_workers": Rule(int, "[0, 1024]"),
     "dataset.memory_budget_mb": Rule(int, ">= 0"),
+    "dataset.sampler": Rule(choices=("none", "balanced")),
+    "dataset.imbalance": Rule(float, ">= 1", null=True, note="max/min class count of a long-tailed train split"),
     "dataset.mean": Rule(list),
     "dataset.std": Rule(list, "> 0"),
     "dataset.augment.crop_padding": Rule(int, "[0, dataset.image_size)"),
@@ -226,6 +235,8 @@ RULES: dict[str, Rule] = {
     "optimizer.foreach": Rule(bool, null=True),
     "optimizer.fused": Rule(bool, null=True),
     "optimizer.no_weight_decay_norm_bias": Rule(bool),  # cnnlab's, taken out before the target is built
+    "optimizer.head_lr_mult": Rule(float, "> 0"),  # cnnlab's: the classifier's lr = lr x this
+    "optimizer.layer_decay": Rule(float, "(0, 1]", null=True),  # cnnlab's: timm's layer-wise lr decay
     # -- scheduler: cnnlab.schedulers.* keys
     "scheduler._target_": Rule("import", note="e.g. cnnlab.schedulers.cosine"),
     "scheduler._partial_": Rule(choices=(True,)),
@@ -269,6 +280,8 @@ RULES: dict[str, Rule] = {
     "fit.diverge_loss_ratio": Rule(float, "> 1"),
     # -- training recipes (cnnlab/recipes/, docs/recipes.md)
     "loss.label_smoothing": Rule(float, "[0, 1)"),
+    "loss.class_weights": Rule(list, ">= 0", choices=("none", "balanced"),
+                               note="a list: one weight per class, in label order"),
     "mix.mixup_alpha": Rule(float, ">= 0"),
     "mix.cutmix_alpha": Rule(float, ">= 0"),
     "mix.prob": Rule(float, "[0, 1]"),
@@ -294,6 +307,8 @@ RULES: dict[str, Rule] = {
 
 def _key_type(rule: Rule) -> Any:
     """The type Hydra checks at composition: a choice's type, a list of floats, or str (a name, a path)."""
+    if rule.choices and rule.type is list:
+        return Any  # a name or a list (loss.class_weights): Rule.allows checks which
     t = type(rule.choices[0]) if rule.choices else list[float] if rule.type is list else rule.type
     t = t if t in (int, float, bool, list[float]) else str
     return Optional[t] if rule.null else t
@@ -347,6 +362,13 @@ RELATIONS: tuple[tuple[str, str, Callable[[Get], bool]], ...] = (
      lambda get: get("trainer.batch_size") % 2 == 0 or not _mixing(get)),
     ("optimizer.momentum", "optimizer.nesterov=true needs a momentum > 0 (or set optimizer.nesterov=false)",
      lambda get: not get("optimizer.nesterov") or (get("optimizer.momentum") or 0) > 0),
+    ("model.freeze", "use none, backbone or stages=N (N >= 1, the first N feature stages)",
+     lambda get: re.fullmatch(r"none|backbone|stages=[1-9]\d*", get("model.freeze")) is not None),
+    ("model.unfreeze_epoch", "unfreezing needs model.freeze=backbone or stages=N",
+     lambda get: get("model.unfreeze_epoch") is None or get("model.freeze") != "none"),
+    ("loss.class_weights", "give one weight per class (dataset.num_classes), in label order, or use balanced",
+     lambda get: _as_list(get("loss.class_weights")) is None or get("dataset.num_classes") is None
+     or len(_as_list(get("loss.class_weights"))) == get("dataset.num_classes")),
     ("device.amp", "fp16 is for GPUs: with device=cpu use device.amp=bf16 or none",
      lambda get: not (get("device.name") == "cpu" and get("device.amp") == "fp16")),
 )

@@ -39,13 +39,16 @@ per_class.csv, confusion.csv, confusion.png, reliability.png, misclassified.png
   device=auto          auto | cpu | cuda | mps
   mistakes=16          images in misclassified.png
   tensorboard=true     also write to the run's tb/
+  tta=none             none | flip (image + mirror; off for digit sets) | crops (padded 5-crop):
+                       softmax probabilities averaged over the views (tta_padding=null: the
+                       run's dataset.augment.crop_padding, 4 if it had none)
 Keys and defaults: conf/evaluate.yaml."""
 
 
 def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
                  dataset: dict[str, Any] | None = None, dataset_is_new: bool = False, out: str | None = None,
                  batch_size: int | None = None, device: str = "auto", mistakes: int = 16,
-                 tensorboard: bool = True) -> tuple[Path, dict[str, Any]]:
+                 tensorboard: bool = True, tta: str = "none", tta_padding: int | None = None) -> tuple[Path, dict[str, Any]]:
     """Evaluate a run's checkpoint on a split; return (the output folder, metrics.json's content).
 
     ``dataset``: None for the run's own dataset; with ``dataset_is_new`` a whole dataset
@@ -53,6 +56,7 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
     """
     from cnnlab.errors import ConfigError
     from cnnlab.evaluation import source as src_mod
+    from cnnlab.evaluation.tta import train_padding, with_tta
 
     t0 = time.perf_counter()
     src = src_mod.resolve(run, checkpoint)  # path checks: no torch yet
@@ -88,7 +92,9 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
         raise ConfigError(f"the {split} split of {ds['name']} is empty: pick another split=")
 
     policy = resolve_device(device, None, None, False)
-    model = src_mod.build_model(ck, len(names), policy.device, policy.channels_last)
+    tta_padding = train_padding(trained, tta_padding)  # null: the run's own crop padding
+    model = with_tta(src_mod.build_model(ck, len(names), policy.device, policy.channels_last), tta,
+                     trained["name"], int(trained["image_size"]), tta_padding)
     bs = batch_size or int(ck["config"].get("trainer", {}).get("eval_batch_size", 512))
     loader = _loader(part, bs, trained["mean"], trained["std"], policy, ds)
     logits, labels = collect_logits(model, loader, policy)
@@ -100,7 +106,8 @@ def evaluate_run(run: str | None, checkpoint: str = "best", split: str = "test",
     images = _images(part, idx)
     extra = {"checkpoint": str(src.checkpoint), "checkpoint_epoch": int(ck.get("epoch", 0)),
              "model": ck.get("model_name") or ck["config"]["model"].get("name"), "dataset": ds["name"],
-             "trained_on": trained["name"], "split": split, "device": policy.name}
+             "trained_on": trained["name"], "split": split, "device": policy.name,
+             "tta": tta if tta == "none" else f"{tta} ({'2 views' if tta == 'flip' else f'5 crops, padding {tta_padding}'})"}
     writer = None
     tb_dir = src.run_dir / "tb" if src.run_dir is not None else out_dir / "tb"
     try:
@@ -154,7 +161,7 @@ def _print(out_dir: Path, m: dict[str, Any]) -> None:
     top5 = f", top-5 {pct(m['top5_accuracy'])}" if "top5_accuracy" in m else ""
     print(f"{m['model']} (epoch {m['checkpoint_epoch']}) on {m['dataset']} {m['split']}: {m['n_images']} images, "
           f"accuracy {pct(m['accuracy'])}{top5}, macro F1 {pct(m['macro_f1'])}, loss {m['loss']:.4f}, "
-          f"ECE {pct(m['ece'])}")
+          f"ECE {pct(m['ece'])}" + (f", TTA {m['tta']}" if m.get("tta", "none") != "none" else ""))
     per_class = (out_dir / "per_class.csv").read_text().splitlines()
     if len(per_class) <= 21:
         print("\n".join(per_class))
@@ -172,7 +179,7 @@ def main(cfg: DictConfig) -> None:
     from cnnlab.evaluation.app import app_keys, check_dataset_overrides
 
     raw = app_keys(cfg, batch_size=Rule(int, ">= 1", null=True), mistakes=Rule(int, "[0, 256]"),
-                   tensorboard=Rule(bool))
+                   tensorboard=Rule(bool), tta_padding=Rule(int, ">= 1", null=True))
     ds = raw.get("dataset")
     # A new dataset: dataset=<name> on the command line, not only dataset.KEY=VALUE.
     is_new = isinstance(ds, dict) and "name" in ds and (
@@ -186,7 +193,7 @@ def main(cfg: DictConfig) -> None:
         ds = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(DatasetConfig), ds), resolve=True)
     out_dir, metrics = evaluate_run(raw["run"], raw["checkpoint"], raw["split"], ds, is_new, raw["out"],
                                     raw["batch_size"], raw["device"], int(raw["mistakes"]),
-                                    bool(raw["tensorboard"]))
+                                    bool(raw["tensorboard"]), str(raw["tta"]), raw["tta_padding"])
     _print(out_dir, metrics)
 
 

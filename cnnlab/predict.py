@@ -39,6 +39,7 @@ Prints the top-k classes of each image and writes them to <run>/predict/predicti
   out=null          another .csv path (must not exist)
   batch_size=256
   device=auto       auto | cpu | cuda | mps
+  tta=none          none | flip (+ mirror; off for digit sets) | crops (padded 5-crop; tta_padding=N)
 Keys and defaults: conf/predict.yaml."""
 
 
@@ -164,7 +165,7 @@ def predict_onnx(model: str, images: str | None, topk: int | None = None, out: s
 
 def predict(run: str | None, images: str | None, topk: int | None = None, checkpoint: str = "best",
             out: str | None = None, batch_size: int = 256, device: str = "auto", model: str | None = None,
-            ) -> tuple[Path, list[dict[str, Any]], list[str]]:
+            tta: str = "none", tta_padding: int | None = None) -> tuple[Path, list[dict[str, Any]], list[str]]:
     """Top-k predictions for ``images``; return (the csv written, its rows, the column names).
     ``model=``: an exported .onnx (:func:`predict_onnx`), or a .pt checkpoint (as ``run=``)."""
     from cnnlab.errors import ConfigError, DataError
@@ -174,6 +175,9 @@ def predict(run: str | None, images: str | None, topk: int | None = None, checkp
         if run is not None:
             raise ConfigError(f"run={run!r} and model={model!r}: give one of them")
         if Path(model).suffix == ".onnx":
+            if tta != "none":
+                raise ConfigError(f"tta={tta} is not allowed with an exported model ({model}): "
+                                  "use run=<run folder> for test-time augmentation, or tta=none")
             return predict_onnx(model, images, topk, out, batch_size)
         if Path(model).suffix != ".pt":
             raise ConfigError(f"model={model!r} is not allowed: give an exported .onnx file (python -m cnnlab.export) "
@@ -189,6 +193,7 @@ def predict(run: str | None, images: str | None, topk: int | None = None, checkp
     from cnnlab.device import resolve_device
     from cnnlab.evaluation.metrics import softmax
     from cnnlab.evaluation.report import collect_logits
+    from cnnlab.evaluation.tta import train_padding, with_tta
 
     ck = src_mod.load(src)
     ds = src_mod.dataset_config(ck)
@@ -198,7 +203,9 @@ def predict(run: str | None, images: str | None, topk: int | None = None, checkp
     if not kept:
         raise DataError(f"images={images!r}: none of its {len(files)} files is an image PIL can read")
     policy = resolve_device(device, None, None, False)
-    net = src_mod.build_model(ck, len(names), policy.device, policy.channels_last)
+    # tta=flip|crops: averaged probabilities (cnnlab/evaluation/tta.py)
+    net = with_tta(src_mod.build_model(ck, len(names), policy.device, policy.channels_last), tta, ds["name"],
+                   int(ds["image_size"]), train_padding(ds, tta_padding))
     loader = TensorLoader(x, torch.zeros(len(x), dtype=torch.long), batch_size, ds["mean"], ds["std"],
                           device=policy.device, train=False, channels_last=policy.channels_last)
     logits, _ = collect_logits(net, loader, policy)
@@ -229,12 +236,13 @@ def main(cfg: DictConfig) -> None:
     from cnnlab.config import Rule
     from cnnlab.evaluation.app import app_keys
 
-    raw = app_keys(cfg, batch_size=Rule(int, ">= 1"))
+    raw = app_keys(cfg, batch_size=Rule(int, ">= 1"), tta_padding=Rule(int, ">= 1", null=True))
     topk = raw["topk"]
     if isinstance(topk, str) and topk.lstrip("-").isdigit():
         topk = int(topk)
     path, rows, columns = predict(raw["run"], raw["images"], topk, raw["checkpoint"], raw["out"],
-                                  int(raw["batch_size"]), raw["device"], raw["model_file"])
+                                  int(raw["batch_size"]), raw["device"], raw["model_file"], str(raw["tta"]),
+                                  raw["tta_padding"])
     images = Path(raw["images"]).expanduser()
     print(format_table(rows, (len(columns) - 1) // 2, images if images.is_dir() else images.parent))
     print(f"wrote {path} ({len(rows)} images)")

@@ -86,7 +86,7 @@ def _autocast(policy: Any) -> Any:
 
 def train_one_epoch(model, loader, optimizer, scheduler, policy, grad_clip=None, scaler=None,
                     progress=None, should_stop=lambda: False, label_smoothing=0.0, mixer=None,
-                    accumulate=1, ema=None) -> EpochSums:
+                    accumulate=1, ema=None, class_weights=None) -> EpochSums:
     """One pass over the training split; returns the sums, still on the device (no ``.item()``
     per step: the GPU never waits for the host).
 
@@ -94,7 +94,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, policy, grad_clip=None,
     call through, so every precision has one code path. Recipes, each off by default:
     ``mixer`` (cnnlab/recipes/mix.py) gives soft targets, and the accuracy counts their
     argmax; ``accumulate`` micro-batches per optimizer step, DDP syncing on the last one;
-    ``ema`` (cnnlab/recipes/ema.py) is updated after each optimizer step.
+    ``ema`` (cnnlab/recipes/ema.py) is updated after each optimizer step; ``class_weights``
+    (K,) weighs each class's loss (cnnlab/recipes/imbalance.py).
     """
     import torch
     import torch.nn.functional as F
@@ -119,9 +120,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, policy, grad_clip=None,
         with no_sync() if no_sync is not None else nullcontext():
             with _autocast(policy):
                 logits, extra = split_output(model(x))
-                loss = F.cross_entropy(logits, target, label_smoothing=smoothing)  # mean over the batch
+                # mean over the batch (with class_weights: the weighted mean)
+                loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=smoothing)
                 # Extra loss terms (e.g. GoogLeNet's auxiliary heads), weighted by the model.
-                total = loss + sum(w * F.cross_entropy(aux, target, label_smoothing=smoothing) for w, aux in extra)
+                total = loss + sum(w * F.cross_entropy(aux, target, weight=class_weights, label_smoothing=smoothing)
+                                   for w, aux in extra)
             if step % accumulate == 0:
                 optimizer.zero_grad(set_to_none=True)
             # The group's mean loss: each micro-batch's mean / accumulate.
@@ -240,6 +243,9 @@ class Parts:
     ema: Any = None         # cnnlab.recipes.ema.WeightEma, or None
     mixer: Any = None       # cnnlab.recipes.mix.make_mixer's Mixup, or None
     label_smoothing: float = 0.0
+    class_weights: Any = None   # (K,) float tensor on the device, or None (loss.class_weights)
+    freezer: Any = None         # cnnlab.recipes.freeze.Freezer, or None (model.freeze=none)
+    unfreeze_epoch: int | None = None
 
     def save(self, epoch: int, is_best: bool, state: LoopState) -> None:
         """The epoch's training checkpoint, written by rank 0 only (the ranks hold the same weights)."""
@@ -275,6 +281,8 @@ def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int) -
     for epoch in range(start_epoch, s.epochs + 1):
         if stop.requested:
             break
+        if p.freezer is not None and p.freezer.frozen and p.unfreeze_epoch and epoch >= p.unfreeze_epoch:
+            log.info("epoch %d: unfroze %d parameter tensors", epoch, p.freezer.unfreeze(p.optimizer))
         t0 = time.perf_counter()
         with (tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{s.epochs}", leave=False, unit="step",
                    dynamic_ncols=True, disable=no_bar) as bar, ddp.guard(),
@@ -282,7 +290,8 @@ def run_epochs(p: Parts, s: TrainerConfig, state: LoopState, start_epoch: int) -
             sums = train_one_epoch(p.train_model, p.train_loader, p.optimizer, p.scheduler, p.policy,
                                    grad_clip=s.grad_clip, scaler=p.scaler, progress=bar,
                                    should_stop=stop.poll, label_smoothing=p.label_smoothing,
-                                   mixer=p.mixer, accumulate=s.accumulate, ema=p.ema)
+                                   mixer=p.mixer, accumulate=s.accumulate, ema=p.ema,
+                                   class_weights=p.class_weights)
         sums = sums.over_ranks(ddp)
         stop.sync()  # DDP: agree at each epoch's end
         if stop.requested and sums.steps < steps_per_epoch:
@@ -454,7 +463,8 @@ def _build(cfg: DictConfig, ddp: Dist, record: RunRecord, stop: Any, fresh: bool
 
     # ---- data: uint8 splits, decoded once
     data = load_dataset(dc.name, dc.root, dc.download, dc.image_size, dc.in_chans, dc.val_split,
-                        dc.test_split, dc.split_seed, dc.memory_budget_mb, dc.limit, loader=dc.loader)
+                        dc.test_split, dc.split_seed, dc.memory_budget_mb, dc.limit, loader=dc.loader,
+                        imbalance=dc.imbalance)
     log.info("data: %s train %d / val %d / test %d, %d classes, %dx%dx%d", dc.name, len(data.train),
              len(data.val), len(data.test), data.num_classes, data.in_chans, data.image_size, data.image_size)
     record.update(class_names=list(data.classes))
@@ -465,7 +475,8 @@ def _build(cfg: DictConfig, ddp: Dist, record: RunRecord, stop: Any, fresh: bool
     train_loader, val_loader, test_loader = make_loaders(
         data, dc.loader, ddp.local_batch(tc.batch_size), tc.eval_batch_size, list(dc.mean), list(dc.std),
         dict(dc.augment), policy.device, channels_last=policy.channels_last, seed=cfg.seed,
-        num_workers=dc.num_workers, rank=ddp.rank, world_size=ddp.world_size)
+        num_workers=dc.num_workers, rank=ddp.rank, world_size=ddp.world_size, sampler=dc.sampler)
+    class_weights = _imbalance(cfg, data, record, policy.device)
 
     # ---- model
     model = instantiate_model(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans,
@@ -479,7 +490,8 @@ def _build(cfg: DictConfig, ddp: Dist, record: RunRecord, stop: Any, fresh: bool
     model = model.to(policy.device, memory_format=memory_format)
     model = ddp.convert_sync_bn(model, cfg.model.sync_bn, policy.device.type)
 
-    optimizer, scheduler = _optimization(cfg, model, policy, len(train_loader))
+    freezer = _freeze(cfg, model, ddp)
+    optimizer, scheduler = _optimization(cfg, model, policy, len(train_loader), freezer)
     scaler = torch.amp.GradScaler(policy.device.type, enabled=policy.use_grad_scaler)
     step_model = torch.compile(model) if policy.compile else model
     # DDP: training steps go through the wrapper (gradient all-reduce); evaluation uses
@@ -492,7 +504,7 @@ def _build(cfg: DictConfig, ddp: Dist, record: RunRecord, stop: Any, fresh: bool
                         total_steps=tc.epochs * (len(train_loader) // tc.accumulate), scaler=scaler,
                         accumulate=tc.accumulate, grad_clip=tc.grad_clip, ddp=ddp, out_dir=record.run_dir)
         record.update(lr_find=found)
-        optimizer, scheduler = _optimization(cfg, model, policy, len(train_loader), lr=found["lr"])
+        optimizer, scheduler = _optimization(cfg, model, policy, len(train_loader), freezer, lr=found["lr"])
     elif tc.lr_find and (record.previous or {}).get("lr_find"):  # a resume keeps the first launch's choice
         record.update(lr_find=record.previous["lr_find"])
     ema = WeightEma(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
@@ -506,7 +518,44 @@ def _build(cfg: DictConfig, ddp: Dist, record: RunRecord, stop: Any, fresh: bool
                        data.num_classes, ddp.local_batch(tc.batch_size))
     return Parts(model, train_model, eval_model, optimizer, scheduler, scaler, policy, ddp, record, stop,
                  train_loader, val_loader, test_loader, OmegaConf.to_container(cfg, resolve=True),
-                 list(data.classes), ema, mixer, cfg.loss.label_smoothing)
+                 list(data.classes), ema, mixer, cfg.loss.label_smoothing, class_weights, freezer,
+                 cfg.model.unfreeze_epoch)
+
+
+def _imbalance(cfg: DictConfig, data: Any, record: RunRecord, device: Any) -> Any:
+    """The train split's class counts into the summary when they are uneven; ``loss.class_weights``
+    as a (K,) tensor on the device, or None (cnnlab/recipes/imbalance.py)."""
+    import torch
+
+    from cnnlab.recipes.imbalance import class_counts, class_weights, is_imbalanced
+
+    counts = class_counts(data.train.y, data.num_classes)
+    if is_imbalanced(counts):
+        record.update(train_class_counts=counts)
+        log.info("data: imbalanced train split, %d to %d images per class", min(counts), max(counts))
+    weights = class_weights(OmegaConf.to_container(cfg.loss, resolve=True)["class_weights"], counts)
+    if weights is None:
+        return None
+    log.info("loss: class weights %s", " ".join(f"{w:.3g}" for w in weights))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _freeze(cfg: DictConfig, model: Any, ddp: Dist) -> Any:
+    """``model.freeze``: the Freezer that froze the model's backbone or first stages, or None."""
+    from cnnlab.recipes.freeze import Freezer, frozen_names
+
+    if cfg.model.freeze == "none":
+        return None
+    if cfg.model.unfreeze_epoch and ddp.enabled:  # DDP's gradient buckets are fixed when it wraps
+        raise ConfigError("model.unfreeze_epoch is not supported under torchrun (DDP fixes the trained "
+                          "parameters when it wraps the model): freeze for the whole run, or train on one process")
+    names = frozen_names(model, cfg.model.freeze)
+    freezer = Freezer()
+    freezer.freeze(model, names)
+    total = sum(1 for _ in model.parameters())
+    log.info("freeze: %s, %d of %d parameter tensors frozen%s", cfg.model.freeze, len(names), total,
+             f" until epoch {cfg.model.unfreeze_epoch}" if cfg.model.unfreeze_epoch else "")
+    return freezer
 
 
 def _resume(cfg: DictConfig, plan: Any, p: Parts) -> tuple[LoopState, int]:
@@ -522,6 +571,8 @@ def _resume(cfg: DictConfig, plan: Any, p: Parts) -> tuple[LoopState, int]:
             record.tracker.truncate_metrics(0)
         return LoopState(), 1
     source, ck = plan.checkpoint
+    if p.freezer is not None and p.unfreeze_epoch and ck["epoch"] >= p.unfreeze_epoch:
+        p.freezer.unfreeze(p.optimizer)  # saved in the unfrozen phase: its optimizer has every group
     restore_training(ck, source, p.model, p.optimizer, p.scheduler, p.scaler, p.train_loader,
                      optimizer_name=_optimizer_name(cfg))
     state = LoopState.from_checkpoint(ck)
@@ -534,7 +585,7 @@ def _resume(cfg: DictConfig, plan: Any, p: Parts) -> tuple[LoopState, int]:
     return state, ck["epoch"] + 1
 
 
-def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int,
+def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int, freezer: Any = None,
                   lr: float | None = None) -> tuple[Any, Any]:
     """The optimizer and its per-optimizer-step schedule (warm-up: cnnlab/schedulers.py); a bad
     ``_target_`` is one line naming the section and target (cnnlab.errors.construction_errors).
@@ -547,7 +598,7 @@ def _optimization(cfg: DictConfig, model: Any, policy: Any, batches: int,
     tc = cfg.trainer
     with construction_errors("optimizer", cfg.optimizer):
         optimizer = _make_optimizer(cfg.optimizer if lr is None else OmegaConf.merge(cfg.optimizer, {"lr": lr}),
-                                    model, policy)
+                                    model, policy, freezer)
     steps = batches // tc.accumulate  # optimizer steps an epoch
     if steps == 0:
         raise ConfigError(f"trainer.accumulate={tc.accumulate} is more than the {batches} batches "
@@ -568,7 +619,7 @@ def _load_ema(ema: Any, ck: dict[str, Any], source: Path) -> None:
     ema.load_state_dict(ck.get("ema") or {"weights": ck["model"], "updates": 0})
 
 
-def _make_optimizer(opt_cfg: DictConfig, model, policy):
+def _make_optimizer(opt_cfg: DictConfig, model, policy, freezer=None):
     """Instantiate the partial optimizer, fused where torch has the kernel; norm and bias parameters
     without weight decay with ``optimizer.no_weight_decay_norm_bias`` (cnnlab/recipes/optim.py)."""
     import inspect
@@ -577,18 +628,19 @@ def _make_optimizer(opt_cfg: DictConfig, model, policy):
 
     from cnnlab.recipes.optim import param_groups
 
-    make = instantiate(_without(opt_cfg, "no_weight_decay_norm_bias"))
+    make = instantiate(_without(opt_cfg, "no_weight_decay_norm_bias", "head_lr_mult", "layer_decay"))
     # fused unless the config chose: optimizer.fused=false, or foreach (torch refuses both at once)
     chosen = opt_cfg.get("fused") is not None or opt_cfg.get("foreach")
     fused = policy.fused_optimizer and not chosen and "fused" in inspect.signature(make.func).parameters
     params = param_groups(model, float(opt_cfg.get("weight_decay") or 0.0),
-                          bool(opt_cfg.get("no_weight_decay_norm_bias") or False))
+                          bool(opt_cfg.get("no_weight_decay_norm_bias") or False), freezer, float(opt_cfg.lr),
+                          float(opt_cfg.get("head_lr_mult") or 1.0), opt_cfg.get("layer_decay"))
     return make(params, **({"fused": True} if fused else {}))
 
 
-def _without(node: DictConfig, key: str) -> DictConfig:
-    """``node`` less ``key``: the recipe keys that are not the target's keyword arguments."""
-    return OmegaConf.masked_copy(node, [k for k in node if k != key])
+def _without(node: DictConfig, *keys: str) -> DictConfig:
+    """``node`` less ``keys``: the recipe keys that are not the target's keyword arguments."""
+    return OmegaConf.masked_copy(node, [k for k in node if k not in keys])
 
 
 def _optimizer_name(cfg: DictConfig) -> str:
@@ -628,6 +680,12 @@ def _test_best(p: Parts, state: LoopState, save_checkpoints: bool) -> None:
     report = test_report(p.eval_model, p.test_loader, p.policy, p.class_names, record.run_dir / "test_report",
                          tracker=record.tracker, step=state.best_epoch, ddp=p.ddp)
     record.completed_test(state.best_epoch, **report)
+    if "train_class_counts" in record.summary:  # an imbalanced train split: accuracy hides the small classes
+        from cnnlab.recipes.imbalance import worst_class
+
+        record.update(test_worst_class=worst_class(report["test_per_class"]))
+        log.info("test macro-F1 %.4f, worst class %s", report["test_macro_f1"] or 0.0,
+                 record.summary["test_worst_class"])
 
 
 def _finish(cfg: DictConfig, record: RunRecord, outcome: Outcome, t_start: float) -> None:
@@ -636,6 +694,9 @@ def _finish(cfg: DictConfig, record: RunRecord, outcome: Outcome, t_start: float
 
     tracker = record.tracker
     fit = diagnose(tracker.read_metrics(), status=record.summary["status"], **OmegaConf.to_container(cfg.fit))
+    if fit is not None and "test_worst_class" in record.summary:  # imbalanced: beside accuracy
+        fit["imbalanced"] = {"test_macro_f1": record.summary.get("test_macro_f1"),
+                             "worst_class": record.summary["test_worst_class"]}
     record.update(fit=fit, wall_seconds=time.perf_counter() - t_start)
     if fit is not None:
         log.info("fit: %s", fit_text(fit))

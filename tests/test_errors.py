@@ -88,6 +88,21 @@ CASES: dict[str, Case] = {
     "optimizer the schema does not know": Case(
         ["optimizer._target_=torch.optim.RMSprop"],
         ["optimizer (torch.optim.RMSprop): ", "nesterov"], slow=True),
+    # -- fine-tuning and imbalance (issue 25; cnnlab/recipes/freeze.py, imbalance.py)
+    "freeze that is not a choice": Case(["model.freeze=head"], ["model.freeze='head'", "backbone or stages=N"]),
+    "unfreeze past the last epoch": Case(["model.freeze=backbone", "trainer.epochs=3", "model.unfreeze_epoch=5"],
+                                         ["model.unfreeze_epoch=5", "[2, 3]"]),
+    "unfreeze without a freeze": Case(["model.unfreeze_epoch=2", "trainer.epochs=2"],
+                                      ["model.unfreeze_epoch=2", "needs model.freeze"]),
+    "class weights of the wrong length": Case(["loss.class_weights=[1,2,3]"],
+                                              ["loss.class_weights=[1, 2, 3]", "one weight per class"]),
+    "negative class weight": Case(["loss.class_weights=[1,1,1,1,1,1,1,1,1,-2]"],
+                                  ["loss.class_weights=", "numbers >= 0"]),
+    "imbalance below 1": Case(["dataset.imbalance=0.5"], ["dataset.imbalance=0.5", ">= 1"]),
+    "freeze more stages than the model has": Case(["model.freeze=stages\\=9"],
+                                                  ["model.freeze=stages=9", "4 feature stages"], slow=True),
+    "layer decay on a model without timm's grouping": Case(["model=googlenet", "optimizer.layer_decay=0.7"],
+                                                          ["optimizer.layer_decay=0.7", "group_matcher"], slow=True),
     # -- data
     # Checked with the config, before torch is imported: fast.
     "imagefolder without a root": Case(["dataset=imagefolder"], ["dataset=imagefolder needs dataset.root=<folder>"]),

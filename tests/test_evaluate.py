@@ -319,6 +319,10 @@ ERROR_CASES = {
                             ["topk=0", ">= 1"], False),
     "predict with topk above the classes": ("cnnlab.predict", ["run={run}", "images={tmp}/ab", "topk=11"],
                                             ["topk=11", "10 classes", "1 to 10"], True),
+    "evaluate with tta=flip on a digit set": ("cnnlab.evaluate", ["run={run}", "tta=flip"],
+                                              ["tta=flip is off for digits"], True),
+    "TTA crops larger than the image": ("cnnlab.evaluate", ["run={run}", "tta=crops", "tta_padding=40"],
+                                        ["tta_padding=40", "more than the image"], True),
 }
 
 

@@ -90,12 +90,31 @@ class _PermutationSampler(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=self.generator).tolist())
 
 
+class _WeightedSampler(torch.utils.data.Sampler[int]):
+    """``dataset.sampler=balanced``: n indices drawn with replacement by ``weights`` from
+    ``generator`` (the same draw on every rank), rank r taking every W-th of the first W*floor(n/W)."""
+
+    def __init__(self, weights: torch.Tensor, n: int, generator: torch.Generator, rank: int,
+                 world_size: int) -> None:
+        self.weights, self.n, self.generator = weights.double(), n, generator
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        n, ws = self.n, self.world_size
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
+        return iter(idx[: n // ws * ws][self.rank :: ws].tolist())
+
+
 class ClassicLoader:
     """A torch DataLoader that yields normalised float batches on ``device`` (see the module doc)."""
 
     def __init__(self, dataset: Any, batch_size: int, device: torch.device | str, train: bool,
                  seed: int, channels_last: bool, num_workers: int, rank: int, world_size: int,
-                 preview_source: Any = None, random_erasing: float = 0.0) -> None:
+                 preview_source: Any = None, random_erasing: float = 0.0,
+                 sample_weights: torch.Tensor | None = None, num_draws: int | None = None) -> None:
         from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
         if not 0 <= rank < world_size:
@@ -105,10 +124,12 @@ class ClassicLoader:
         self.channels_last = channels_last
         self.generator = torch.Generator().manual_seed(seed)  # the shuffle order's RNG (CPU)
         n = len(dataset)
-        if train and world_size > 1:
+        if train and sample_weights is not None:
+            self.sampler: Any = _WeightedSampler(sample_weights, num_draws or n, self.generator, rank, world_size)
+        elif train and world_size > 1:
             # Same permutation on every rank (same seed), rank r takes every W-th index of
             # its first W*floor(n/W): each sample at most once per epoch across ranks.
-            self.sampler: Any = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
+            self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                                    shuffle=True, seed=seed, drop_last=True)
         elif train:
             self.sampler = _PermutationSampler(n, self.generator)
@@ -172,7 +193,8 @@ class ClassicLoader:
 def build_dataloader(split: Any, batch_size: int, mean: Sequence[float], std: Sequence[float],
                      device: torch.device | str, train: bool = False, augment: Augment | None = None,
                      seed: int = 0, channels_last: bool = False, num_workers: int = 2,
-                     rank: int = 0, world_size: int = 1) -> ClassicLoader:
+                     rank: int = 0, world_size: int = 1,
+                     sample_weights: torch.Tensor | None = None, num_draws: int | None = None) -> ClassicLoader:
     """A classic DataLoader over ``split``: an in-memory Split (uint8 x, int64 y) or a FileSplit.
 
     Only train shuffles (with ``seed``), augments per image and drops the last partial batch;
@@ -187,4 +209,5 @@ def build_dataloader(split: Any, batch_size: int, mean: Sequence[float], std: Se
         dataset, preview = split.dataset(transform), split
     return ClassicLoader(dataset, batch_size, device, train, seed, channels_last, num_workers,
                          rank, world_size, preview_source=preview,
-                         random_erasing=augment.random_erasing if (train and augment) else 0.0)
+                         random_erasing=augment.random_erasing if (train and augment) else 0.0,
+                         sample_weights=sample_weights, num_draws=num_draws)

@@ -55,6 +55,8 @@ class TensorLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        sample_weights: torch.Tensor | None = None,
+        num_draws: int | None = None,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
@@ -73,6 +75,9 @@ class TensorLoader:
             self.x = self._padded[:, :, p : p + x.shape[2], p : p + x.shape[3]]
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
+        # dataset.sampler=balanced: (N,) weights, an epoch's num_draws indices drawn with replacement (train only)
+        self.sample_weights = None if sample_weights is None else sample_weights.to(self.device, torch.float32)
+        self.num_draws = num_draws if sample_weights is not None else None
         c = x.shape[1]
         mean_t, std_t = (torch.tensor([float(v) for v in vs], dtype=torch.float32).expand(c) for vs in (mean, std))
         # x_norm = (x/255 - mean) / std = x * scale + shift: one multiply and one add, (1, C, 1, 1) each.
@@ -89,7 +94,7 @@ class TensorLoader:
         self._erase = make_random_erasing(self.augment.random_erasing, self.device) if train else None
 
     def _shard_size(self) -> int:
-        n, ws = len(self.y), self.world_size
+        n, ws = self.num_draws or len(self.y), self.world_size
         if self.train:
             return n // ws
         return len(range(self.rank, n, ws))
@@ -106,9 +111,14 @@ class TensorLoader:
 
     def _order(self) -> torch.Tensor:
         n = len(self.y)
+        if self.train and self.num_draws:
+            n = self.num_draws
         if not self.train:
             return torch.arange(self.rank, n, self.world_size, device=self.device)
-        idx = torch.randperm(n, generator=self.generator, device=self.device)
+        if self.sample_weights is not None:  # n draws, each class equally likely (the same on every rank)
+            idx = torch.multinomial(self.sample_weights, n, replacement=True, generator=self.generator)  # (n,)
+        else:
+            idx = torch.randperm(n, generator=self.generator, device=self.device)
         if self.world_size > 1:
             per_rank = n // self.world_size
             idx = idx[: per_rank * self.world_size][self.rank :: self.world_size]
@@ -167,12 +177,16 @@ def make_loaders(
     num_workers: int = 2,
     rank: int = 0,
     world_size: int = 1,
+    sampler: str = "none",
 ) -> tuple[Any, Any, Any]:
     """The (train, val, test) loaders of ``splits`` (an ImageSplits), of kind tensor or dataloader.
 
     Only train shuffles (with ``seed``), augments and drops the last partial batch. Every
     loader is sharded: rank r of val and test takes samples r, r+W, ..., so each sample is
     evaluated once across the ranks. ``num_workers`` is for the dataloader kind only.
+    ``sampler="balanced"``: the train loader draws each epoch's samples with replacement, with
+    weights 1 / class count, K x the largest class's count of them (cnnlab/recipes/imbalance.py),
+    sharded like the permutation.
     """
     if not isinstance(augment, Augment):
         augment = Augment(**dict(augment or {}))
@@ -186,6 +200,10 @@ def make_loaders(
     def make(split: Any, bs: int, train: bool) -> Any:
         kw = dict(train=train, augment=augment if train else None, seed=seed, channels_last=channels_last,
                   rank=rank, world_size=world_size)
+        if train and sampler == "balanced":
+            from cnnlab.recipes.imbalance import sample_weights
+
+            kw["sample_weights"], kw["num_draws"] = sample_weights(split.y, splits.num_classes)
         if loader_kind == "dataloader":
             from cnnlab.data.dataloader import build_dataloader
 

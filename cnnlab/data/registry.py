@@ -41,8 +41,10 @@ def available_mb() -> float | None:
 
 def load_dataset(name: str, root: str | None, download: bool, image_size: int, in_chans: int,
                  val_split: float, test_split: float, split_seed: int,
-                 memory_budget_mb: int, limit: int | None = None, loader: str = "tensor") -> ImageSplits:
-    """Decode dataset ``name`` into uint8 splits; ``limit`` keeps the first N of each split."""
+                 memory_budget_mb: int, limit: int | None = None, loader: str = "tensor",
+                 imbalance: float | None = None) -> ImageSplits:
+    """Decode dataset ``name`` into uint8 splits; ``imbalance`` (> 1) cuts the train split to a long
+    tail (cnnlab/recipes/imbalance.py), val and test untouched; ``limit`` keeps the first N of each split."""
     need_mb = IMAGES.get(name, 0) * in_chans * image_size**2 / 2**20  # uint8 bytes of every image
     free_mb = available_mb() if need_mb > 256 else None
     if free_mb is not None and need_mb > free_mb:
@@ -54,4 +56,9 @@ def load_dataset(name: str, root: str | None, download: bool, image_size: int, i
                             memory_budget_mb=memory_budget_mb, loader=loader)
     if splits.in_chans != in_chans:
         raise DataError(f"dataset.in_chans={in_chans} but {name} images have {splits.in_chans} channels")
+    if imbalance is not None and imbalance > 1:
+        from cnnlab.recipes.imbalance import long_tail
+
+        splits = ImageSplits(long_tail(splits.train, splits.num_classes, imbalance), splits.val, splits.test,
+                             splits.classes)
     return splits.limit(limit)

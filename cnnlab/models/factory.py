@@ -228,14 +228,19 @@ def build_model(
     aux_logits: bool = False,
     aux_weight: float = 0.3,
     sync_bn: bool = False,
+    freeze: str = "none",
+    unfreeze_epoch: int | None = None,
+    reset_head: bool = False,
 ) -> nn.Module:
     """Build ``arch`` from ``source`` with the dataset's classes and channels.
 
     ``small_input`` adapts an ImageNet stem to 32x32 images; ``checkpoint`` loads a
-    weights file on top (a state dict or a checkpoint that holds one). ``name`` is
+    weights file on top (a state dict or a checkpoint that holds one; ``reset_head``: all but the
+    classifier, which stays freshly initialised: transfer to new classes). ``name`` is
     the config's label, kept for reports; ``sync_bn`` is applied by the DDP wrapper.
     """
-    del name, sync_bn  # labels/flags used elsewhere; accepted so every config is a valid call
+    del name, sync_bn, freeze, unfreeze_epoch  # used elsewhere (DDP, cnnlab/recipes/freeze.py); accepted
+    # so every config is a valid call
     if source == "cnnlab":
         # Kept as an alias: cnnlab's models are timm models now (alexnet -> cnnlab_alexnet).
         if not is_cnnlab_model(LEGACY_ARCHS.get(arch, arch)):
@@ -256,7 +261,7 @@ def build_model(
     if checkpoint:
         from cnnlab.models.weights import load_weights_file
 
-        load_weights_file(model, checkpoint)  # ours, or the MogaNet release format
+        load_weights_file(model, checkpoint, reset_head)  # ours, or the MogaNet release format
     return model
 
 

@@ -58,16 +58,23 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = N
     return tensors_only(ema) if isinstance(ema, dict) and "model" not in state_dict else extract_state_dict(state_dict)
 
 
-def load_weights_file(model: nn.Module, path: str | os.PathLike) -> None:
+def load_weights_file(model: nn.Module, path: str | os.PathLike, reset_head: bool = False) -> None:
     """``model.checkpoint=<file>``: load weights strictly from a cnnlab checkpoint, a bare
     state dict, or a release checkpoint (EMA weights first, as ``pretrained=True`` loads).
-    Errors are cnnlab.lifecycle.checkpoint's one-liners."""
+    ``reset_head`` (``model.reset_head``, transfer learning): every weight but the classifier's,
+    which keeps its fresh initialisation (any class count). Errors are cnnlab.lifecycle.checkpoint's one-liners."""
     from cnnlab.lifecycle.checkpoint import check_compatible, load_checkpoint, unwrap
 
     with torch.serialization.safe_globals([argparse.Namespace]):
         obj = load_checkpoint(path)
     sd = checkpoint_filter_fn(obj)
     model = unwrap(model)
+    if reset_head:
+        from cnnlab.recipes.freeze import classifier_prefix, under
+
+        head = classifier_prefix(model)  # the file's head out, the model's fresh one in
+        sd = {**{k: v for k, v in sd.items() if not under(k, head)},
+              **{k: v for k, v in model.state_dict().items() if under(k, head)}}
     check_compatible(model, sd, f"weights file {str(path)!r}")
     model.load_state_dict(sd, strict=True)
 

@@ -179,6 +179,10 @@ def fit_text(d: Mapping[str, Any] | None, markdown: bool = False) -> str:
         n = d["thresholds"]["still_improving_epochs"]
         lines.append(f"val still improving (a best in the last {n} epochs): "
                      f"{'yes' if d['val_still_improving'] else 'no'}")
+    if d.get("imbalanced"):  # an imbalanced train split (cnnlab/recipes/imbalance.py): accuracy is not enough
+        im = d["imbalanced"]
+        lines.append(f"imbalanced train split: test macro-F1 {_pct(im['test_macro_f1'])}, worst class "
+                     f"{im['worst_class']['class']} (F1 {_pct(im['worst_class']['f1'])})")
     if markdown:
         # TensorBoard renders text as Markdown: bold verdict, one bullet per number.
         head, *rest = lines
