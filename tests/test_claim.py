@@ -43,10 +43,62 @@ def test_a_live_launchs_folder_is_refused_and_a_killed_ones_is_taken_over(tmp_pa
     dead.wait()  # reaped: its pid runs no more, as after a kill -9
     (run / LOCK).write_text(f"{dead.pid} {host}\n")
     claim = claim_run_dir(run)
-    assert (run / LOCK).read_text().split() == [str(os.getpid()), host]
+    assert (run / LOCK).read_text().split()[:2] == [str(os.getpid()), host]
     assert claim_run_dir(run) is claim  # re-entrant: Hydra's callback, then train()
     claim.release()
     assert os.listdir(run) == []
+
+
+def test_another_hosts_lock_is_live_and_a_reused_pid_is_stale(tmp_path):
+    from cnnlab.lifecycle.record import _started
+
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run / LOCK).write_text(f"{dead.pid} another-host.example 123\n")  # its pid can't be checked from here
+    with pytest.raises(ConfigError, match=r"in use by another launch \(pid \d+ another-host.example, "):
+        claim_run_dir(run)
+
+    host, parent = socket.gethostname(), os.getppid()  # a live process of this host
+    assert _started(parent).isdigit()
+    (run / LOCK).write_text(f"{parent} {host} {_started(parent)}\n")  # the very process: live
+    with pytest.raises(ConfigError, match="in use by another launch"):
+        claim_run_dir(run)
+    (run / LOCK).write_text(f"{parent} {host} {int(_started(parent)) - 1}\n")  # the pid, reused since
+    claim = claim_run_dir(run)
+    assert (run / LOCK).read_text().split() == [str(os.getpid()), host, _started(os.getpid())]
+    claim.release()
+    assert os.listdir(run) == []
+
+
+def test_torchrun_ranks_above_0_claim_nothing_and_leave_nothing(tmp_path, monkeypatch):
+    """A rank > 0 composes a throwaway Hydra folder (cnnlab.dist.rank_overrides): no lock there, none in
+    the run folder (rank 0's), and the folder is removed at exit."""
+    import atexit
+
+    from omegaconf import OmegaConf
+
+    from cnnlab.dist import rank_overrides
+    from cnnlab.lifecycle import record
+    from cnnlab.run import ClaimRunFolder
+
+    at_exit = []
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **k: at_exit.append((fn, a, k)))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        overrides = rank_overrides([])
+        run_dir = overrides[0].partition("=")[2] if overrides else str(tmp_path / "run0")
+        cfg = OmegaConf.create({"hydra": {"run": {"dir": run_dir}}, "resume": None, "trainer": {"auto_resume": False}})
+        ClaimRunFolder().on_run_start(cfg)
+        assert (Path(run_dir) / LOCK).exists() == (rank == "0"), rank
+        assert (run_dir in record._held) == (rank == "0")
+    assert overrides == [] and len(at_exit) == 2  # rank 1: the scratch folder's removal; rank 0: its claim
+    for fn, a, k in at_exit:
+        fn(*a, **k)
+    assert os.listdir(tmp_path) == []  # the scratch folder removed; run0, made by the claim, too
 
 
 def test_a_refused_launch_removes_exactly_what_it_wrote(tmp_path):

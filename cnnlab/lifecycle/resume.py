@@ -36,9 +36,21 @@ def _run_dir(resume: Any, default: str) -> str:
     return default if target.suffix in CHECKPOINT_SUFFIXES else str(target)
 
 
-def _hydra_subdir(resume: Any, stamp: str) -> str:
-    """Resolver ``cnnlab_hydra_subdir``: ``.hydra``, or ``.hydra/resume-<stamp>`` in a resumed run's folder."""
-    return f".hydra/resume-{stamp}" if _run_dir(resume, "") else ".hydra"
+_subdirs: dict[tuple[str, str], str] = {}  # (job folder, stamp) -> the answer: once per launch
+
+
+def _hydra_subdir(resume: Any, stamp: str, output_dir: str = "") -> str:
+    """Resolver ``cnnlab_hydra_subdir``: ``.hydra``, or ``.hydra/resume-<stamp>`` in a resumed run's
+    folder, or in any job folder (``output_dir``) whose ``.hydra/config.yaml`` an earlier launch wrote
+    (``trainer.auto_resume=true``): Hydra's files never overwrite the first run's record.
+
+    Read when Hydra writes its files (the job folder is then known, and claimed: cnnlab.run) and
+    again later: the first answer is kept, so this launch's own config.yaml does not change it."""
+    key = (str(output_dir), str(stamp))
+    if key not in _subdirs:
+        earlier = bool(output_dir) and (Path(str(output_dir)) / ".hydra" / "config.yaml").exists()
+        _subdirs[key] = f".hydra/resume-{stamp}" if earlier or _run_dir(resume, "") else ".hydra"
+    return _subdirs[key]
 
 
 def register_resolvers() -> None:
