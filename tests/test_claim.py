@@ -160,3 +160,53 @@ def test_two_launches_into_one_folder_never_both_train(tmp_path):
     """10 rounds of two `python -m cnnlab.run` started together into one hydra.run.dir (two rounds at a time)."""
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda i: _race(tmp_path, i), range(10)))
+
+
+def test_a_launch_into_a_folder_with_hydra_files_writes_its_own_beside_them(tmp_path):
+    """conf/hydra/default.yaml's output_subdir, as Hydra reads it once the job folder is known: a folder
+    whose .hydra/config.yaml an earlier launch wrote (trainer.auto_resume=true) gets .hydra/resume-<stamp>;
+    a new folder .hydra, and keeps it after this launch has written its own config.yaml."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from cnnlab.compose import CONF_DIR
+    from cnnlab.config import register_schema
+    from cnnlab.lifecycle.resume import register_resolvers
+
+    register_schema()
+    register_resolvers()
+    used, fresh = tmp_path / "used", tmp_path / "fresh"
+    (used / ".hydra").mkdir(parents=True)
+    (used / ".hydra" / "config.yaml").write_text("the first run's config\n")
+    subdirs = {}
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for folder in (used, fresh):
+            cfg = compose("config", [f"hydra.run.dir={folder}", "trainer.auto_resume=true"], return_hydra_config=True)
+            with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+                cfg.hydra.runtime.output_dir = str(folder)  # as Hydra's run_job sets it
+            HydraConfig.instance().set_config(cfg)
+            try:
+                subdirs[folder.name] = cfg.hydra.output_subdir
+                (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+                (folder / ".hydra" / "config.yaml").touch()  # this launch's, written by Hydra
+                assert cfg.hydra.output_subdir == subdirs[folder.name]
+            finally:
+                HydraConfig.instance().cfg = None
+    assert subdirs["used"].startswith(".hydra/resume-") and subdirs["fresh"] == ".hydra"
+
+
+@pytest.mark.slow  # three tiny launches (subprocesses)
+def test_auto_resume_and_resume_leave_the_first_runs_hydra_files_byte_identical(tmp_path):
+    run = tmp_path / "run"
+    tiny = ["dataset.image_size=16", "trainer.log_feature_maps=false"]
+    for args in ([f"hydra.run.dir={run}"], [f"hydra.run.dir={run}", "trainer.auto_resume=true", "trainer.epochs=2"],
+                 [f"resume={run}", "trainer.epochs=3"]):
+        proc = _cli(*tiny, *args, cwd=tmp_path)
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        if args == [f"hydra.run.dir={run}"]:
+            first = {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")}
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")} == first
+    assert len(list((run / ".hydra").glob("resume-*/config.yaml"))) == 2
+    assert json.loads((run / "summary.json").read_text())["resumed_at_epochs"] == [1, 2]

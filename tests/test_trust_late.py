@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import threading
 
 import pytest
@@ -219,3 +220,34 @@ def test_a_failed_atomic_write_names_the_file_and_keeps_the_old_one(tmp_path, mo
         write_json_atomic(path, {"status": "completed"})
     assert describe(e.value) == f"cannot write or read {str(path)!r}: {os.strerror(code)}"
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_trained_run_is_not_complete_resume_and_auto_resume_redo_its_report(tmp_path, monkeypatch):
+    """Status ``trained`` (weights kept, the test report not written): ``trainer.auto_resume`` and
+    ``resume=`` count it as not completed; they train no epoch again and write the report."""
+    from cnnlab.lifecycle.record import ReportNotWritten
+    from cnnlab.train import train
+
+    run, tiny = tmp_path / "run", [*TINY, "dataset.image_size=16", "trainer.log_feature_maps=false"]
+    real_open = builtins.open
+
+    def failing_open(file, mode="r", *a, **k):
+        if "test_report" in str(file) and any(c in mode for c in "wax"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    monkeypatch.setattr(io, "open", failing_open)
+    with pytest.raises(ReportNotWritten):
+        train(compose(tiny, output_dir=run))
+    monkeypatch.undo()
+    rows = (run / "metrics.csv").read_text()
+    best = (run / "checkpoints" / "best.pt").read_bytes()
+    assert json.loads((run / "summary.json").read_text())["status"] == "trained"
+    for how in (["trainer.auto_resume=true"], [f"resume={run}"]):
+        summary = train(compose([*tiny, *how], output_dir=run))
+        assert summary["status"] == "completed" and summary["error"] is None and summary["test_acc"] is not None
+        assert (run / "test_report" / "metrics.json").is_file()
+        assert (run / "metrics.csv").read_text() == rows and (run / "checkpoints" / "best.pt").read_bytes() == best
+        assert json.loads((run / "summary.json").read_text())["resumed_at_epochs"][-1] == 1
+        shutil.rmtree(run / "test_report")

@@ -36,7 +36,7 @@ def _run_dir(resume: Any, default: str) -> str:
     return default if target.suffix in CHECKPOINT_SUFFIXES else str(target)
 
 
-_subdirs: dict[tuple[str, str], str] = {}  # (job folder, stamp) -> the answer: once per launch
+_subdirs: dict[tuple[str, ...], str] = {}  # (resume, stamp, job folder) -> the answer: once per launch
 
 
 def _hydra_subdir(resume: Any, stamp: str, output_dir: str = "") -> str:
@@ -46,7 +46,7 @@ def _hydra_subdir(resume: Any, stamp: str, output_dir: str = "") -> str:
 
     Read when Hydra writes its files (the job folder is then known, and claimed: cnnlab.run) and
     again later: the first answer is kept, so this launch's own config.yaml does not change it."""
-    key = (str(output_dir), str(stamp))
+    key = (str(resume), str(stamp), str(output_dir))
     if key not in _subdirs:
         earlier = bool(output_dir) and (Path(str(output_dir)) / ".hydra" / "config.yaml").exists()
         _subdirs[key] = f".hydra/resume-{stamp}" if earlier or _run_dir(resume, "") else ".hydra"
