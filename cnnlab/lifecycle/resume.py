@@ -235,6 +235,9 @@ def plan_resume(resume: str | None, auto_resume: bool, run_dir: Path, traces: li
             raise used_folder_error(run_dir, list(traces) or ["summary.json"])
         log.warning("auto_resume: %s holds no checkpoint yet (the run died before its first one): "
                     "starting it over", run_dir)
+    if checkpoint is not None and (previous or {}).get("status") == "trained":
+        log.info("%s trained, but its report was not written: this resume writes the test report "
+                 "(and trains only the epochs trainer.epochs adds)", run_dir)
     return ResumePlan(checkpoint, previous)
 
 
