@@ -26,14 +26,19 @@ register_resolvers()  # cnnlab_run_dir / cnnlab_hydra_subdir, used by conf/hydra
 
 class ClaimRunFolder(Callback):
     """Claim ``hydra.run.dir`` before Hydra writes its .hydra/ and run.log there; refuse a folder
-    that holds a run unless this launch resumes it (train() checks the rest with the claim held)."""
+    that holds a run unless this launch resumes it (train() checks the rest with the claim held).
+    A torchrun rank > 0 claims nothing: its Hydra folder is a throwaway (cnnlab.dist.rank_overrides),
+    and the run folder is rank 0's to claim."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         import atexit
         from pathlib import Path
 
+        from cnnlab.dist import env_ranks
         from cnnlab.lifecycle.record import claim_run_dir, used_folder_error
 
+        if env_ranks()[0] > 0:
+            return
         try:  # Hydra turns a callback's exception into a warning and goes on: end here
             try:
                 claim = claim_run_dir(Path(str(config.hydra.run.dir)))

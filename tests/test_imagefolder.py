@@ -180,3 +180,42 @@ def test_the_dataloader_path_skips_unreadable_images_before_training_as_the_tens
     assert _sizes(files) == _sizes(in_memory) == (12, 4, 4)
     assert not any("broken" in p for split in (files.train, files.test) for p, _ in split.samples)
     assert torch.equal(torch.stack([files.test.read(i) for i in range(4)]), in_memory.test.x)
+
+
+def test_a_folder_over_the_memory_available_is_refused_before_decoding_or_read_per_batch(tmp_path, monkeypatch):
+    """The decoded size (N x C x S x S uint8) against MemAvailable (the /proc reading made small),
+    before a single image is decoded; dataset.loader=dataloader reads the files per batch instead."""
+    from cnnlab.data import imagefolder, registry
+
+    _folder(tmp_path)  # 10 images: at 4096px, 10 x 3 x 4096^2 bytes = 480 MB decoded
+    monkeypatch.setattr(registry, "available_mb", lambda: 100.0)
+
+    class Decoding(Exception):
+        pass
+
+    def decode(*a):
+        raise Decoding  # the in-memory path reached: nothing of 480 MB is made here
+    monkeypatch.setattr(imagefolder, "_decode", decode)
+    monkeypatch.setattr(imagefolder, "_readable", lambda samples, *a: ((None, x) for x in samples))
+    with pytest.raises(DataError) as e:
+        _load(tmp_path, image_size=4096, memory_budget_mb=2048)
+    assert str(e.value) == (
+        f"dataset.image_size=4096: dataset.root={str(tmp_path)!r}: its 10 images decoded at 4096px need 480 MB "
+        "of memory, over the 100 MB available: lower dataset.image_size, or read the images from disk per batch "
+        "with dataset.loader=dataloader")
+    s = _load(tmp_path, image_size=4096, memory_budget_mb=2048, loader="dataloader")
+    assert isinstance(s.train, FileSplit) and sum(_sizes(s)) == 10
+    monkeypatch.setattr(registry, "available_mb", lambda: 1000.0)  # it fits: decoded in memory
+    with pytest.raises(Decoding):
+        _load(tmp_path, image_size=4096, memory_budget_mb=2048)
+
+
+def test_digits_at_4096px_is_one_line_naming_dataset_image_size(monkeypatch):
+    from cnnlab.data import registry
+
+    monkeypatch.setattr(registry, "available_mb", lambda: 8000.0)
+    with pytest.raises(DataError) as e:
+        registry.load_dataset("digits", None, False, 4096, 1, 0.15, 0.15, 0, memory_budget_mb=2048)
+    assert str(e.value) == ("dataset.image_size=4096: digits: its 1797 images decoded at 4096px need 28,752 MB of "
+                            "memory, over the 8,000 MB available: lower dataset.image_size (this dataset is held in "
+                            "memory with either dataset.loader)")

@@ -203,3 +203,25 @@ def test_a_failed_atomic_write_names_the_file_and_keeps_the_old_one(tmp_path, mo
         write_json_atomic(path, {"status": "completed"})
     assert describe(e.value) == f"cannot write or read {str(path)!r}: {os.strerror(code)}"
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_trained_run_is_not_complete_resume_and_auto_resume_redo_its_report(tmp_path, monkeypatch):
+    """Status ``trained`` (weights kept, the test report not written): ``trainer.auto_resume`` (and
+    ``resume=``, the same plan_resume: scripts/trust_cases.py) counts it as not completed; it trains
+    no epoch again and writes the report."""
+    from cnnlab.lifecycle.record import ReportNotWritten
+    from cnnlab.train import train
+
+    run, tiny = tmp_path / "run", [*TINY, "dataset.image_size=16", "trainer.log_feature_maps=false"]
+    DiskFault(run, "test_report/*", errno.ENOSPC, spread=False).install(monkeypatch)  # only test_report/ fails
+    with pytest.raises(ReportNotWritten):
+        train(compose(tiny, output_dir=run))
+    monkeypatch.undo()
+    rows = (run / "metrics.csv").read_text()
+    best = (run / "checkpoints" / "best.pt").read_bytes()
+    assert json.loads((run / "summary.json").read_text())["status"] == "trained"
+    summary = train(compose([*tiny, "trainer.auto_resume=true"], output_dir=run))
+    assert summary["status"] == "completed" and summary["error"] is None and summary["test_acc"] is not None
+    assert (run / "test_report" / "metrics.json").is_file()
+    assert (run / "metrics.csv").read_text() == rows and (run / "checkpoints" / "best.pt").read_bytes() == best
+    assert json.loads((run / "summary.json").read_text())["resumed_at_epochs"] == [1]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torchvision.datasets import ImageFolder
 
+from cnnlab.data import registry
 from cnnlab.data.decode import UNREADABLE, decode_image
 from cnnlab.data.splits import ImageSplits, Split, seeded_split
 from cnnlab.errors import DataError
@@ -193,16 +194,22 @@ def load_imagefolder(root: str | None, image_size: int = 64, in_chans: int = 3,
             raise DataError(f"dataset.root={root!r}: {p}/ has classes {cls}, train/ has {classes}")
         _refuse_empty(root, p, classes, (label for _, label in samples), "holds no images (.png, .jpg, ...)")
     need_mb = n_files * in_chans * image_size * image_size / 2**20  # uint8 bytes
-    on_disk = need_mb > memory_budget_mb
+    # Over the memory available now (not only the budget): read per batch, or refused before decoding.
+    too_big = registry.decoded_size_error(f"dataset.root={root!r}", n_files, in_chans, image_size,
+                                          "lower dataset.image_size, or read the images from disk per batch "
+                                          "with dataset.loader=dataloader")
+    on_disk = need_mb > memory_budget_mb or too_big is not None
     if on_disk:
+        if loader != "dataloader" and too_big is not None:
+            raise too_big
         if loader != "dataloader":
             raise DataError(
                 f"dataset.root={root!r}: {n_files} images at {image_size}px need {need_mb:,.1f} MB, over "
                 f"dataset.memory_budget_mb={memory_budget_mb}: use dataset.loader=dataloader to read "
                 "them from disk per batch, or raise the budget, or lower dataset.image_size"
             )
-        log.info("%s: %d images need %.0f MB, over the %d MB budget: checking that each one reads, "
-                 "then reading them from disk per batch", root, n_files, need_mb, memory_budget_mb)
+        log.info("%s: %d images need %.0f MB, over the %d MB budget or the memory available: checking that "
+                 "each one reads, then reading them from disk per batch", root, n_files, need_mb, memory_budget_mb)
 
     def read(part: str) -> Any:
         """One folder's readable images: decoded into memory, or as its file list when over the budget."""

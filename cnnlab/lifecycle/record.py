@@ -289,7 +289,7 @@ def report_writes(unwritten: list[str], what: str) -> Iterator[None]:
 
 
 # ---- the claim on the run folder ----------------------------------------------------------
-LOCK = ".cnnlab.lock"  # "<pid> <host>" of the launch that holds the folder
+LOCK = ".cnnlab.lock"  # "<pid> <host> <start time>" of the launch that holds the folder (_me)
 TRACES = ("summary.json", "checkpoints", "metrics.csv", "tb", "run.log")  # a folder holding one holds a run
 # The same, less run.log: Hydra writes this launch's own run.log before the job runs.
 TRACES_BEFORE_HYDRA = TRACES[:-1]
@@ -351,9 +351,21 @@ def _in_sweep() -> bool:
 
 
 def _me() -> str:
+    """This launch as its lock file records it: "<pid> <host> <start>" (start: :func:`_started`)."""
     import socket
 
-    return f"{os.getpid()} {socket.gethostname()}"
+    return f"{os.getpid()} {socket.gethostname()} {_started(os.getpid())}"
+
+
+def _started(pid: int) -> str:
+    """When process ``pid`` started, in clock ticks since boot (/proc/<pid>/stat's 22nd field), so that
+    a pid the kernel has since given to another process is told apart; "-" where unknown (no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return "-"
+    return stat.rpartition(")")[2].split()[19]  # after "(comm)", which may hold spaces: fields 3..
 
 
 def _read_lock(lock: Path) -> str | None:
@@ -364,10 +376,12 @@ def _read_lock(lock: Path) -> str | None:
 
 
 def _is_stale(holder: str) -> bool:
-    """The lock's launch is gone: a pid of this host that no longer runs (a kill -9), or this process's own."""
-    pid, _, host = holder.partition(" ")
-    if not pid.isdigit() or host != _me().partition(" ")[2]:
-        return False  # being written, or another host's: assume it is alive
+    """The lock's launch is gone. Only a launch of this host can be checked: its pid no longer runs
+    (a kill -9), or now runs another process (started at another time than the lock records), or is
+    this process's own. Another host's lock, or one still being written, counts as live."""
+    pid, host, started = (holder.split() + ["", "", ""])[:3]
+    if not pid.isdigit() or host != _me().split()[1]:
+        return False  # being written, or another host's: we cannot see its process, assume it is alive
     if int(pid) == os.getpid():
         return True
     try:
@@ -376,7 +390,12 @@ def _is_stale(holder: str) -> bool:
         return True
     except PermissionError:
         pass
-    return False
+    now = _started(int(pid))  # the pid runs: the same process, or a reused pid?
+    return started not in ("", "-") and now != "-" and now != started
+
+
+def _who(holder: str) -> str:
+    return " ".join(holder.split()[:2])  # "<pid> <host>": the start time means nothing to a reader
 
 
 def claim_run_dir(run_dir: str | os.PathLike) -> RunClaim:
@@ -401,7 +420,7 @@ def claim_run_dir(run_dir: str | os.PathLike) -> RunClaim:
             if holder is None:
                 continue  # released meanwhile
             if not _is_stale(holder):
-                raise ConfigError(f"run folder {str(run_dir)!r} is in use by another launch (pid {holder}, "
+                raise ConfigError(f"run folder {str(run_dir)!r} is in use by another launch (pid {_who(holder)}, "
                                   f"{LOCK}): wait for it to end, or pick a new folder with hydra.run.dir=<folder>") from None
             aside = lock.with_name(f"{LOCK}.{os.getpid()}")  # take the stale lock away, atomically
             try:
@@ -414,7 +433,7 @@ def claim_run_dir(run_dir: str | os.PathLike) -> RunClaim:
                 except OSError:
                     pass
             else:
-                log.warning("%s: taking over the lock of launch %s, which is gone", run_dir, holder)
+                log.warning("%s: taking over the lock of launch %s, which is gone", run_dir, _who(holder))
             aside.unlink()
             continue
         with os.fdopen(fd, "w") as f:

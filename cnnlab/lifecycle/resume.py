@@ -36,9 +36,21 @@ def _run_dir(resume: Any, default: str) -> str:
     return default if target.suffix in CHECKPOINT_SUFFIXES else str(target)
 
 
-def _hydra_subdir(resume: Any, stamp: str) -> str:
-    """Resolver ``cnnlab_hydra_subdir``: ``.hydra``, or ``.hydra/resume-<stamp>`` in a resumed run's folder."""
-    return f".hydra/resume-{stamp}" if _run_dir(resume, "") else ".hydra"
+_subdirs: dict[tuple[str, ...], str] = {}  # (resume, stamp, job folder) -> the answer: once per launch
+
+
+def _hydra_subdir(resume: Any, stamp: str, output_dir: str = "") -> str:
+    """Resolver ``cnnlab_hydra_subdir``: ``.hydra``, or ``.hydra/resume-<stamp>`` in a resumed run's
+    folder, or in any job folder (``output_dir``) whose ``.hydra/config.yaml`` an earlier launch wrote
+    (``trainer.auto_resume=true``): Hydra's files never overwrite the first run's record.
+
+    Read when Hydra writes its files (the job folder is then known, and claimed: cnnlab.run) and
+    again later: the first answer is kept, so this launch's own config.yaml does not change it."""
+    key = (str(resume), str(stamp), str(output_dir))
+    if key not in _subdirs:
+        earlier = bool(output_dir) and (Path(str(output_dir)) / ".hydra" / "config.yaml").exists()
+        _subdirs[key] = f".hydra/resume-{stamp}" if earlier or _run_dir(resume, "") else ".hydra"
+    return _subdirs[key]
 
 
 def register_resolvers() -> None:
@@ -223,6 +235,9 @@ def plan_resume(resume: str | None, auto_resume: bool, run_dir: Path, traces: li
             raise used_folder_error(run_dir, list(traces) or ["summary.json"])
         log.warning("auto_resume: %s holds no checkpoint yet (the run died before its first one): "
                     "starting it over", run_dir)
+    if checkpoint is not None and (previous or {}).get("status") == "trained":
+        log.info("%s trained, but its report was not written: this resume writes the test report "
+                 "(and trains only the epochs trainer.epochs adds)", run_dir)
     return ResumePlan(checkpoint, previous)
 
 
