@@ -173,7 +173,7 @@ def render_markdown(res: dict[str, Any]) -> str:
                   f"driver {env.get('driver')}",
                   f"- torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, "
                   f"timm {env.get('timm')}, Python {env.get('python')}"]
-    lines += [f"- date: {res.get('date', '–')}", "", "## Targets (issue #26)", "",
+    lines += [f"- date: {res.get('date') or '–'}", "", "## Targets (issue #26)", "",
               "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {yes[t['met']]} |" for t in res["targets"]]
     lines += ["", "## Steps", "", "| step | status | seconds | timeout |", "|---|---|---:|---:|"]
