@@ -11,7 +11,7 @@ EPOCHS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all lint sweep bench soak coverage export-coverage ddp-smoke tensorboard mlflow clean
+.PHONY: help install run test test-all lint sweep bench soak coverage export-coverage ddp-smoke tensorboard mlflow gpu-wheels gpu-check clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,6 +76,16 @@ export-coverage: $(STAMP) ## Which conf/model entries export (ONNX, TorchScript)
 # torchrun, 2 processes x 1 thread, gloo: one DDP run, one run folder (docs/distributed.md).
 ddp-smoke: $(STAMP) ## Train the default experiment with DDP on 2 CPU processes (torchrun, gloo); NPROC=4 for more
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m torch.distributed.run --standalone --nproc_per_node=$(or $(NPROC),2) -m cnnlab.run device=cpu trainer.progress=log $(ARGS)
+
+# The GPU check (docs/gpu.md). gpu-wheels, here with network: the wheels of what a GPU machine
+# without network may lack (hydra-core, omegaconf, ...), for its Python 3.12, into .gpu-wheels/.
+# gpu-check has no $(STAMP) on purpose: a GPU machine may have no network to build .venv; the
+# script takes .venv/bin/python when there is one, else python3, and installs what it lacks.
+gpu-wheels: $(STAMP) ## Download the wheels a GPU machine without network lacks into .gpu-wheels/ (~3 MB)
+	PYTHON=$(BIN)/python bash scripts/gpu_check.sh --wheels
+
+gpu-check: ## On a GPU: the GPU tests, benchmarks and default run in <= 8 min -> gpu_report/ (GPU_CHECK_ARGS="--dry-run")
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 tensorboard: $(STAMP) ## TensorBoard over every run in outputs/
 	$(BIN)/tensorboard --logdir outputs --host 127.0.0.1

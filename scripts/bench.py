@@ -4,6 +4,8 @@
     .venv/bin/python scripts/bench.py --quick         # CI-size smoke; writes to a temp folder
     .venv/bin/python scripts/bench.py --device cuda --models resnet18 mobilenet_v3 \\
         --batch-size 512 --amp bf16 --channels-last --compile both     # ~5 min on one H100
+    scripts/gpu_check.sh              # on a GPU: the fp32/bf16, NCHW/channels_last, eager/compiled
+                                      # ladder for 4 models, with peak memory (docs/gpu.md)
     make bench BENCH_ARGS="--threads 1"               # on a shared, loaded CPU machine
 
 Three measurements, each on the same machine in the same process:
@@ -29,6 +31,10 @@ Three measurements, each on the same machine in the same process:
     (as timm's benchmark.py measures training); cnnlab's full epoch is
     ``train_one_epoch`` over a TensorLoader of random uint8 images with crop + flip,
     read once at the end, as train() does. Ratio = epoch / ceiling (GPU target >= 0.9).
+
+On CUDA each model's row also holds its peak memory (torch.cuda.max_memory_allocated over
+its warm-up and rounds, in MiB). The JSON is written after each model, so a run stopped
+part-way keeps the models it finished.
 
 (b) and (c) run in rounds, the variants in a rotating order within each round, and
 report medians, so a drift in machine load hits every variant alike. Each result
@@ -242,6 +248,12 @@ def bench_model(name: str, compiled: bool, args: argparse.Namespace, device: tor
     from cnnlab.train import train_one_epoch
 
     bs, steps = args.batch_size, args.steps
+    if device.type == "cuda":  # peak memory of this model alone: the previous one's blocks freed
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(0)
     model = build(name).to(device, memory_format=fmt)
@@ -325,6 +337,8 @@ def bench_model(name: str, compiled: bool, args: argparse.Namespace, device: tor
         "loop_ratio_median_of_rounds": statistics.median(per_round),
         "epoch_vs_ceiling": med["cnnlab_epoch"] / med["bare"],
         "rates": rates,
+        "peak_memory_mb": (round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                           if device.type == "cuda" else None),
         "load_before": load_before, "load_after": load(),
     }
 
@@ -395,15 +409,15 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines += [
                 "", "### (b) loop overhead and (c) synthetic ceiling", "",
                 "| model | compile | bare loop = ceiling (img/s) | cnnlab loop (img/s) | "
-                "(b) loop ratio | cnnlab full epoch (img/s) | (c) epoch / ceiling | load |",
-                "|---|---|---:|---:|---:|---:|---:|---|",
+                "(b) loop ratio | cnnlab full epoch (img/s) | (c) epoch / ceiling | peak MiB | load |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---|",
             ]
             for r in run["models"]:
                 lines.append(
                     f"| {r['model']} | {'yes' if r['compile'] else 'no'} | {_f(r['bare_ips'], 1)} | "
                     f"{_f(r['cnnlab_loop_ips'], 1)} | **{r['loop_ratio']:.3f}** | "
                     f"{_f(r['cnnlab_epoch_ips'], 1)} | **{r['epoch_vs_ceiling']:.3f}** | "
-                    f"{r['load_before']} → {r['load_after']} |")
+                    f"{_f(r.get('peak_memory_mb'))} | {r['load_before']} → {r['load_after']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -475,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
                      "steps": args.steps, "rounds": args.rounds, "quick": q,
                      "threads": torch.get_num_threads(), "clock": args.clock},
     }
+    # One entry per setting; compiled-only runs (--compile on) apart from the eager ones.
+    key = (f"{device.type}{'-quick' if q else ''} · amp {policy.amp} · "
+           f"{'channels_last' if args.channels_last else 'NCHW'} · batch {args.batch_size}"
+           + (" · compiled" if args.compile == "on" else ""))
     print(f"bench on {run['machine']['device']} ({run['machine'].get('gpu') or run['machine']['cpu']}, "
           f"{run['machine']['cores']} cores), load {load()}", flush=True)
     if "loader" not in args.skip:
@@ -492,13 +510,20 @@ def main(argv: list[str] | None = None) -> int:
             for c in compiles:
                 r = bench_model(name, c, args, device, policy)
                 run["models"].append(r)
+                save(run, key, out_dir)  # after each model: a run stopped part-way keeps it
                 print(f"{name}{' compiled' if c else ''}: bare {r['bare_ips']:,.1f} img/s, cnnlab loop "
                       f"{r['cnnlab_loop_ips']:,.1f} (b) {r['loop_ratio']:.3f}, full epoch "
                       f"{r['cnnlab_epoch_ips']:,.1f} (c) {r['epoch_vs_ceiling']:.3f} "
-                      f"[load {r['load_before']} -> {r['load_after']}]", flush=True)
+                      + (f"peak {r['peak_memory_mb']:,.0f} MiB " if r["peak_memory_mb"] is not None else "")
+                      + f"[load {r['load_before']} -> {r['load_after']}]", flush=True)
 
-    key = (f"{device.type}{'-quick' if q else ''} · amp {policy.amp} · "
-           f"{'channels_last' if args.channels_last else 'NCHW'} · batch {args.batch_size}")
+    save(run, key, out_dir)
+    print(f"wrote {out_dir / 'benchmarks.json'} and {out_dir / 'benchmarks.md'}")
+    return 0
+
+
+def save(run: dict[str, Any], key: str, out_dir: Path) -> None:
+    """Put ``run`` under ``key`` in out_dir/benchmarks.json (other keys kept) and rebuild the .md."""
     json_path, md_path = out_dir / "benchmarks.json", out_dir / "benchmarks.md"
     results = json.loads(json_path.read_text()) if json_path.exists() else {"runs": {}}
     results.setdefault("runs", {})[key] = run
@@ -506,8 +531,6 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     os.replace(tmp, json_path)
     md_path.write_text(render_markdown(results))
-    print(f"wrote {json_path} and {md_path}")
-    return 0
 
 
 if __name__ == "__main__":
