@@ -408,7 +408,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 _finish(cfg, record, outcome, t_start)
         if unwritten:
             raise record.report_not_written(unwritten, tc.save_checkpoints)
-        return dict(tracker.summary)
     finally:
         stop.restore()
         record.track_end()  # env's end time; the experiment tracker's last call
@@ -416,6 +415,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ddp.close()
         if claim:
             claim.release()
+    return dict(tracker.summary)  # after track_end: what summary.json holds, end time included
 
 
 # --------------------------------------------------------------------------- set-up

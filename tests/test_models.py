@@ -38,7 +38,9 @@ NUM_CLASSES = 10
 # The generic entries take any name: two cheap ones each.
 GENERIC = {"timm": ("resnet10t", "efficientnet_b0"), "torchvision": ("resnet18", "mobilenet_v3_small")}
 # One SGD step at batch 32 takes 30-90 s on one core for these: run it in the slow set.
-SLOW_STEP = {"moganet_small", "moganet_base", "moganet_large"}
+# The batch-32 step of the bigger variants is slow-marked: their family's smallest member
+# (resnet18, moganet_xtiny) runs the same code in `make test`.
+SLOW_STEP = {"moganet_tiny", "moganet_small", "moganet_base", "moganet_large", "resnet34", "resnet50"}
 # The final feature map at 32x32 with small_input, per model family (class name), as the
 # adapt.py docstring and the MogaNet/AlexNet modules state it. Without small_input the
 # ImageNet stems leave 1x1 (AlexNet's 11x11/4 stem can't take 32x32 at all).

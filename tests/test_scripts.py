@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -32,6 +33,7 @@ def test_bench_quick_writes_the_loader_and_loop_numbers(tmp_path):
     assert "alexnet" in md and "loader" in md and "policy=randaugment" in md and "random_erasing=0.25" in md
 
 
+@pytest.mark.slow  # ~30 s: a script run end to end; make test-all
 def test_bench_compare_times_the_report_over_generated_runs(tmp_path):
     res = _script("bench_compare.py", "--runs", "5", "--epochs", "3", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -39,6 +41,7 @@ def test_bench_compare_times_the_report_over_generated_runs(tmp_path):
     assert "report callback at the end of a 10-job sweep" in res.stdout
 
 
+@pytest.mark.slow  # ~30 s: a script run end to end; make test-all
 def test_model_coverage_on_five_families(tmp_path):
     """scripts/model_coverage.py on five small timm families: the table, the summary, no traceback.
 

@@ -252,7 +252,7 @@ def test_hydra_config_has_the_callbacks() -> None:
         hc = hydra_compose(config_name="config", return_hydra_config=True)
     targets = {c._target_ for c in hc.hydra.callbacks.values()}
     assert targets == {"cnnlab.run.ClaimRunFolder", "cnnlab.reporting.callbacks.ComparisonReport",
-                       "cnnlab.reporting.callbacks.JobResources"}
+                       "cnnlab.reporting.callbacks.JobResources", "cnnlab.tracking.sweep.SweepTracker"}
 
 
 def test_optuna_preset_composes() -> None:
