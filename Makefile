@@ -40,13 +40,14 @@ run: $(STAMP) ## Train the default experiment (AlexNet on the embedded digits, C
 # big MogaNets, subprocess-heavy resume/DDP/sweep checks); `make test-all` adds those.
 # Two pytest workers (pytest-xdist), one torch thread each: most tests are single-threaded
 # start-up (a subprocess importing torch and composing the config), so two cores run them
-# side by side; --dist loadfile keeps a file's module fixtures (a trained run) in one worker.
+# side by side. --dist worksteal balances them test by test (a file's tests start on one worker,
+# so its module fixtures are mostly built once); --dist loadfile left one worker idle for minutes.
 TEST_JOBS ?= 2
 test: $(STAMP) ## Run the test suite (without the slow marks; what CI runs; TEST_JOBS=1 for one worker)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 test-all: $(STAMP) ## Run every test, the slow ones included (~15 min on 2 cores)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
