@@ -98,6 +98,11 @@ def test_mlflow_run_holds_the_run_folder(tracked):
     assert env["packages"]["torch"] and env["packages"]["cnnlab"] and env["python"]
     assert env["device"]["cpu_cores"] >= 1 and env["host"] and env["started"] <= env["ended"]
     assert tags["env.packages.torch"] == env["packages"]["torch"]
+    # the run's own start and end (to the second, as env has them), not when the worker got there
+    from datetime import datetime
+
+    assert run.info.start_time == 1000 * datetime.fromisoformat(env["started"]).timestamp()
+    assert run.info.end_time == 1000 * datetime.fromisoformat(env["ended"]).timestamp()
 
 
 def test_import_twice_adds_nothing(tracked):
