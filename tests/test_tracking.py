@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,6 @@ def test_mlflow_run_holds_the_run_folder(tracked):
     assert env["device"]["cpu_cores"] >= 1 and env["host"] and env["started"] <= env["ended"]
     assert tags["env.packages.torch"] == env["packages"]["torch"]
     # the run's own start and end (to the second, as env has them), not when the worker got there
-    from datetime import datetime
-
     assert run.info.start_time == 1000 * datetime.fromisoformat(env["started"]).timestamp()
     assert run.info.end_time == 1000 * datetime.fromisoformat(env["ended"]).timestamp()
 
