@@ -256,3 +256,27 @@ def test_missing_numbers_are_empty_cells_never_placeholders(tmp_path: Path) -> N
     assert compare.fmt(None, "%") == compare.fmt(None, "si") == ""
     assert [compare.fmt(v, "si") for v in (5_400_000, 2_470, 350)] == ["5.40M", "2.47k", "350"]
     assert compare.fmt(5_400_000, "tick") == "5.4M" and compare.fmt(0.9, "%") == "90.00%"
+
+
+def test_environment_is_stated_once_and_the_runs_that_differ_are_named(tmp_path: Path) -> None:
+    def env(torch: str = "2.14.0", commit: str = "81ad8ab0c1d2e3f4", dirty: bool = False) -> dict:
+        return {"python": "3.11.2", "packages": {"torch": torch, "torchvision": "0.29.0", "timm": "1.0.20",
+                                                 "hydra": "1.3.2", "cnnlab": "0.1.0"},
+                "device": {"cpu": "AMD EPYC 7B13", "cpu_cores": 2}, "git": {"commit": commit, "dirty": dirty},
+                "command": "run.py", "host": "box", "started": "2026-01-01T00:00:00+00:00", "ended": None}
+
+    s = tmp_path / "sweep"
+    for i in range(2):
+        make_run(s / f"{i}_same", summary=summary(env=env()), val_accs=[0.9])
+    shared = compare.console_text(build_report([s]))
+    assert shared.count("Environment of all 2 runs: python 3.11.2, torch 2.14.0, torchvision 0.29.0, timm 1.0.20, "
+                        "hydra 1.3.2, cnnlab 0.1.0, device AMD EPYC 7B13 (2 cores), git commit 81ad8ab0c1.") == 1
+    assert "differs" not in shared
+
+    make_run(s / "2_other", summary=summary(env=env(torch="2.13.1", dirty=True)), val_accs=[0.9])
+    make_run(s / "3_old", summary=summary(), val_accs=[0.9])  # from before cnnlab recorded env
+    write_report(build_report([s]), s, plot=False)
+    md = (s / "comparison.md").read_text()
+    assert md.count("Environment of 2 of 3 runs") == 1 and "torch 2.14.0" in md and "1 run(s) record no environment" in md
+    (flag,) = [line for line in md.splitlines() if "differs:" in line]
+    assert flag == "- `2_other` differs: torch 2.13.1; git commit 81ad8ab0c1 (dirty)"

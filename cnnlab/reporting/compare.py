@@ -79,12 +79,13 @@ _SEED_KEYS = ("seed", "+seed", "++seed")
 class Run(SimpleNamespace):
     """One run folder: an attribute per ``FIELDS`` name (None when absent from disk), ``seed``,
     ``curve`` ((epoch, val_acc) pairs of metrics.csv), ``per_class`` ({class: test accuracy}),
-    ``class_names``, ``still_improving`` (the fit diagnosis's) and ``predictions_path``
-    (test_report/predictions.csv.gz, read by :meth:`predictions` on demand)."""
+    ``class_names``, ``still_improving`` (the fit diagnosis's), ``predictions_path``
+    (test_report/predictions.csv.gz, read by :meth:`predictions` on demand) and ``env``
+    (summary.json's environment record, cnnlab/tracking/env.py)."""
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(**dict.fromkeys(COLUMNS), seed=None, per_class=None, class_names=None,
-                         still_improving=None, predictions_path=None)
+                         still_improving=None, predictions_path=None, env=None)
         self.run_dir, self.overrides, self.status = run_dir, [], INCOMPLETE
         self.curve: list[tuple[int, float]] = []
 
@@ -268,6 +269,7 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     run.class_names = [str(c) for c in names] if isinstance(names, list) else None
     fit = summary.get("fit")
     run.still_improving = fit.get("val_still_improving") if isinstance(fit, dict) else None
+    run.env = summary.get("env") if isinstance(summary.get("env"), dict) else None
     report_dirs = [d / summary["test_report"]] if isinstance(summary.get("test_report"), str) else []
     run.predictions_path = next((p / "predictions.csv.gz" for p in [*report_dirs, d / "test_report"]
                                  if (p / "predictions.csv.gz").exists()), None)
@@ -356,6 +358,33 @@ def common_overrides(runs: Sequence[Run]) -> list[str]:
         return []
     shared = set(runs[0].overrides).intersection(*(r.overrides for r in runs[1:]))
     return [o for o in runs[0].overrides if o in shared]
+
+
+def environment_text(report: Report) -> str:
+    """The environment (summary.json's ``env``) stated once: one line when every run that records
+    it shares it; else the most common value of each field and, per run that differs, the fields
+    that differ. Empty when no run records one (folders from before cnnlab recorded it)."""
+    def fields(env: dict[str, Any]) -> dict[str, Any]:
+        pkg, dev, git = (env.get(k) if isinstance(env.get(k), dict) else {} for k in ("packages", "device", "git"))
+        device = (f"{dev['gpu']} (CUDA {dev.get('cuda')}, cuDNN {dev.get('cudnn')})" if dev.get("gpu")
+                  else f"{dev.get('cpu')} ({dev.get('cpu_cores')} cores)" if dev else None)
+        commit = f"{str(git['commit'])[:10]}{' (dirty)' if git.get('dirty') else ''}" if git.get("commit") else None
+        return {"python": env.get("python"), **{k: pkg.get(k) for k in ("torch", "torchvision", "timm", "hydra",
+                "cnnlab")}, "device": device, "git commit": commit}
+
+    recorded = [(r, fields(r.env)) for r in report.runs if r.env]
+    if not recorded:
+        return ""
+    usual = {k: Counter(f[k] for _, f in recorded).most_common(1)[0][0] for k in recorded[0][1]}
+    stated = ", ".join(f"{k} {fmt(v)}" for k, v in usual.items() if v is not None)
+    differ = [(r, f, [k for k in usual if f[k] != usual[k]]) for r, f in recorded]
+    lines = [f"- `{r.run_dir.name}` differs: " + "; ".join(f"{k} {fmt(f[k]) or 'unknown'}" for k in ks)
+             for r, f, ks in differ if ks]
+    who = (f"all {len(recorded)} runs" if not lines else
+           f"{len(recorded) - len(lines)} of {len(recorded)} runs (the others differ, below)")
+    missing = len(report.runs) - len(recorded)
+    tail = f" {missing} run(s) record no environment." if missing else ""
+    return "\n".join([f"Environment of {who}: {stated}.{tail}", *([""] + lines if lines else [])])
 
 
 def runs_table(report: Report) -> str:
@@ -513,6 +542,8 @@ def console_text(report: Report) -> str:
     common = common_overrides(report.runs)
     parts = [sentence for sentence, _ in significance(report)] + [""] if _families(report) else []
     parts += [f"Overrides shared by every run: `{' '.join(common)}`.", ""] if common else []
+    env = environment_text(report)
+    parts += [env, ""] if env else []
     parts.append(runs_table(report))
     if report.groups:
         parts += ["", "## Repeated seeds (mean ± std)", "", groups_table(report)]

@@ -114,7 +114,8 @@ class MlflowTracker:
                 tags.update({"mlflow.parentRunId": self.parent(sweep_dir), "cnnlab.in_sweep": str(sweep_dir)})
             run = self.find("cnnlab.run_id", run_id)
             if run is None:
-                run = c.create_run(self.experiment_id, run_name=run_dir.name)
+                # The run's own start (env.started), not the worker's: the worker may start late.
+                run = c.create_run(self.experiment_id, run_name=run_dir.name, start_time=_ms(env.get("started")))
                 have: dict[str, str] = {}
             else:
                 c.update_run(run.info.run_id, status="RUNNING")
@@ -180,8 +181,8 @@ class MlflowTracker:
             if self.log_checkpoint and best.is_file():
                 c.log_artifact(self.run_id, str(best), "checkpoints")
             status = STATUS.get(str(summary.get("status")), "FAILED")
-            if status != "RUNNING":
-                c.set_terminated(self.run_id, status)
+            if status != "RUNNING":  # ended when the run ended (env.ended), not when the worker caught up
+                c.set_terminated(self.run_id, status, end_time=_ms((summary.get("env") or {}).get("ended")))
 
     # ---- a multirun's end ----------------------------------------------------------------
     def sweep_end(self, sweep_dir: Path, files: list[Path], failed: bool) -> None:
@@ -192,6 +193,16 @@ class MlflowTracker:
                 if f.is_file():
                     self.client.log_artifact(run_id, str(f))
             self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def _ms(iso: Any) -> int | None:
+    """An ISO 8601 time (env.py's ``started``/``ended``) in ms since the epoch; None if absent or bad."""
+    import datetime
+
+    try:
+        return int(datetime.datetime.fromisoformat(str(iso)).timestamp() * 1000) if iso else None
+    except ValueError:
+        return None
 
 
 def _safe(name: Any) -> str:
