@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 
 def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    """The CPU's model name (cnnlab.tracking.env.cpu_model: /proc/cpuinfo, else ``platform``)."""
+    from cnnlab.tracking.env import cpu_model
+
+    return cpu_model() or "unknown"
 
 
 def emit(lines: list[str], write: str | None) -> None:

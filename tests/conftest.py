@@ -42,6 +42,18 @@ def run_cli(args: list[str], cwd: str | os.PathLike, timeout: float = 240, modul
                           text=True, timeout=timeout, env=full_env)
 
 
+def assert_one_line_error(res: subprocess.CompletedProcess, needles: tuple[str, ...] | list[str] = ()) -> str:
+    """A refused command as a user sees it: exit 2, no traceback, one ``error: ...`` line on
+    stderr that holds every needle. Returns the line."""
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test, as the subprocesses run (OMP_NUM_THREADS=1): the same

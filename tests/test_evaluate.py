@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY, compose, run_cli
+from conftest import REPO, TINY, assert_one_line_error, compose, run_cli
 
 from cnnlab.errors import CheckpointError, CnnlabError, DataError
 from cnnlab.evaluation.metrics import calibration, evaluate_arrays
@@ -345,12 +345,7 @@ def test_bad_input_fails_in_one_line(name, trained_run, tmp_path):
     _error_inputs(tmp_path)
     res = run_cli([a.format(run=trained_run, tmp=tmp_path) for a in args], tmp_path, module=module,
                   env={"OMP_NUM_THREADS": "1"})
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr + res.stdout
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+    assert_one_line_error(res, needles)
 
 
 def test_every_error_case_is_in_the_catalogue():

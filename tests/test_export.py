@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY, compose, run_cli
+from conftest import REPO, TINY, assert_one_line_error, compose, run_cli
 
 from cnnlab.errors import CheckpointError, ConfigError
 
@@ -269,12 +269,7 @@ def test_bad_input_fails_in_one_line(name, run, onnx_export, tmp_path):
     (tmp_path / "bare" / "model.onnx").write_bytes(b"not checked: export.json is looked for first")
     res = run_cli([a.format(run=run, tmp=tmp_path) for a in args], tmp_path, module=module,
                   env={"OMP_NUM_THREADS": "1"})
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    assert "Traceback" not in res.stderr + res.stdout
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+    assert_one_line_error(res, needles)
 
 
 def test_every_error_case_is_in_the_catalogue():

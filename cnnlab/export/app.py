@@ -213,12 +213,13 @@ def _export_into(tmp: Path, model: Any, x: Any, fmt: str, exporter: str, opset: 
                  speed_seconds: float) -> dict[str, Any]:
     """Export, load back, check parity and time: export.json's format/parity/speed part."""
     from cnnlab.export import formats, speed
+    from cnnlab.tracking.env import cpu_model
 
     path = tmp / formats.FORMATS[fmt]
     meta, p, eager, exported = export_checked(model, x, fmt, path, opset, exporter, threads)
     figures = speed.compare_speed(eager, exported, x, seconds=speed_seconds)
     return {"format": fmt, "file": path.name, **meta, "parity": p.as_dict(),
-            "speed": {"device": "cpu", "cpu": _cpu(), "threads": threads, **figures}}
+            "speed": {"device": "cpu", "cpu": cpu_model(), "threads": threads, **figures}}
 
 
 def _int8(tmp: Path, calib: Any, test_x: Any, test_y: Any, max_drop: float | None,
@@ -273,18 +274,6 @@ def _describe(ck: dict[str, Any], src: Any, names: list[str], ds: dict[str, Any]
         "versions": {p: version(p) for p in ("torch", "onnx", "onnxruntime", "onnxscript")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-def _cpu() -> str:
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report_lines(dest: Path, r: dict[str, Any]) -> list[str]:

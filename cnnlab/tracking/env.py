@@ -35,7 +35,8 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (export.json, the benchmark scripts and ``env`` share it)."""
     try:  # Linux: the first "model name" line; elsewhere platform's guess
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -48,7 +49,7 @@ def _cpu_model() -> str:
 def device_info(device: str) -> dict[str, Any]:
     """CUDA/cuDNN versions and the GPU's name for a ``cuda`` device, else the CPU model and its cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info: dict[str, Any] = {"cpu": _cpu_model(), "cpu_cores": cores}
+    info: dict[str, Any] = {"cpu": cpu_model(), "cpu_cores": cores}
     if device.startswith("cuda") and "torch" in sys.modules:
         import torch
 
